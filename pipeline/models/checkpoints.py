@@ -1,0 +1,240 @@
+"""Load StyleGAN2 networks from any supported checkpoint file, safely, from any fsspec URI.
+
+Formats, told apart by their first bytes:
+- NVlabs pickles (stylegan2-ada-pytorch / stylegan3 snapshots): restricted unpickler, no code runs;
+- rosinality `.pt` files (torch.save zip or legacy): `torch.load(weights_only=True)` allowing only
+  `argparse.Namespace` beyond tensors and containers;
+- latentmill bundles (safetensors + JSON config).
+Every format becomes `NetworkRecord`s, then latentmill modules loaded with `strict=True`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import CheckpointError, UnsafeCheckpointError
+from pipeline.models import rosinality
+from pipeline.models.bundle import read_bundle, write_bundle
+from pipeline.models.fingerprint import fingerprint
+from pipeline.models.network_record import NetworkRecord
+from pipeline.models.nvlabs_pickle import load_nvlabs_pickle, network_records
+from pipeline.models.pickle_globals import pickle_globals
+from pipeline.models.stylegan2 import Discriminator, Generator
+from pipeline.weights import read_bytes
+
+NETWORK_CLASSES: dict[str, type[nn.Module]] = {"Generator": Generator, "Discriminator": Discriminator}
+
+# torch.save writes this number first in its legacy (non-zip) format.
+_TORCH_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+@dataclass
+class Checkpoint:
+    """The networks of a checkpoint file, as data, with where they came from."""
+
+    source: str
+    format: str  # 'nvlabs-pickle' | 'rosinality' | 'latentmill-bundle'
+    records: dict[str, NetworkRecord]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def sniff_format(data: bytes, *, source: str) -> str:
+    if not data:
+        raise CheckpointError(f"{source}: the file is empty")
+    if data[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if data[:1] == b"\x80" and _TORCH_LEGACY_MAGIC in data[:16]:
+        return "torch-legacy"
+    if data[:1] == b"\x80":
+        return "pickle"
+    if len(data) > 9 and data[8:9] == b"{":
+        return "safetensors"
+    raise CheckpointError(f"{source}: not a StyleGAN2 checkpoint (expected an NVlabs .pkl, a rosinality .pt "
+                          f"or a latentmill .safetensors bundle; the file starts with {data[:8]!r})")
+
+
+_TORCH_STORAGES = {"FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "IntStorage",
+                   "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage", "UntypedStorage"}
+TORCH_FILE_GLOBALS = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+                      ("torch._utils", "_rebuild_parameter"), ("argparse", "Namespace")} | {
+                      ("torch", name) for name in _TORCH_STORAGES}
+
+
+def _torch_file_pickles(data: bytes) -> list[io.BytesIO]:
+    """The pickle streams of a torch.save file: data.pkl of a zip, or the 4 leading pickles of a legacy file."""
+    if data[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return [io.BytesIO(archive.read(n)) for n in archive.namelist() if n.endswith("data.pkl")]
+    return [io.BytesIO(data)] * 4  # legacy: magic, protocol, sys_info, then the object, back to back
+
+
+def _refuse_unlisted_globals(data: bytes, *, source: str) -> None:
+    try:
+        names = [g for stream in _torch_file_pickles(data) for g in pickle_globals(stream)]
+    except (ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise CheckpointError(f"{source}: truncated or corrupt torch checkpoint ({type(exc).__name__}: {exc})") from None
+    for module, name in names:
+        if (module, name) not in TORCH_FILE_GLOBALS:
+            raise UnsafeCheckpointError(
+                f"{source}: refusing to load global '{module}.{name}': it is not on latentmill's allow-list "
+                "for torch checkpoints, and loading it could run arbitrary code")
+
+
+def _torch_load_restricted(data: bytes, *, source: str) -> Any:
+    _refuse_unlisted_globals(data, source=source)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's weights-only unpickler names the refused global in its message.
+        detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line),
+                      str(exc).splitlines()[0])
+        raise UnsafeCheckpointError(f"{source}: refused to load: {detail}") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise CheckpointError(f"{source}: truncated or corrupt torch checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _rosinality_records(obj: Any, *, source: str) -> tuple[dict[str, NetworkRecord], dict[str, Any]]:
+    if not isinstance(obj, Mapping) or not any(k in obj for k in ("g_ema", "g")):
+        keys = sorted(obj) if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{source}: a torch checkpoint without 'g_ema' or 'g' generator weights ({keys})")
+    args = obj.get("args")
+    records, info = {}, {"args": vars(args) if isinstance(args, argparse.Namespace) else None}
+    for theirs, ours in (("g_ema", "G_ema"), ("g", "G")):
+        if theirs not in obj:
+            continue
+        state = obj[theirs]
+        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{source}: '{theirs}' is not a state dict of tensors")
+        kwargs = rosinality.infer_architecture(state, args, source=source)
+        mapped = rosinality.to_latentmill(state, kwargs["img_resolution"], kwargs["mapping_kwargs"]["num_layers"],
+                                          source=source)
+        latent_avg = obj.get("latent_avg")
+        if isinstance(latent_avg, torch.Tensor) and latent_avg.numel() == kwargs["w_dim"]:
+            mapped["mapping.w_avg"] = latent_avg.reshape(-1).float()
+            info["w_avg_source"] = "latent_avg"
+        else:  # as rosinality's mean_latent(): the mean of mapped samples (fixed seed: reproducible)
+            mapped["mapping.w_avg"] = _estimate_w_avg(kwargs, mapped)
+            info["w_avg_source"] = f"estimated from {W_AVG_SAMPLES} samples"
+        records[ours] = NetworkRecord("Generator", kwargs, mapped)
+    skipped = sorted(k for k in ("d", "g_optim", "d_optim") if k in obj)
+    if skipped:
+        info["not_loaded"] = skipped  # rosinality's discriminator layout is not supported
+    return records, info
+
+
+W_AVG_SAMPLES = 4096
+
+
+@torch.no_grad()
+def _estimate_w_avg(kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> torch.Tensor:
+    G = Generator(**kwargs)
+    G.load_state_dict({**state, "mapping.w_avg": torch.zeros(G.w_dim)}, strict=True)
+    z = torch.randn(W_AVG_SAMPLES, G.z_dim, generator=torch.Generator().manual_seed(0))
+    return G.mapping(z)[:, 0].mean(dim=0)
+
+
+def read_checkpoint(uri: str, *, setting: str = "checkpoint", cache_dir: str | Path | None = None) -> Checkpoint:
+    """Read a checkpoint's networks as records, without building modules."""
+    data = read_bytes(uri, setting=setting, cache_dir=cache_dir)
+    kind = sniff_format(data, source=uri)
+    if kind == "safetensors":
+        records, info = read_bundle(data, source=uri)
+        return Checkpoint(uri, "latentmill-bundle", records, info)
+    if kind == "pickle":
+        snapshot = load_nvlabs_pickle(data, source=uri)
+        info = {k: v for k, v in snapshot.items() if isinstance(v, (dict, str, int, float)) and k != "augment_pipe"}
+        return Checkpoint(uri, "nvlabs-pickle", network_records(snapshot, source=uri), info)
+    records, info = _rosinality_records(_torch_load_restricted(data, source=uri), source=uri)
+    return Checkpoint(uri, "rosinality", records, info)
+
+
+def build_network(record: NetworkRecord, *, source: str, name: str = "network") -> nn.Module:
+    """Construct a latentmill module from a record and load its weights strictly."""
+    if "stylegan3" in record.class_name:
+        raise CheckpointError(f"{source}: {name} is a StyleGAN3 ({record.class_name}) network; latentmill "
+                              "supports StyleGAN2 architectures only")
+    cls = NETWORK_CLASSES.get(record.short_class_name)
+    if cls is None:
+        raise CheckpointError(f"{source}: {name} has unsupported class {record.class_name!r}")
+    try:
+        module = cls(**record.init_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: cannot build {name} from its recorded arguments: {exc}") from None
+    state = dict(record.state_dict)
+    fixed = dict(module.named_buffers())  # includes non-persistent FIR filters
+    own = module.state_dict()
+    for key in [k for k in state if k not in own and k in fixed]:
+        if state[key].shape != fixed[key].shape or not torch.allclose(state[key].float(), fixed[key], atol=1e-6):
+            raise CheckpointError(f"{source}: {name}.{key} differs from the filter its arguments imply")
+        del state[key]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: {name} weights do not match its architecture: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise CheckpointError(f"{source}: {name}.{key} has shape {list(tensor.shape)}, expected "
+                                  f"{list(own[key].shape)}")
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{source}: {name}.{key} contains NaN or infinite values")
+    module.load_state_dict(state, strict=True)
+    if record.expected_fingerprint and fingerprint(module) != record.expected_fingerprint:
+        raise CheckpointError(f"{source}: {name} weights do not match the fingerprint recorded in the file")
+    return module.eval().requires_grad_(False)
+
+
+def load_networks(uri: str, *, device: str | torch.device = "cpu", setting: str = "checkpoint",
+                  cache_dir: str | Path | None = None) -> dict[str, nn.Module]:
+    """Every network in the file (e.g. {'G': ..., 'G_ema': ..., 'D': ...}), in eval mode on `device`."""
+    ckpt = read_checkpoint(uri, setting=setting, cache_dir=cache_dir)
+    return {name: build_network(rec, source=uri, name=name).to(device) for name, rec in ckpt.records.items()}
+
+
+def load_generator(uri: str, *, which: str = "G_ema", device: str | torch.device = "cpu",
+                   setting: str = "--generator", cache_dir: str | Path | None = None) -> Generator:
+    """One generator of a checkpoint: 'G_ema' (the averaged weights, for inference) or 'G'."""
+    ckpt = read_checkpoint(uri, setting=setting, cache_dir=cache_dir)
+    if which not in ckpt.records:
+        raise CheckpointError(f"{uri}: no network {which!r}; the file holds {sorted(ckpt.records)}")
+    module = build_network(ckpt.records[which], source=uri, name=which)
+    if not isinstance(module, Generator):
+        raise CheckpointError(f"{uri}: {which} is a {type(module).__name__}, not a Generator")
+    return module.to(device)
+
+
+def describe_checkpoint(uri: str, *, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """What `latentmill inspect` prints: format, and per network its architecture and fingerprint."""
+    ckpt = read_checkpoint(uri, cache_dir=cache_dir)
+    networks = {}
+    for name, rec in ckpt.records.items():
+        module = build_network(rec, source=uri, name=name)
+        entry: dict[str, Any] = {"class": type(module).__name__, "init_kwargs": module.init_kwargs,
+                                 "parameters": sum(p.numel() for p in module.parameters()),
+                                 "fingerprint": fingerprint(module)}
+        if isinstance(module, Generator):
+            entry.update(num_ws=module.num_ws, w_dim=module.w_dim, z_dim=module.z_dim, c_dim=module.c_dim,
+                         img_resolution=module.img_resolution, img_channels=module.img_channels,
+                         stylespace_channels=sum(a.weight.shape[0] for a in module.synthesis.affine_layers().values()))
+        networks[name] = entry
+    return {"uri": uri, "format": ckpt.format, "networks": networks, "info": ckpt.info}
+
+
+def convert_checkpoint(src: str, dst: str, *, cache_dir: str | Path | None = None) -> dict[str, str]:
+    """Write every network of `src` into a latentmill safetensors bundle at `dst`; returns fingerprints."""
+    ckpt = read_checkpoint(src, cache_dir=cache_dir)
+    networks = {name: build_network(rec, source=src, name=name) for name, rec in ckpt.records.items()}
+    write_bundle(dst, networks, info={"converted_from": src, "source_format": ckpt.format,
+                                      "source_info": ckpt.info})
+    return {name: fingerprint(module) for name, module in networks.items()}

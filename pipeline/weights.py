@@ -1,0 +1,48 @@
+"""Resolve a weights URI (local path, file://, s3://, gs://, https://, memory://, ...) to local bytes.
+
+Remote files are copied once into a cache directory through fsspec's `filecache`, so a cluster of
+workers reads a bucket once per machine. A missing file is a `WeightsNotFoundError` that names the
+setting the user must change, never a silent fallback to random weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import fsspec
+
+from pipeline.errors import WeightsNotFoundError
+
+
+def default_cache_dir() -> Path:
+    """$LATENTMILL_CACHE, else $XDG_CACHE_HOME/latentmill, else ~/.cache/latentmill."""
+    if os.environ.get("LATENTMILL_CACHE"):
+        return Path(os.environ["LATENTMILL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latentmill"
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str, *, setting: str, cache_dir: str | Path | None = None) -> Path:
+    """A local file holding the bytes of `uri`, downloading into the cache if it is remote.
+
+    `setting` is the option that supplied the URI (e.g. '--generator'); errors name it.
+    """
+    if is_local(uri):
+        path = Path(uri.removeprefix("file://")).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"{setting}: no file at '{uri}'. Point {setting} at an existing checkpoint.")
+        return path
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "weights"
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(fsspec.open_local(f"filecache::{uri}", filecache={"cache_storage": str(cache)}))
+    except FileNotFoundError:
+        raise WeightsNotFoundError(f"{setting}: no file at '{uri}'. Point {setting} at an existing checkpoint.") from None
+
+
+def read_bytes(uri: str, *, setting: str, cache_dir: str | Path | None = None) -> bytes:
+    return local_path(uri, setting=setting, cache_dir=cache_dir).read_bytes()

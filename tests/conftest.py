@@ -1,0 +1,56 @@
+"""Shared test fixtures: the reference checkpoints in ../shared/fixtures and small networks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.models.stylegan2 import Discriminator, Generator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fixture_dir() -> Path:
+    return Path(os.environ.get("LATENTMILL_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    """Reference checkpoints and outputs made by the official code (required in CI)."""
+    path = _fixture_dir()
+    if not (path / "sg2ada_32px.pkl").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"reference fixtures missing at {path}; CI must provide ../shared/fixtures")
+        pytest.skip(f"reference fixtures not found at {path} (set LATENTMILL_FIXTURES)")
+    return path
+
+
+def load_reference(path: Path) -> dict[str, torch.Tensor | list[str]]:
+    """An outputs .npz as tensors (string arrays as lists), read without pickle."""
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: (list(map(str, v)) if v.dtype.kind == "U" else torch.from_numpy(v)) for k, v in npz.items()}
+
+
+def tiny_generator(resolution: int = 16, *, seed: int = 0, c_dim: int = 0, **synthesis: object) -> Generator:
+    """A small random generator (8-16 channels) that runs in milliseconds on a CPU."""
+    torch.manual_seed(seed)
+    G = Generator(z_dim=16, c_dim=c_dim, w_dim=16, img_resolution=resolution, img_channels=3,
+                  mapping_kwargs={"num_layers": 2},
+                  synthesis_kwargs={"channel_base": 16 * resolution, "channel_max": 16, "conv_clamp": 256,
+                                    **synthesis})
+    with torch.no_grad():  # non-trivial noise strengths and w_avg, as in a trained network
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.3)
+        G.mapping.w_avg.normal_()
+    return G.eval()
+
+
+def tiny_discriminator(resolution: int = 16, *, seed: int = 0, c_dim: int = 0) -> Discriminator:
+    torch.manual_seed(seed)
+    return Discriminator(c_dim=c_dim, img_resolution=resolution, img_channels=3, channel_base=16 * resolution,
+                         channel_max=16, conv_clamp=256).eval()
