@@ -29,6 +29,15 @@ def fixture_dir() -> Path:
     return path
 
 
+IMAGE_TOL = 1e-4  # the fixtures' parity bar for images
+LATENT_TOL = 1e-5  # mapping outputs, styles, discriminator logits
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
 def load_reference(path: Path) -> dict[str, torch.Tensor | list[str]]:
     """An outputs .npz as tensors (string arrays as lists), read without pickle."""
     with np.load(path, allow_pickle=False) as npz:

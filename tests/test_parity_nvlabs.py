@@ -6,10 +6,8 @@ import pytest
 import torch
 
 from pipeline.models.checkpoints import load_networks
-from tests.conftest import load_reference
+from tests.conftest import IMAGE_TOL, LATENT_TOL, load_reference, max_diff
 
-IMAGE_TOL = 1e-4  # the fixtures' parity bar for images
-LATENT_TOL = 1e-5  # mapping outputs, styles, discriminator logits
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +18,6 @@ def nets(fixture_dir):
 @pytest.fixture(scope="module")
 def ref(fixture_dir):
     return load_reference(fixture_dir / "sg2ada_32px_outputs.npz")
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape
-    return (a - b).abs().max().item()
 
 
 def test_pickle_holds_G_G_ema_and_D(nets):

@@ -9,10 +9,8 @@ import torch
 
 from pipeline.models import rosinality
 from pipeline.models.checkpoints import load_generator
-from tests.conftest import load_reference, tiny_generator
+from tests.conftest import IMAGE_TOL, LATENT_TOL, load_reference, max_diff, tiny_generator
 
-IMAGE_TOL = 1e-4
-LATENT_TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +21,6 @@ def G(fixture_dir):
 @pytest.fixture(scope="module")
 def ref(fixture_dir):
     return load_reference(fixture_dir / "rosinality_32px_outputs.npz")
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape
-    return (a - b).abs().max().item()
 
 
 @torch.no_grad()
