@@ -116,5 +116,25 @@ def generate(generator: str, seeds: str, truncation_psi: float, noise_mode: str,
                f"{G.img_resolution} px)")
 
 
+@main.command("fit-prior")
+@click.option("--generator", required=True, help="Generator checkpoint URI (its G_ema is used).")
+@click.option("--output", required=True, help="Where to write the prior (.safetensors, any fsspec URI).")
+@click.option("--num-samples", default=1_000_000, show_default=True,
+              help="Mapped z draws for the mean and covariance (the paper uses 1e5 to 1e6).")
+@click.option("--batch-size", default=10_000, show_default=True, help="z draws per mapping-network pass.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the z draws (the fit is deterministic).")
+@click.option("--device", default="auto", show_default=True, help="'auto' (CUDA if present), 'cpu', 'cuda:0', ...")
+def fit_prior(generator: str, output: str, num_samples: int, batch_size: int, seed: int, device: str) -> None:
+    """Fit the gaussianized latent prior of a generator (Wulff & Torralba).
+
+    Streams v = lrelu_5(w / sqrt(2)) of mapped samples into a float64 mean and covariance and saves
+    them, with the generator's fingerprint, as safetensors. Refinement uses the prior as a penalty,
+    and compression uses its PCA.
+    """
+    from jobs.fit_prior import run
+
+    run(generator, output, num_samples=num_samples, batch_size=batch_size, device=resolve_device(device), seed=seed)
+
+
 if __name__ == "__main__":
     main()

@@ -63,3 +63,17 @@ def tiny_discriminator(resolution: int = 16, *, seed: int = 0, c_dim: int = 0) -
     torch.manual_seed(seed)
     return Discriminator(c_dim=c_dim, img_resolution=resolution, img_channels=3, channel_base=16 * resolution,
                          channel_max=16, conv_clamp=256).eval()
+
+
+@pytest.fixture(scope="session")
+def G() -> Generator:
+    """A tiny 16 px generator shared by the stage tests (never modified by them; files may override `G`)."""
+    return tiny_generator(resolution=16)
+
+
+@pytest.fixture(scope="session")
+def prior(G):
+    """The gaussianized prior of the shared G, fitted on 40k samples."""
+    from pipeline.priors.gaussian import GaussianizedPrior
+
+    return GaussianizedPrior.fit(G, num_samples=40_000, batch_size=10_000, progress=False)

@@ -66,3 +66,15 @@ def test_help_explains_every_option_of_every_command(run):
             if isinstance(param, click.Option):
                 assert param.help, f"latentmill {name} {param.opts[0]} has no help text"
         assert run(name, "--help").exit_code == 0
+
+
+def test_fit_prior_writes_a_prior_for_the_generator(run, fixture_dir, tmp_path):
+    from pipeline.models.checkpoints import load_generator
+    from pipeline.priors.gaussian import GaussianizedPrior
+
+    out = tmp_path / "prior.safetensors"
+    result = run("fit-prior", "--generator", fixture_dir / "sg2ada_32px.pkl", "--output", out,
+                 "--num-samples", "5000", "--batch-size", "2500", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    prior = GaussianizedPrior.load(str(out), generator=load_generator(str(fixture_dir / "sg2ada_32px.pkl")))
+    assert prior.num_samples == 5000 and prior.w_dim == 32

@@ -162,3 +162,15 @@ def test_mapping_updates_w_avg_only_when_asked():
     assert torch.equal(G.w_avg, before)
     G.mapping(torch.randn(8, G.z_dim), update_w_avg=True)
     assert not torch.equal(G.w_avg, before)
+
+
+@torch.no_grad()
+def test_noise_inputs_replace_the_stored_noise_maps_per_image():
+    G = tiny_generator()
+    ws = ws_for(G, n=2)
+    layers = G.synthesis.noise_layers()
+    assert list(layers) == ["b4.conv1", "b8.conv0", "b8.conv1", "b16.conv0", "b16.conv1"]
+    const_maps = {k: layer.noise_const.expand(2, 1, -1, -1) for k, layer in layers.items()}
+    assert torch.equal(G.synthesis(ws, noise_inputs=const_maps), G.synthesis(ws, noise_mode="const"))
+    zero_maps = {k: torch.zeros_like(v) for k, v in const_maps.items()}
+    assert torch.equal(G.synthesis(ws, noise_inputs=zero_maps), G.synthesis(ws, noise_mode="none"))

@@ -8,13 +8,9 @@ holds JSON under 'latentmill.networks' (class, constructor kwargs, fingerprint p
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import fsspec
 import safetensors
 import safetensors.torch
 from torch import nn
@@ -22,7 +18,7 @@ from torch import nn
 from pipeline.errors import CheckpointError
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.network_record import NetworkRecord
-from pipeline.weights import is_local
+from pipeline.uris import write_bytes
 
 BUNDLE_FORMAT = "latentmill-bundle/1"
 
@@ -44,17 +40,7 @@ def bundle_bytes(networks: Mapping[str, nn.Module], *, info: Mapping[str, Any] |
 
 def write_bundle(uri: str, networks: Mapping[str, nn.Module], *, info: Mapping[str, Any] | None = None) -> None:
     """Write a bundle to any fsspec URI; local files appear atomically (temp file + rename)."""
-    data = bundle_bytes(networks, info=info)
-    if is_local(uri):
-        path = Path(uri.removeprefix("file://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    else:
-        with fsspec.open(uri, "wb") as f:
-            f.write(data)
+    write_bytes(uri, bundle_bytes(networks, info=info))
 
 
 def read_bundle(data: bytes, *, source: str) -> tuple[dict[str, NetworkRecord], dict[str, Any]]:

@@ -30,7 +30,7 @@ from pipeline.models.network_record import NetworkRecord
 from pipeline.models.nvlabs_pickle import load_nvlabs_pickle, network_records
 from pipeline.models.pickle_globals import pickle_globals
 from pipeline.models.stylegan2 import Discriminator, Generator
-from pipeline.weights import read_bytes
+from pipeline.uris import read_bytes
 
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {"Generator": Generator, "Discriminator": Discriminator}
 

@@ -271,9 +271,12 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise_mode: str = "const", fused: bool = True,
-                gain: float = 1.0) -> torch.Tensor:
+                gain: float = 1.0, noise_input: torch.Tensor | None = None) -> torch.Tensor:
+        """`noise_input` [N, 1, H, W] (unit-variance maps, e.g. optimized per image) overrides noise_mode."""
         noise = None
-        if self.use_noise and noise_mode == "random":
+        if self.use_noise and noise_input is not None:
+            noise = noise_input * self.noise_strength
+        elif self.use_noise and noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device) * self.noise_strength
         elif self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
@@ -346,20 +349,23 @@ class SynthesisBlock(nn.Module):
                                     resample_filter=resample_filter)
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, styles: Mapping[str, torch.Tensor],
-                noise_mode: str = "const", fused: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """styles: this block's layer name -> [N, in_channels of that layer]."""
+                noise_mode: str = "const", fused: bool = True, noise_inputs: Mapping[str, torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """styles: this block's layer name -> [N, in_channels of that layer]; noise_inputs likewise, optional."""
         n = styles["conv1"].shape[0]
+        noise_inputs = noise_inputs or {}
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat(n, 1, 1, 1)  # [N, C, 4, 4]
-            x = self.conv1(x, styles["conv1"], noise_mode, fused)
+            x = self.conv1(x, styles["conv1"], noise_mode, fused, noise_input=noise_inputs.get("conv1"))
         elif self.architecture == "resnet":
             y = self.skip(x, gain=math.sqrt(0.5))
-            x = self.conv0(x, styles["conv0"], noise_mode, fused)
-            x = self.conv1(x, styles["conv1"], noise_mode, fused, gain=math.sqrt(0.5))
+            x = self.conv0(x, styles["conv0"], noise_mode, fused, noise_input=noise_inputs.get("conv0"))
+            x = self.conv1(x, styles["conv1"], noise_mode, fused, gain=math.sqrt(0.5),
+                           noise_input=noise_inputs.get("conv1"))
             x = y + x
         else:
-            x = self.conv0(x, styles["conv0"], noise_mode, fused)
-            x = self.conv1(x, styles["conv1"], noise_mode, fused)
+            x = self.conv0(x, styles["conv0"], noise_mode, fused, noise_input=noise_inputs.get("conv0"))
+            x = self.conv1(x, styles["conv1"], noise_mode, fused, noise_input=noise_inputs.get("conv1"))
         if img is not None:
             img = upsample2d(img, self.resample_filter)
         if self.num_torgb:
@@ -417,9 +423,18 @@ class SynthesisNetwork(nn.Module):
         ws = ws.float()
         return {key: affine(ws[:, self.style_slots[key]]) for key, affine in self.affine_layers().items()}
 
+    def noise_layers(self) -> dict[str, SynthesisLayer]:
+        """"b{res}.conv{0,1}" -> the layer, for every layer that adds per-pixel noise."""
+        return {key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) for key in self.style_slots
+                if not key.endswith("torgb") and getattr(getattr(self, key.split(".")[0]), key.split(".")[1]).use_noise}
+
     def synthesis_from_styles(self, styles: Mapping[str, torch.Tensor], noise_mode: str = "const",
-                              fused_modconv: bool | None = None) -> torch.Tensor:
-        """Render images from StyleSpace coordinates (the dict `styles` returns, possibly edited)."""
+                              fused_modconv: bool | None = None,
+                              noise_inputs: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Render images from StyleSpace coordinates (the dict `styles` returns, possibly edited).
+
+        `noise_inputs` ("b{res}.conv{0,1}" -> [N, 1, res, res]) replaces those layers' noise maps.
+        """
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         missing = set(self.style_slots) - set(styles)
@@ -427,13 +442,17 @@ class SynthesisNetwork(nn.Module):
             raise KeyError(f"styles lack layers {sorted(missing)}")
         fused = (not self.training) if fused_modconv is None else fused_modconv
         x = img = None
+        noise_inputs = noise_inputs or {}
         for res, block in self.blocks():
             block_styles = {name: styles[f"b{res}.{name}"] for name in block.layer_names}
-            x, img = block(x, img, block_styles, noise_mode, fused)
+            block_noise = {name: noise_inputs[f"b{res}.{name}"] for name in block.layer_names
+                           if f"b{res}.{name}" in noise_inputs}
+            x, img = block(x, img, block_styles, noise_mode, fused, block_noise)
         return img
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "const", fused_modconv: bool | None = None) -> torch.Tensor:
-        return self.synthesis_from_styles(self.styles(ws), noise_mode, fused_modconv)
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const", fused_modconv: bool | None = None,
+                noise_inputs: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.synthesis_from_styles(self.styles(ws), noise_mode, fused_modconv, noise_inputs)
 
 
 class Generator(nn.Module):
@@ -471,8 +490,9 @@ class Generator(nn.Module):
         return self.synthesis.styles(ws)
 
     def synthesis_from_styles(self, styles: Mapping[str, torch.Tensor], noise_mode: str = "const",
-                              fused_modconv: bool | None = None) -> torch.Tensor:
-        return self.synthesis.synthesis_from_styles(styles, noise_mode, fused_modconv)
+                              fused_modconv: bool | None = None,
+                              noise_inputs: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.synthesis.synthesis_from_styles(styles, noise_mode, fused_modconv, noise_inputs)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, noise_mode: str = "const") -> torch.Tensor:

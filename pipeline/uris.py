@@ -1,13 +1,15 @@
-"""Resolve a weights URI (local path, file://, s3://, gs://, https://, memory://, ...) to local bytes.
+"""Files behind URIs (local path, file://, s3://, gs://, https://, memory://, ...), via fsspec.
 
-Remote files are copied once into a cache directory through fsspec's `filecache`, so a cluster of
-workers reads a bucket once per machine. A missing file is a `WeightsNotFoundError` that names the
-setting the user must change, never a silent fallback to random weights.
+Reading: remote files are copied once into a cache directory through fsspec's `filecache`, so a
+cluster of workers reads a bucket once per machine. A missing file is a `WeightsNotFoundError` that
+names the setting the user must change, never a silent fallback to random weights.
+Writing: local files appear atomically (temp file + rename), so a killed job leaves no half file.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import fsspec
@@ -46,3 +48,21 @@ def local_path(uri: str, *, setting: str, cache_dir: str | Path | None = None) -
 
 def read_bytes(uri: str, *, setting: str, cache_dir: str | Path | None = None) -> bytes:
     return local_path(uri, setting=setting, cache_dir=cache_dir).read_bytes()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write `data` to `uri`; a local file is replaced atomically, parents are created."""
+    if is_local(uri):
+        path = Path(uri.removeprefix("file://")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    else:
+        with fsspec.open(uri, "wb") as f:
+            f.write(data)

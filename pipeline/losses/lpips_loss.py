@@ -1,0 +1,87 @@
+"""LPIPS (Zhang et al.) through the `lpips` package, with its backbone loaded from a URI.
+
+`lpips` ships its small linear heads inside the package but downloads the VGG/AlexNet backbone from
+the internet, which clusters and this project cannot rely on. Here the network is built with a
+random backbone (`pnet_rand=True`) and the backbone's torchvision weights are loaded from a URI;
+the default is the file torchvision itself caches (`$TORCH_HOME/hub/checkpoints/...`). A missing
+file is an error naming `--lpips-weights`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import lpips
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import CheckpointError
+from pipeline.uris import local_path
+
+BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
+SETTING = "--lpips-weights"
+MAX_RESOLUTION = 256  # larger images are area-downsampled first, as the official projector does
+
+
+def default_backbone_uri(net: str) -> str:
+    return os.path.join(torch.hub.get_dir(), "checkpoints", BACKBONE_FILES[net])
+
+
+def _backbone_state(uri: str, backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """torchvision `features.{i}.*` (or bare `{i}.*`) tensors renamed to lpips' `slice{k}.{i}.*`."""
+    try:
+        state = torch.load(local_path(uri, setting=SETTING), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{SETTING} {uri}: not a readable torch state dict ({exc})") from None
+    slice_of = {index: name for name, child in backbone.named_children() for index, _ in child.named_children()}
+    renamed = {}
+    for key, tensor in state.items():
+        index, _, param = key.removeprefix("features.").partition(".")
+        if key.startswith("classifier."):
+            continue
+        if index not in slice_of:
+            raise CheckpointError(f"{SETTING} {uri}: unexpected tensor {key!r} for this backbone")
+        renamed[f"{slice_of[index]}.{index}.{param}"] = tensor
+    return renamed
+
+
+class LPIPSLoss(nn.Module):
+    """LPIPS distance per image: x, y [N, 3, H, W] in [-1, 1] -> [N]."""
+
+    def __init__(self, net: str = "vgg", weights_uri: str | None = None) -> None:
+        if net not in BACKBONE_FILES:
+            raise ValueError(f"LPIPS backbone must be one of {sorted(BACKBONE_FILES)}, got {net!r}")
+        super().__init__()
+        uri = weights_uri or default_backbone_uri(net)
+        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=` argument
+            warnings.simplefilter("ignore", UserWarning)
+            self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+        state = _backbone_state(uri, self.model.net)
+        missing, unexpected = self.model.net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{SETTING} {uri}: not a torchvision {net} backbone (missing {missing[:3]})")
+        self.model.eval().requires_grad_(False)
+        self.net, self.weights_uri = net, uri
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > MAX_RESOLUTION:
+            x = F.adaptive_avg_pool2d(x, MAX_RESOLUTION)
+            y = F.adaptive_avg_pool2d(y, MAX_RESOLUTION)
+        return self.model(x.float(), y.float()).flatten()
+
+
+def save_random_backbone(path: str | Path, net: str = "vgg", seed: int = 0) -> Path:
+    """A randomly initialized backbone saved in torchvision's layout (`features.{i}.*`), for tests and
+    benchmarks. The classifier, which LPIPS does not use, is left out."""
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        backbone = (lpips.pretrained_networks.vgg16 if net == "vgg" else lpips.pretrained_networks.alexnet)(
+            pretrained=False, requires_grad=False)
+    state = {f"features.{index}.{param}": tensor for _, block in backbone.named_children()
+             for index, layer in block.named_children() for param, tensor in layer.state_dict().items()}
+    torch.save(state, path)
+    return Path(path)

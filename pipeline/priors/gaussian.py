@@ -1,0 +1,207 @@
+"""The gaussianized latent prior of Wulff & Torralba, and PCA artifact compression.
+
+The mapping network ends in leaky ReLU (slope 0.2, gain sqrt(2)), so W is skewed. Undoing that
+activation elementwise, v = lrelu_5(w / sqrt(2)), gives a space V in which mapped samples are close
+to Gaussian. One Gaussian N(mu, Sigma), fitted on mapped samples, serves every layer of W+:
+- its squared Mahalanobis norm is the prior term of refinement (about w_dim per layer for typical
+  latents, since it is chi-square distributed with w_dim degrees of freedom);
+- its PCA (Sigma = U diag(sigma^2) U^T) gives whitened coordinates c = U^T (v - mu) / sigma, in
+  which components beyond tau are log-compressed to remove artifacts (methods.md, section 2).
+Shapes: ws [..., w_dim] (typically [N, num_ws, w_dim]); every function maps the last axis.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.errors import CheckpointError, GeneratorMismatchError
+from pipeline.models.fingerprint import fingerprint
+from pipeline.models.stylegan2 import Generator
+from pipeline.uris import read_bytes, write_bytes
+
+PRIOR_FORMAT = "latentmill-prior/1"
+_GAIN = math.sqrt(2)  # the mapping's output gain; V is taken before it (methods.md: **ours**)
+_SLOPE = 0.2
+
+
+def gaussianize(ws: torch.Tensor) -> torch.Tensor:
+    """W -> V: undo the last leaky ReLU (and its gain), elementwise."""
+    return F.leaky_relu(ws / _GAIN, 1 / _SLOPE)
+
+
+def degaussianize(vs: torch.Tensor) -> torch.Tensor:
+    """V -> W: reapply the leaky ReLU and its gain; exact inverse of `gaussianize`."""
+    return F.leaky_relu(vs, _SLOPE) * _GAIN
+
+
+def log_compress(c: torch.Tensor, tau: float) -> torch.Tensor:
+    """Identity inside [-tau, tau]; beyond, sign(c) * (tau + log(1 + |c| - tau)): continuous, slope 1 at tau."""
+    magnitude = c.abs()
+    return torch.where(magnitude <= tau, c, c.sign() * (tau + torch.log1p((magnitude - tau).clamp_min(0))))
+
+
+class _MomentAccumulator:
+    """Streaming mean and covariance in float64, shifted by the first batch's mean for accuracy."""
+
+    def __init__(self) -> None:
+        self.count, self.shift, self.sum, self.outer = 0, None, None, None
+
+    def add(self, v: torch.Tensor) -> None:
+        v = v.detach().double()
+        if self.shift is None:
+            self.shift = v.mean(dim=0)
+            self.sum = torch.zeros_like(self.shift)
+            self.outer = torch.zeros(v.shape[1], v.shape[1], dtype=torch.float64, device=v.device)
+        d = v - self.shift
+        self.count += v.shape[0]
+        self.sum += d.sum(dim=0)
+        self.outer += d.T @ d
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.count < 2:
+            raise ValueError("fitting a prior needs at least two latent vectors")
+        mean_shift = self.sum / self.count
+        cov = (self.outer - self.count * torch.outer(mean_shift, mean_shift)) / (self.count - 1)
+        return self.shift + mean_shift, (cov + cov.T) / 2
+
+
+class GaussianizedPrior(nn.Module):
+    """N(mu, Sigma) over gaussianized latents, with its PCA; made for one generator (by fingerprint)."""
+
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor, w_avg: torch.Tensor, *,
+                 generator_fingerprint: str | None = None, num_samples: int = 0,
+                 eps: float = 1e-6) -> None:  # eigenvalue floor, relative to the mean variance
+        super().__init__()
+        cov = cov.double()
+        eigvals, eigvecs = torch.linalg.eigh(cov)
+        eigvals = eigvals.clamp_min(eps * eigvals.mean().item())
+        self.register_buffer("mean", mean.double())  # [D]
+        self.register_buffer("cov", cov)  # [D, D]
+        self.register_buffer("components", eigvecs)  # U [D, D], columns by ascending variance
+        self.register_buffer("sigma", eigvals.sqrt())  # [D]
+        self.register_buffer("w_avg", w_avg.double())  # the generator's w_avg, for truncation
+        self.generator_fingerprint = generator_fingerprint
+        self.num_samples = num_samples
+
+    @property
+    def w_dim(self) -> int:
+        return self.mean.shape[0]
+
+    # ---- fitting ---------------------------------------------------------------------------
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, G: Generator, num_samples: int = 1_000_000, batch_size: int = 10_000,
+            device: str | torch.device | None = None, seed: int = 0, progress: bool = True) -> GaussianizedPrior:
+        """Fit on `num_samples` mapped z draws (unconditional, or uniform random labels)."""
+        device = torch.device(device) if device is not None else G.w_avg.device
+        G = G.to(device)
+        rng = torch.Generator(device=device).manual_seed(seed)
+        acc = _MomentAccumulator()
+        with tqdm(total=num_samples, desc="fit prior", unit="w", disable=not progress) as bar:
+            done = 0
+            while done < num_samples:
+                n = min(batch_size, num_samples - done)
+                z = torch.randn(n, G.z_dim, device=device, generator=rng)
+                c = None
+                if G.c_dim:
+                    labels = torch.randint(G.c_dim, (n,), device=device, generator=rng)
+                    c = F.one_hot(labels, G.c_dim).float()
+                acc.add(gaussianize(G.mapping(z, c)[:, 0]))
+                done += n
+                bar.update(n)
+        mean, cov = acc.moments()
+        return cls(mean, cov, G.w_avg.detach(), generator_fingerprint=fingerprint(G), num_samples=num_samples)
+
+    @classmethod
+    @torch.no_grad()
+    def fit_from_ws(cls, ws: torch.Tensor, *, generator_fingerprint: str | None = None,
+                    w_avg: torch.Tensor | None = None) -> GaussianizedPrior:
+        """Fit on latents from elsewhere: ws [N, w_dim] or [N, num_ws, w_dim] (every layer is a sample)."""
+        flat = ws.reshape(-1, ws.shape[-1])
+        acc = _MomentAccumulator()
+        acc.add(gaussianize(flat))
+        mean, cov = acc.moments()
+        return cls(mean, cov, flat.double().mean(0) if w_avg is None else w_avg,
+                   generator_fingerprint=generator_fingerprint, num_samples=flat.shape[0])
+
+    # ---- coordinates -----------------------------------------------------------------------
+    def whiten(self, ws: torch.Tensor) -> torch.Tensor:
+        """ws [..., D] -> PCA coordinates in units of sigma, c = U^T (v - mu) / sigma  [..., D]."""
+        v = gaussianize(ws.double())
+        return ((v - self.mean) @ self.components / self.sigma).to(ws.dtype)
+
+    def unwhiten(self, c: torch.Tensor) -> torch.Tensor:
+        """Inverse of `whiten`: c [..., D] -> ws [..., D]."""
+        v = (c.double() * self.sigma) @ self.components.T + self.mean
+        return degaussianize(v).to(c.dtype)
+
+    def nll(self, ws: torch.Tensor) -> torch.Tensor:
+        """Mean over layers of the squared Mahalanobis norm in V: ws [N, num_ws, D] -> [N] (or [N, D] -> [N]).
+
+        Constant terms of the Gaussian log-density are dropped; for samples of the prior the
+        expected value is D (w_dim). Differentiable, for use as a loss.
+        """
+        m = self.whiten(ws).square().sum(dim=-1)
+        return m.mean(dim=-1) if ws.ndim == 3 else m
+
+    def compress(self, ws: torch.Tensor, tau: float) -> torch.Tensor:
+        """Log-compress whitened components beyond tau (artifact removal); identity for |c| <= tau."""
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        return self.unwhiten(log_compress(self.whiten(ws), tau))
+
+    def truncate(self, ws: torch.Tensor, psi: float) -> torch.Tensor:
+        """The truncation baseline: w_avg + psi * (w - w_avg)."""
+        w_avg = self.w_avg.to(ws.dtype)
+        return w_avg + psi * (ws - w_avg)
+
+    # ---- persistence -----------------------------------------------------------------------
+    def check_generator(self, G: Generator) -> None:
+        if self.generator_fingerprint and fingerprint(G) != self.generator_fingerprint:
+            raise GeneratorMismatchError(
+                f"this prior was fitted for generator {self.generator_fingerprint}, not {fingerprint(G)}; "
+                "fit a prior for this generator with `latentmill fit-prior`")
+
+    def save(self, uri: str) -> None:
+        tensors = {"mean": self.mean, "cov": self.cov, "w_avg": self.w_avg}
+        metadata = {"format": PRIOR_FORMAT, "generator_fingerprint": self.generator_fingerprint or "",
+                    "num_samples": str(self.num_samples), "w_dim": str(self.w_dim)}
+        write_bytes(uri, safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+    @classmethod
+    def load(cls, uri: str, *, generator: Generator | None = None, setting: str = "--prior") -> GaussianizedPrior:
+        """Load a saved prior; with `generator`, refuse one fitted for another generator."""
+        data = read_bytes(uri, setting=setting)
+        try:
+            tensors = safetensors.torch.load(data)
+            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+            meta = header.get("__metadata__") or {}
+            if meta.get("format") != PRIOR_FORMAT:
+                raise ValueError(f"format is {meta.get('format')!r}, expected {PRIOR_FORMAT!r}")
+            prior = cls(tensors["mean"], tensors["cov"], tensors["w_avg"],
+                        generator_fingerprint=meta.get("generator_fingerprint") or None,
+                        num_samples=int(meta.get("num_samples", 0)))
+        except Exception as exc:  # safetensors, json and key errors all mean "not a prior file"
+            raise CheckpointError(f"{setting} {uri}: not a latentmill prior file ({exc})") from None
+        if generator is not None:
+            prior.check_generator(generator)
+        return prior
+
+
+def fit_prior_file(generator_uri: str, output_uri: str, *, num_samples: int = 1_000_000, batch_size: int = 10_000,
+                   device: str | torch.device = "cpu", seed: int = 0) -> GaussianizedPrior:
+    """Load a generator, fit its prior and save it (what `latentmill fit-prior` runs)."""
+    from pipeline.models.checkpoints import load_generator
+
+    G = load_generator(generator_uri, device=device)
+    prior = GaussianizedPrior.fit(G, num_samples=num_samples, batch_size=batch_size, device=device, seed=seed)
+    prior.save(output_uri)
+    return prior
+

@@ -1,0 +1,199 @@
+"""Stage 2: batched, prior-regularized optimization of W+ against pixel and perceptual losses.
+
+Objective per image (methods.md, section 2):
+    pixel_weight * MSE(G(w+), x) + perceptual_weight * P(G(w+), x)
+    + prior_weight * NLL_V(w+) / w_dim + noise_regularize_weight * R(noise)
+where NLL_V is the gaussianized prior's mean-over-layers squared Mahalanobis norm (divided by
+w_dim so that a typical latent scores about 1), and R is the official projector's noise
+autocorrelation penalty (only when noise maps are optimized). The schedule is the official
+projector's: linear lr warm-up, cosine ramp-down, and an optional decaying perturbation of w.
+
+Every image has its own latent, noise maps, random stream (seeded by its id) and loss; Adam is
+elementwise, so a batch of N gives the result of N runs of one, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.losses.pixel import masked_mse
+from pipeline.models.stylegan2 import Generator
+from pipeline.priors.gaussian import GaussianizedPrior
+
+LATENT_SPACES = ("w+", "w")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class RefineResult:
+    ws: torch.Tensor  # [N, num_ws, w_dim] refined latents
+    images: torch.Tensor  # [N, C, H, W] G(ws) with the returned noise, float32
+    losses: dict[str, torch.Tensor]  # per image [N]: total, pixel, perceptual, prior, noise_reg
+    steps_run: torch.Tensor  # [N] optimizer steps each image received (fewer with early stopping)
+    noise: dict[str, torch.Tensor] = field(default_factory=dict)  # optimized maps, if any
+
+
+def learning_rate(step: int, steps: int, lr: float, rampup: float, rampdown: float) -> float:
+    """The official projector's schedule: linear warm-up over `rampup`, cosine decay over the last `rampdown`."""
+    t = step / max(steps, 1)
+    ramp = min(1.0, (1.0 - t) / rampdown) if rampdown > 0 else 1.0
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    if rampup > 0:
+        ramp *= min(1.0, t / rampup)
+    return lr * ramp
+
+
+def noise_regularization(noise: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-image penalty on spatial autocorrelation of noise maps at every octave (official projector) -> [N]."""
+    total = 0
+    for maps in noise.values():
+        x = maps  # [N, 1, H, W]
+        while True:
+            total = total + (x * x.roll(1, dims=3)).mean(dim=(1, 2, 3)).square()
+            total = total + (x * x.roll(1, dims=2)).mean(dim=(1, 2, 3)).square()
+            if x.shape[2] <= 8:
+                break
+            x = F.avg_pool2d(x, 2)
+    return total
+
+
+def _per_image_normal(shape: Sequence[int], generators: list[torch.Generator], device: torch.device) -> torch.Tensor:
+    return torch.stack([torch.randn(tuple(shape), generator=g, device=device) for g in generators])
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def estimate_w_std(G: Generator, num_samples: int = 2000, seed: int = 0) -> float:
+    """sqrt(E||w - w_avg||^2): the scale of the official projector's latent perturbation."""
+    with torch.no_grad():
+        z = torch.randn(num_samples, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(G.w_avg.device)
+        c = None
+        if G.c_dim:
+            c = F.one_hot(torch.arange(num_samples, device=z.device) % G.c_dim, G.c_dim).float()
+        w = G.mapping(z, c)[:, 0]
+        return (w - G.w_avg).square().sum(dim=1).mean().sqrt().item()
+
+
+def refine(
+    G: Generator,
+    images: torch.Tensor,  # [N, C, H, W] targets in [-1, 1]
+    init_ws: torch.Tensor,  # [N, num_ws, w_dim] starting latents (encoder output, or w_avg)
+    *,
+    masks: torch.Tensor | None = None,  # [N, 1, H, W], 1 = known pixel; losses see known pixels only
+    steps: int = 200,
+    lr: float = 0.1,  # peak Adam learning rate (official projector: 0.1)
+    lr_rampup: float = 0.05,  # fraction of steps of linear warm-up
+    lr_rampdown: float = 0.25,  # fraction of steps of cosine ramp-down
+    latent_space: str = "w+",  # 'w+': a w per layer; 'w': one w for all layers (official projector)
+    pixel_weight: float = 1.0,
+    perceptual: nn.Module | None = None,  # from pipeline.losses.perceptual.build_perceptual
+    perceptual_weight: float = 1.0,
+    prior: GaussianizedPrior | None = None,
+    prior_weight: float = 0.01,  # times NLL / w_dim (about 1 for typical latents)
+    noise_mode: str = "const",  # noise maps when they are not optimized
+    optimize_noise: bool = False,  # optimize per-image noise maps too (official projector: yes)
+    noise_regularize_weight: float = 1e5,
+    w_noise_factor: float = 0.0,  # perturb w by this * w_std, decaying to 0 at noise_ramp (official: 0.05)
+    noise_ramp: float = 0.75,
+    early_stop_patience: int = 0,  # stop an image after this many steps without improvement; 0 = never
+    early_stop_tol: float = 1e-3,  # relative improvement of its total loss that counts
+    seeds: Sequence[int] | None = None,  # per-image random streams (default: position in the batch)
+    precision: str = "fp32",  # 'bf16'/'fp16' run G and the perceptual net under autocast
+    fused_modconv: bool | None = None,
+    progress: bool = False,
+) -> RefineResult:
+    """Optimize one latent per image; returns refined ws, reconstructions and per-image final losses."""
+    if latent_space not in LATENT_SPACES:
+        raise ValueError(f"latent_space must be one of {LATENT_SPACES}, got {latent_space!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    n, num_ws, w_dim = init_ws.shape
+    if images.shape[0] != n or (masks is not None and masks.shape[0] != n):
+        raise ValueError(f"images ({images.shape[0]}), init_ws ({n}) and masks must have the same batch size")
+    device = G.w_avg.device
+    target = images.to(device).float()
+    mask = masks.to(device).float() if masks is not None else None
+    seeds = list(range(n)) if seeds is None else list(seeds)
+    generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    latent = init_ws.to(device).float().detach()
+    latent = (latent.mean(dim=1) if latent_space == "w" else latent).clone().requires_grad_(True)
+    noise: dict[str, torch.Tensor] = {}
+    if optimize_noise:
+        for key, layer in G.synthesis.noise_layers().items():
+            noise[key] = _per_image_normal((1, layer.resolution, layer.resolution), generators, device).requires_grad_(True)
+    optimizer = torch.optim.Adam([latent, *noise.values()], betas=(0.9, 0.999), lr=lr)
+    w_std = estimate_w_std(G) if w_noise_factor > 0 else 0.0
+
+    def expand(lat: torch.Tensor) -> torch.Tensor:
+        return lat[:, None].expand(-1, num_ws, -1) if latent_space == "w" else lat  # [N, num_ws, w_dim]
+
+    def losses_at(ws: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        with _autocast(device, precision):
+            synth = G.synthesis(ws, noise_mode=noise_mode, fused_modconv=fused_modconv, noise_inputs=noise or None)
+        synth = synth.float()
+        parts = {"pixel": masked_mse(synth, target, mask)}
+        zero = torch.zeros(n, device=device)
+        if perceptual is not None:
+            # With a mask, unknown pixels of the target are filled with the current synthesis, so
+            # the perceptual distance only measures differences in the known region.
+            reference = target if mask is None else mask * target + (1 - mask) * synth.detach()
+            with _autocast(device, precision):
+                parts["perceptual"] = perceptual(synth, reference).float()
+        else:
+            parts["perceptual"] = zero
+        parts["prior"] = prior.nll(ws).float() / w_dim if prior is not None else zero
+        parts["noise_reg"] = noise_regularization(noise) if noise else zero
+        parts["total"] = (pixel_weight * parts["pixel"] + perceptual_weight * parts["perceptual"]
+                          + prior_weight * parts["prior"] + noise_regularize_weight * parts["noise_reg"])
+        return parts, synth
+
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    best = torch.full((n,), float("inf"), device=device)
+    stale = torch.zeros(n, dtype=torch.long, device=device)
+    steps_run = torch.zeros(n, dtype=torch.long, device=device)
+    for step in tqdm(range(steps), desc="refine", disable=not progress, leave=False):
+        if not active.any():
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps, lr, lr_rampup, lr_rampdown)
+        ws = expand(latent)
+        if w_std > 0:
+            scale = w_std * w_noise_factor * max(0.0, 1.0 - step / (steps * noise_ramp)) ** 2
+            ws = ws + scale * _per_image_normal((num_ws, w_dim), generators, device)
+        parts, _ = losses_at(ws)
+        frozen = [p.detach().clone() for p in (latent, *noise.values())]
+        optimizer.zero_grad(set_to_none=True)
+        parts["total"].sum().backward()  # images do not interact: the sum separates
+        optimizer.step()
+        with torch.no_grad():
+            for param, before in zip((latent, *noise.values()), frozen):
+                param[~active] = before[~active]
+            for maps in noise.values():  # keep noise maps zero-mean, unit-variance (official)
+                maps -= maps.mean(dim=(1, 2, 3), keepdim=True)
+                maps *= maps.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
+            steps_run += active.long()
+            if early_stop_patience > 0:
+                total = parts["total"].detach()
+                improved = total < best * (1 - early_stop_tol)
+                best = torch.where(improved, total, torch.minimum(best, total))
+                stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+                active &= stale < early_stop_patience
+
+    with torch.no_grad():
+        final_ws = expand(latent).detach().clone()
+        parts, synth = losses_at(final_ws)
+    return RefineResult(ws=final_ws, images=synth.detach(), losses={k: v.detach() for k, v in parts.items()},
+                        steps_run=steps_run, noise={k: v.detach() for k, v in noise.items()})
