@@ -19,6 +19,7 @@ def test_gaussianize_inverts_the_last_leaky_relu_exactly():
     w = torch.randn(100, 16) * 3
     torch.testing.assert_close(degaussianize(gaussianize(w)), w)
     torch.testing.assert_close(gaussianize(torch.tensor([2.0, -2.0])), torch.tensor([2.0, -10.0]) / 2**0.5)
+    torch.testing.assert_close(GaussianizedPrior.degaussianize(GaussianizedPrior.gaussianize(w)), w)
 
 
 def test_compress_is_identity_inside_tau():

@@ -132,6 +132,16 @@ class GaussianizedPrior(nn.Module):
                    generator_fingerprint=generator_fingerprint, num_samples=flat.shape[0])
 
     # ---- coordinates -----------------------------------------------------------------------
+    @staticmethod
+    def gaussianize(ws: torch.Tensor) -> torch.Tensor:
+        """W -> V (the module-level `gaussianize`, available on the prior as its API names it)."""
+        return gaussianize(ws)
+
+    @staticmethod
+    def degaussianize(vs: torch.Tensor) -> torch.Tensor:
+        """V -> W."""
+        return degaussianize(vs)
+
     def whiten(self, ws: torch.Tensor) -> torch.Tensor:
         """ws [..., D] -> PCA coordinates in units of sigma, c = U^T (v - mu) / sigma  [..., D]."""
         v = gaussianize(ws.double())

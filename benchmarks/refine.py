@@ -1,0 +1,104 @@
+"""Refinement throughput at 256 px: latentmill's batched recipe vs the official projector's way.
+
+Both run the official 256 px generator (random weights) and LPIPS-VGG (random backbone: speed does
+not depend on the values), in the same process:
+  baseline  one image at a time, fp32, one w for all layers, LPIPS-only loss, per-image noise maps
+            optimized with their regularizer, w perturbation, --baseline-steps (official: 1000)
+  ours      --batch images at once, --precision, W+, pixel + LPIPS + gaussianized prior,
+            --steps steps (default 200: refinement starts from the encoder, not from w_avg)
+Seconds per step come from timing runs of two lengths and dividing the difference, so fixed costs
+(setup, the final evaluation) cancel. images/s = batch / (seconds per step * steps per image).
+
+  python -m benchmarks.refine --batch 16 --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.generator import official_generator
+from benchmarks.timing import machine_description, synchronize
+from pipeline.losses.lpips_loss import LPIPSLoss, save_random_backbone
+from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.stages.refine import refine
+
+
+def seconds_per_step(run, device: torch.device, short: int, long: int) -> float:
+    run(1)  # warm-up (allocations, kernels)
+    timings = {}
+    for steps in (short, long):
+        synchronize(device)
+        start = time.perf_counter()
+        run(steps)
+        synchronize(device)
+        timings[steps] = time.perf_counter() - start
+    return (timings[long] - timings[short]) / (long - short)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=16, help="images refined at once by latentmill")
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--steps", type=int, default=200, help="latentmill steps per image")
+    parser.add_argument("--baseline-steps", type=int, default=1000, help="official projector steps per image")
+    parser.add_argument("--timing-steps", default="2,6", help="the two run lengths timed (short,long)")
+    parser.add_argument("--fused-modconv", choices=["auto", "fused", "unfused"], default="unfused")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", dest="json_path", help="also write the results here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    short, long = map(int, args.timing_steps.split(","))
+    fused = {"auto": None, "fused": True, "unfused": False}[args.fused_modconv]
+
+    G = official_generator(args.resolution).to(device).requires_grad_(False)
+    with tempfile.TemporaryDirectory() as tmp:
+        lpips = LPIPSLoss("vgg", str(save_random_backbone(Path(tmp) / "vgg.pth"))).to(device)
+    prior = GaussianizedPrior.fit(G, num_samples=20_000, batch_size=5_000, device=device, progress=False)
+    torch.manual_seed(0)
+    targets = torch.rand(args.batch, 3, args.resolution, args.resolution, device=device) * 2 - 1
+    init = G.w_avg.expand(args.batch, G.num_ws, -1).clone()
+
+    def baseline(steps: int) -> None:
+        refine(G, targets[:1], init[:1], steps=steps, latent_space="w", pixel_weight=0.0, perceptual=lpips,
+               optimize_noise=True, w_noise_factor=0.05, precision="fp32")
+
+    def ours(steps: int) -> None:
+        refine(G, targets, init, steps=steps, perceptual=lpips, prior=prior, precision=args.precision,
+               fused_modconv=fused)
+
+    print(f"# {machine_description(device)}", file=sys.stderr)
+    base_step = seconds_per_step(baseline, device, short, long)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    ours_step = seconds_per_step(ours, device, short, long)
+    memory = torch.cuda.max_memory_allocated(device) / args.batch / 2**20 if device.type == "cuda" else None
+
+    base_ips = 1 / (base_step * args.baseline_steps)
+    ours_ips = args.batch / (ours_step * args.steps)
+    per_step_ratio = (args.batch / ours_step) / (1 / base_step)
+    result = dict(machine=machine_description(device), resolution=args.resolution, batch=args.batch,
+                  precision=args.precision, steps=args.steps, baseline_steps=args.baseline_steps,
+                  baseline_s_per_step=base_step, ours_s_per_step=ours_step, baseline_img_per_s=base_ips,
+                  ours_img_per_s=ours_ips, ratio=ours_ips / base_ips, per_image_step_ratio=per_step_ratio,
+                  gpu_mib_per_image=memory)
+    print("| method | batch | precision | steps/image | s/step | images/s |")
+    print("|---|---|---|---|---|---|")
+    print(f"| official projector recipe | 1 | fp32 | {args.baseline_steps} | {base_step:.3f} | {base_ips:.5f} |")
+    print(f"| latentmill refine | {args.batch} | {args.precision} | {args.steps} | {ours_step:.3f} | {ours_ips:.5f} |")
+    print(f"\nratio (images/s): {ours_ips / base_ips:.1f}x; of which per-step throughput per image "
+          f"{per_step_ratio:.2f}x and fewer steps {args.baseline_steps / args.steps:.1f}x; "
+          f"GPU memory per image: {'n/a (CPU)' if memory is None else f'{memory:.0f} MiB'}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The benchmark scripts keep running (tiny settings; speed is measured by running them, not here)."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import generator, refine
+
+
+def test_generator_benchmark_runs_and_reports_every_setting(tmp_path, capsys):
+    out = tmp_path / "g.json"
+    generator.main(["--resolutions", "256", "--batch-sizes", "1", "--dtypes", "fp32", "--modes", "unfused",
+                    "--repeats", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["forward_img_per_s"] > 0
+    assert "| 256 | 1 | fp32 | unfused |" in capsys.readouterr().out
+
+
+def test_refine_benchmark_reports_a_ratio(tmp_path):
+    out = tmp_path / "r.json"
+    refine.main(["--batch", "1", "--precision", "fp32", "--timing-steps", "1,2", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["ratio"] > 0 and result["baseline_steps"] == 1000
