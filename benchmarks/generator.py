@@ -11,12 +11,11 @@ Forward+backward takes gradients with respect to ws, as inversion does (G frozen
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
 
-from benchmarks.timing import autocast, machine_description, median_seconds
+from benchmarks.timing import autocast, machine_description, median_seconds, write_results
 from pipeline.models.stylegan2 import Generator
 
 OFFICIAL_CONFIGS = {
@@ -76,9 +75,7 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(dict(resolution=res, batch=batch, dtype=dtype, modconv=mode,
                                      forward_img_per_s=fwd, forward_backward_img_per_s=bwd))
                     print(f"| {res} | {batch} | {dtype} | {mode} | {fwd:.2f} | {bwd:.2f} |", flush=True)
-    if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump({"machine": machine_description(device), "rows": rows}, f, indent=2)
+    write_results(args.json_path, device, rows)
 
 
 if __name__ == "__main__":

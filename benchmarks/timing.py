@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
@@ -40,3 +41,10 @@ def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def write_results(path: str | None, device: torch.device, rows: list[dict]) -> None:
+    """Save a benchmark's rows with the machine they were measured on (no-op without a path)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump({"machine": machine_description(device), "rows": rows}, f, indent=2)

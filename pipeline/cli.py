@@ -136,5 +136,49 @@ def fit_prior(generator: str, output: str, num_samples: int, batch_size: int, se
     run(generator, output, num_samples=num_samples, batch_size=batch_size, device=resolve_device(device), seed=seed)
 
 
+@main.command("train-encoder")
+@click.option("--generator", required=True, help="Generator checkpoint URI; G_ema is used, frozen (and D if "
+              "--perceptual discriminator).")
+@click.option("--output", required=True, help="Output directory; rerunning with the same one resumes.")
+@click.option("--steps", default=5000, show_default=True, help="Optimizer steps in total.")
+@click.option("--batch-size", default=16, show_default=True, help="Samples per step per worker.")
+@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--mode", type=click.Choice(["w+", "w"]), default="w+", show_default=True,
+              help="Predict a w per layer (w+) or one w for all layers (w).")
+@click.option("--backbone", type=click.Choice(["convnet", "resnet18", "resnet34", "resnet50"]), default="convnet",
+              show_default=True, help="Small residual convnet from scratch, or a torchvision ResNet.")
+@click.option("--backbone-weights", default=None, help="torchvision ImageNet weights URI for a ResNet backbone "
+              "(default: train from scratch).")
+@click.option("--base-channels", default=32, show_default=True, help="convnet width at full resolution.")
+@click.option("--max-channels", default=256, show_default=True, help="convnet width cap.")
+@click.option("--perceptual", type=click.Choice(["lpips", "discriminator", "none"]), default="discriminator",
+              show_default=True, help="Perceptual loss: LPIPS (needs --lpips-weights or torchvision's cache), "
+              "the checkpoint's discriminator features, or none.")
+@click.option("--lpips-weights", default=None, help="URI of the LPIPS backbone (torchvision VGG16 weights).")
+@click.option("--pixel-weight", default=1.0, show_default=True, help="Weight of the pixel MSE.")
+@click.option("--perceptual-weight", default=1.0, show_default=True, help="Weight of the perceptual loss.")
+@click.option("--latent-weight", default=1.0, show_default=True, help="Weight of the latent-recovery MSE.")
+@click.option("--style-mixing-prob", default=0.9, show_default=True,
+              help="Probability that a training latent mixes two ws at a random layer.")
+@click.option("--checkpoint-every", default=500, show_default=True, help="Steps between checkpoints + evaluation.")
+@click.option("--eval-size", default=64, show_default=True, help="Held-out samples evaluated at each checkpoint.")
+@click.option("--num-workers", default=1, show_default=True, help="Ray Train workers (data-parallel).")
+@click.option("--use-gpu", is_flag=True, help="One GPU per worker.")
+@click.option("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the training and held-out samples.")
+def train_encoder(**options: object) -> None:
+    """Train the latent regressor E(x * m, m) -> W+ for a frozen generator (Chai et al.).
+
+    Training pairs are made on the fly from G (style-mixed W+ samples, random masks: rectangles,
+    strokes, halves, and two-sample collages). Loss: pixel + perceptual + latent recovery. Runs on
+    Ray Train; checkpoints, CSV logs and held-out evaluations go to --output.
+    """
+    from jobs.train_encoder import EncoderTrainingConfig, run
+
+    address = options.pop("address")
+    path = run(EncoderTrainingConfig(**options), address=address)
+    click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()

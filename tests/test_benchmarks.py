@@ -21,3 +21,13 @@ def test_refine_benchmark_reports_a_ratio(tmp_path):
     refine.main(["--batch", "1", "--precision", "fp32", "--timing-steps", "1,2", "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["ratio"] > 0 and result["baseline_steps"] == 1000
+
+
+def test_encoder_benchmark_reports_forward_and_training_figures(tmp_path):
+    from benchmarks import encoder
+
+    out = tmp_path / "e.json"
+    encoder.main(["--backbones", "convnet", "--batch-sizes", "1", "--train-batch", "1", "--repeats", "1",
+                  "--json", str(out)])
+    measures = {row["measure"] for row in json.loads(out.read_text())["rows"]}
+    assert measures == {"forward img/s (fp32)", "train steps/s (fp32)"}

@@ -1,0 +1,230 @@
+"""Train the latent regressor on Ray Train: `latentmill train-encoder` / `python -m jobs.train_encoder`.
+
+The same command trains on a laptop CPU (one worker, embedded Ray) or on a GPU cluster
+(`--num-workers N --use-gpu`, with RAY_ADDRESS or `--address`): Ray Train's TorchTrainer runs
+`train_loop_per_worker` on each worker with DDP. Output directory:
+  encoder.safetensors          the latest encoder bundle (loads with pipeline.models.encoder.load_encoder)
+  checkpoints/step-XXXXXXXX/   encoder bundle, optimizer state, step: the resume points
+  train_log.csv, eval_log.csv  per-step losses, held-out figures at each checkpoint (+ TensorBoard if installed)
+  config.json                  the settings of the run
+A rerun with the same --output resumes from the newest checkpoint: same step, same optimizer state.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from contextlib import nullcontext
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.masks import DEFAULT_KIND_WEIGHTS
+
+CHECKPOINT_PREFIX = "step-"
+
+
+@dataclass
+class EncoderTrainingConfig:
+    generator: str  # generator checkpoint URI (its G_ema is used, frozen)
+    output: str  # output directory (local path)
+    steps: int = 5000
+    batch_size: int = 16  # per worker
+    lr: float = 1e-3
+    mode: str = "w+"
+    backbone: str = "convnet"
+    base_channels: int = 32
+    max_channels: int = 256
+    pixel_weight: float = 1.0
+    perceptual: str = "discriminator"  # 'lpips' | 'discriminator' | 'none'
+    perceptual_weight: float = 1.0
+    latent_weight: float = 1.0
+    lpips_weights: str | None = None
+    backbone_weights: str | None = None  # torchvision ImageNet weights for resnet backbones
+    style_mixing_prob: float = 0.9
+    mask_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
+    checkpoint_every: int = 500
+    eval_size: int = 64
+    keep_checkpoints: int = 2
+    num_workers: int = 1
+    use_gpu: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+def latest_checkpoint(output: str | Path) -> Path | None:
+    directory = Path(output) / "checkpoints"
+    steps = sorted(directory.glob(f"{CHECKPOINT_PREFIX}*")) if directory.is_dir() else []
+    complete = [d for d in steps if (d / "state.json").is_file()]  # state.json is written last
+    return complete[-1] if complete else None
+
+
+def save_checkpoint(directory: Path, E: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                    info: dict[str, Any]) -> None:
+    from pipeline.models.bundle import write_bundle
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write_bundle(str(directory / "encoder.safetensors"), {"E": E}, info=info)
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    (directory / "state.json").write_text(json.dumps({"step": step}))
+
+
+def publish_checkpoint(src: Path, output: Path, step: int, keep: int) -> Path:
+    """Copy a finished checkpoint into output/checkpoints atomically; keep the newest `keep`."""
+    root = output / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    staging = root / f".{final.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(src, staging)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    shutil.copy2(final / "encoder.safetensors", output / ".encoder.safetensors.tmp")
+    os.replace(output / ".encoder.safetensors.tmp", output / "encoder.safetensors")
+    for old in sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+class _Logs:
+    """CSV logs (and TensorBoard when installed), appended across resumes; rank 0 only."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(output / "tensorboard"))
+        except ImportError:
+            self.tensorboard = None
+
+    def write(self, name: str, step: int, values: dict[str, float]) -> None:
+        path = self.output / name
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", *values])
+            if new:
+                writer.writeheader()
+            writer.writerow({"step": step, **values})
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                self.tensorboard.add_scalar(key, value, step)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    from tqdm.auto import tqdm
+
+    from pipeline.losses.perceptual import build_perceptual
+    from pipeline.models.checkpoints import load_networks
+    from pipeline.models.encoder import Encoder, TorchvisionBackbone, load_encoder
+    from pipeline.models.stylegan2 import Generator
+    from pipeline.training.encoder_training import LossWeights, encoder_losses, evaluate, sample_training_batch
+    from pipeline.uris import local_path
+
+    resume_dir = config.get("_resume_from")
+    cfg = EncoderTrainingConfig(**{k: v for k, v in config.items() if k != "_resume_from"})
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    networks = load_networks(cfg.generator, device=device, setting="--generator")
+    G = networks.get("G_ema") or next(n for n in networks.values() if isinstance(n, Generator))
+    perceptual = build_perceptual(cfg.perceptual, discriminator=networks.get("D"), lpips_weights=cfg.lpips_weights)
+    perceptual = perceptual.to(device) if perceptual is not None else None
+
+    torch.manual_seed(cfg.seed)  # initial weights: the same on every worker and on every rerun
+    E = Encoder.for_generator(G, mode=cfg.mode, backbone=cfg.backbone, base_channels=cfg.base_channels,
+                              max_channels=cfg.max_channels)
+    if cfg.backbone_weights and isinstance(E.backbone, TorchvisionBackbone):
+        state = torch.load(local_path(cfg.backbone_weights, setting="--backbone-weights"), map_location="cpu",
+                           weights_only=True)
+        E.backbone.load_imagenet(state)
+    optimizer = torch.optim.Adam(E.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    start = 0
+    resume = ray.train.get_checkpoint()  # set when Ray restarted this worker group after a failure
+    if resume is not None or resume_dir:
+        with (resume.as_directory() if resume is not None else nullcontext(resume_dir)) as directory:
+            directory = Path(directory)
+            E.load_state_dict(load_encoder(str(directory / "encoder.safetensors"), generator=G).state_dict())
+            optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
+            start = json.loads((directory / "state.json").read_text())["step"]
+    model = ray.train.torch.prepare_model(E) if world > 1 else E.to(device)
+    E_plain = model.module if hasattr(model, "module") else model
+    weights = LossWeights(cfg.pixel_weight, cfg.perceptual_weight, cfg.latent_weight)
+    eval_batch = sample_training_batch(G, cfg.eval_size, torch.Generator(device=device).manual_seed(cfg.seed + 10**6),
+                                       style_mixing_prob=cfg.style_mixing_prob, mask_weights=cfg.mask_weights)
+    output = Path(cfg.output)
+    logs = _Logs(output) if rank == 0 else None
+    bar = tqdm(total=cfg.steps, initial=start, desc="train encoder", disable=not (cfg.progress and rank == 0))
+    model.train()
+    for step in range(start, cfg.steps):
+        # Each (step, rank) has its own random stream: a resumed run draws exactly what it would have.
+        rng = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
+        batch = sample_training_batch(G, cfg.batch_size, rng, style_mixing_prob=cfg.style_mixing_prob,
+                                      mask_weights=cfg.mask_weights)
+        losses = encoder_losses(model, G, batch, perceptual=perceptual, weights=weights)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+        bar.update(1)
+        done = step + 1
+        if logs is not None:
+            logs.write("train_log.csv", done, {k: round(v.item(), 6) for k, v in losses.items()})
+            bar.set_postfix(loss=f"{losses['total'].item():.4f}")
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            metrics = evaluate(E_plain, G, eval_batch, perceptual=perceptual) if rank == 0 else {}
+            if rank == 0:
+                logs.write("eval_log.csv", done, metrics)
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_checkpoint(Path(tmp), E_plain, optimizer, done,
+                                    info={"step": done, "generator": cfg.generator, "config": config})
+                    publish_checkpoint(Path(tmp), output, done, cfg.keep_checkpoints)
+                    ray.train.report({"step": done, **metrics},
+                                     checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report({"step": done})
+    bar.close()
+
+
+def run(config: EncoderTrainingConfig, *, address: str | None = None) -> Path:
+    """Train (or resume) and return the path of the final encoder bundle."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    output = Path(config.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    loop_config = dataclasses.asdict(config) | {"output": str(output)}
+    resume = latest_checkpoint(output)
+    if resume is not None:
+        step = json.loads((resume / "state.json").read_text())["step"]
+        print(f"resuming from {resume} (step {step} of {config.steps})")
+        loop_config["_resume_from"] = str(resume)
+    (output / "config.json").write_text(json.dumps(loop_config, indent=2))
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
+        run_config=RunConfig(name=f"train-encoder-{int(time.time())}", storage_path=str(output / "ray")),
+    )
+    trainer.fit()
+    return output / "encoder.safetensors"
+
+
+if __name__ == "__main__":
+    from pipeline.cli import main
+
+    main(["train-encoder", *sys.argv[1:]])

@@ -1,0 +1,108 @@
+"""Training the latent regressor on samples of a frozen generator (pure torch; Ray lives in jobs/).
+
+Each step draws z, maps it to W+ (with style mixing, so E sees W+ that W alone never produces),
+renders x = G(w+), hides pixels with a random mask (or builds a collage of two samples), and
+trains E(x * m, m) with
+    pixel_weight * MSE(G(E(.)), x) + perceptual_weight * P(G(E(.)), x) + latent_weight * MSE(E(.), w+)
+over the whole image, so E learns to complete what it cannot see. Collages have no true latent:
+their latent term is skipped and their target is the collage itself (E learns to project it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.masks import DEFAULT_KIND_WEIGHTS, random_masks
+from pipeline.models.encoder import prepare_inputs
+from pipeline.models.stylegan2 import Generator
+
+
+@dataclass
+class TrainingBatch:
+    inputs: torch.Tensor  # [N, C, R, R] what E sees (masked image or collage), before masking
+    masks: torch.Tensor  # [N, 1, R, R] E's mask input (1 = known)
+    targets: torch.Tensor  # [N, C, R, R] the image G(E(...)) should reproduce
+    ws: torch.Tensor  # [N, num_ws, w_dim] true latents (meaningless where latent_valid is False)
+    latent_valid: torch.Tensor  # [N] bool: the true latent of the target is known
+    kinds: list[str]
+
+
+@dataclass
+class LossWeights:
+    pixel: float = 1.0
+    perceptual: float = 1.0
+    latent: float = 1.0
+
+
+@torch.no_grad()
+def sample_ws(G: Generator, n: int, generator: torch.Generator, *, style_mixing_prob: float = 0.9) -> torch.Tensor:
+    """W+ samples [n, num_ws, w_dim]: with probability `style_mixing_prob` two ws cross over at a random layer."""
+    device = G.w_avg.device
+    z = torch.randn(2, n, G.z_dim, generator=generator, device=device)
+    c = None
+    if G.c_dim:
+        c = F.one_hot(torch.randint(G.c_dim, (n,), generator=generator, device=device), G.c_dim).float()
+    w1, w2 = G.mapping(z[0], c), G.mapping(z[1], c)
+    cut = torch.randint(1, G.num_ws, (n, 1), generator=generator, device=device)
+    mix = torch.rand(n, 1, generator=generator, device=device) < style_mixing_prob
+    layer = torch.arange(G.num_ws, device=device)[None]
+    take_second = (mix & (layer >= cut))[..., None]  # [n, num_ws, 1]
+    return torch.where(take_second, w2, w1)
+
+
+@torch.no_grad()
+def sample_training_batch(G: Generator, n: int, generator: torch.Generator, *, style_mixing_prob: float = 0.9,
+                          mask_weights: dict[str, float] | None = None) -> TrainingBatch:
+    device = G.w_avg.device
+    ws = sample_ws(G, n, generator, style_mixing_prob=style_mixing_prob)
+    images = G.synthesis(ws, noise_mode="const")
+    masks, kinds = random_masks(n, G.img_resolution, generator=torch.Generator().manual_seed(
+        int(torch.randint(2**31, (), generator=generator, device=device))), kind_weights=mask_weights or
+        DEFAULT_KIND_WEIGHTS)
+    masks = masks.to(device)
+    collage = torch.tensor([k == "collage" for k in kinds], device=device)
+    others = images.roll(1, dims=0)  # the second image of each collage
+    inputs = torch.where(collage[:, None, None, None], masks * images + (1 - masks) * others, images)
+    e_masks = torch.where(collage[:, None, None, None], torch.ones_like(masks), masks)
+    return TrainingBatch(inputs=inputs, masks=e_masks, targets=inputs, ws=ws, latent_valid=~collage, kinds=kinds)
+
+
+def encoder_losses(E: nn.Module, G: Generator, batch: TrainingBatch, *, perceptual: nn.Module | None,
+                   weights: LossWeights) -> dict[str, torch.Tensor]:
+    """Scalar losses (means over the batch) for one optimizer step."""
+    x, m = prepare_inputs(batch.inputs, batch.masks)
+    ws_hat = E(x, m)
+    recon = G.synthesis(ws_hat, noise_mode="const")
+    pixel = (recon - batch.targets).square().mean()
+    perc = perceptual(recon, batch.targets).mean() if perceptual is not None else torch.zeros((), device=x.device)
+    valid = batch.latent_valid.float()
+    per_sample = (ws_hat - batch.ws).square().mean(dim=(1, 2))
+    latent = (per_sample * valid).sum() / valid.sum().clamp_min(1.0)
+    total = weights.pixel * pixel + weights.perceptual * perc + weights.latent * latent
+    return {"total": total, "pixel": pixel, "perceptual": perc, "latent": latent}
+
+
+@torch.no_grad()
+def evaluate(E: nn.Module, G: Generator, batch: TrainingBatch, *, perceptual: nn.Module | None) -> dict[str, float]:
+    """Held-out figures: latent MSE (where known), pixel MSE, pixel MSE on hidden pixels, perceptual."""
+    was_training = E.training
+    E.eval()
+    x, m = prepare_inputs(batch.inputs, batch.masks)
+    ws_hat = E(x, m)
+    recon = G.synthesis(ws_hat, noise_mode="const")
+    sq = (recon - batch.targets).square()
+    hidden = (1 - m).expand_as(sq)
+    valid = batch.latent_valid
+    result = {
+        "eval_latent_mse": (ws_hat[valid] - batch.ws[valid]).square().mean().item() if valid.any() else float("nan"),
+        "eval_pixel_mse": sq.mean().item(),
+        "eval_masked_pixel_mse": ((sq * hidden).sum() / hidden.sum()).item() if hidden.sum() > 0 else float("nan"),
+        "eval_perceptual": perceptual(recon, batch.targets).mean().item() if perceptual is not None else float("nan"),
+        "eval_w_avg_latent_mse": (E.w_avg - batch.ws[valid]).square().mean().item() if valid.any() else float("nan"),
+    }
+    E.train(was_training)
+    return result
