@@ -1,0 +1,217 @@
+"""Input datasets on any fsspec URI, planned into shards (the unit of work and of resume).
+
+Layouts:
+- folder   every non-hidden file under the URI (recursively) is one input, except sidecars:
+           `name.mask.png` (mask of known pixels for `name.*`) and `name.json` (metadata);
+           sorted paths are cut into shards of `shard_size` files.
+- tar      webdataset layout: each `.tar` is a shard; members sharing a key (the name up to its
+           first dot) form one input: `key.jpg|jpeg|png|webp`, optional `key.json`, `key.mask.png`.
+- parquet  each `.parquet` file is a shard; one input per row: an image-bytes column (raw bytes, or a
+           struct with a `bytes` field as Hugging Face datasets write) and an optional id column.
+A shard that cannot be read at all (a corrupt tar, say) yields one error record for itself.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import fsspec
+import pyarrow.parquet as pq
+
+INPUT_FORMATS = ("auto", "folder", "tar", "parquet")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MASK_SUFFIX = ".mask.png"
+
+
+@dataclass
+class InputRecord:
+    """One input before decoding; `error` set when its bytes could not even be read."""
+
+    image_id: str
+    source_uri: str
+    data: bytes | None = None
+    mask: bytes | None = None
+    meta: dict | None = None
+    error: str | None = None
+
+
+@dataclass
+class ShardSpec:
+    shard_id: str
+    layout: str  # folder | tar | parquet
+    uri: str  # the tar or parquet file; the folder root for folder shards
+    members: list[str] = field(default_factory=list)  # folder shards: file paths under the root
+    options: dict = field(default_factory=dict)  # parquet: image_column, id_column
+
+
+def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(uri)
+
+
+def _full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    return fs.unstrip_protocol(path)
+
+
+def _is_hidden(relative: str) -> bool:
+    return any(part.startswith(".") for part in relative.split("/"))
+
+
+def detect_layout(uri: str) -> str:
+    fs, root = _fs(uri)
+    if root.endswith(".tar"):
+        return "tar"
+    if root.endswith(".parquet"):
+        return "parquet"
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"--input {uri}: no such file or directory")
+    files = [p for p in fs.find(root) if not _is_hidden(posixpath.relpath(p, root))]
+    if files and all(p.endswith(".tar") for p in files):
+        return "tar"
+    if files and all(p.endswith(".parquet") for p in files):
+        return "parquet"
+    return "folder"
+
+
+def plan_shards(uri: str, *, layout: str = "auto", shard_size: int = 1000, image_column: str = "image",
+                id_column: str | None = None) -> list[ShardSpec]:
+    """The shards of an input dataset, in a deterministic order."""
+    if layout not in INPUT_FORMATS:
+        raise ValueError(f"--input-format must be one of {INPUT_FORMATS}, got {layout!r}")
+    layout = detect_layout(uri) if layout == "auto" else layout
+    fs, root = _fs(uri)
+    if layout in ("tar", "parquet"):
+        suffix = f".{layout}"
+        files = [root] if root.endswith(suffix) else sorted(p for p in fs.find(root) if p.endswith(suffix)
+                                                            and not _is_hidden(posixpath.relpath(p, root)))
+        base = posixpath.dirname(root) if root.endswith(suffix) else root
+        return [ShardSpec(posixpath.relpath(p, base).removesuffix(suffix).replace("/", "_"), layout,
+                          _full_uri(fs, p), options={"image_column": image_column, "id_column": id_column})
+                for p in files]
+    files = sorted(posixpath.relpath(p, root) for p in fs.find(root))
+    files = [f for f in files if not _is_hidden(f)]
+    present = set(files)
+    inputs = [f for f in files if not _is_sidecar(f, present)]
+    return [ShardSpec(f"folder-{i // shard_size:05d}", "folder", _full_uri(fs, root), inputs[i : i + shard_size])
+            for i in range(0, len(inputs), shard_size)]
+
+
+def _is_sidecar(relative: str, present: set[str]) -> bool:
+    if relative.endswith(MASK_SUFFIX):
+        return True
+    if relative.endswith(".json"):
+        stem = relative[: -len(".json")]
+        return any(stem + suffix in present for suffix in IMAGE_SUFFIXES)
+    return False
+
+
+def read_shard(spec: ShardSpec) -> Iterator[InputRecord]:
+    """The input records of one shard, in a deterministic order."""
+    if spec.layout == "folder":
+        yield from _read_folder(spec)
+    elif spec.layout == "tar":
+        yield from _read_tar(spec)
+    elif spec.layout == "parquet":
+        yield from _read_parquet(spec)
+    else:
+        raise ValueError(f"unknown shard layout {spec.layout!r}")
+
+
+def _read_folder(spec: ShardSpec) -> Iterator[InputRecord]:
+    fs, root = _fs(spec.uri)
+
+    def read(relative: str) -> bytes | None:
+        path = posixpath.join(root, relative)
+        return fs.cat_file(path) if fs.exists(path) else None
+
+    for relative in spec.members:
+        stem = relative.rsplit(".", 1)[0] if "." in posixpath.basename(relative) else relative
+        source = _full_uri(fs, posixpath.join(root, relative))
+        try:
+            data = read(relative)
+        except OSError as exc:
+            yield InputRecord(relative, source, error=f"unreadable: {exc}")
+            continue
+        if data is None:
+            yield InputRecord(relative, source, error="missing: the file disappeared after planning")
+            continue
+        meta = read(stem + ".json")
+        yield InputRecord(relative, source, data, mask=read(stem + MASK_SUFFIX), meta=_parse_json(meta))
+
+
+def _parse_json(data: bytes | None) -> dict | None:
+    if not data:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {"_unparsable_json": True}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _read_tar(spec: ShardSpec) -> Iterator[InputRecord]:
+    fs, path = _fs(spec.uri)
+    samples: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    failure = None
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                directory, name = posixpath.split(member.name)
+                if name.startswith("."):
+                    continue
+                key, _, suffix = name.partition(".")
+                key = posixpath.join(directory, key)
+                if key not in samples:
+                    samples[key] = {}
+                    order.append(key)
+                samples[key][suffix.lower()] = archive.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        failure = f"unreadable tar: {exc}"
+    for key in order:
+        parts = samples[key]
+        source = f"{spec.uri}#{key}"
+        image_suffix = next((s for s in ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif") if s in parts),
+                            None)
+        image_id = f"{spec.shard_id}/{key}"
+        if image_suffix is None:
+            yield InputRecord(image_id, source, error=f"no image: the sample has only {sorted(parts)}")
+            continue
+        yield InputRecord(image_id, source, parts[image_suffix], mask=parts.get("mask.png"),
+                          meta=_parse_json(parts.get("json")))
+    if failure is not None:  # what could not be enumerated gets one row, so nothing vanishes silently
+        yield InputRecord(f"{spec.shard_id}/<rest of shard>", spec.uri, error=failure)
+
+
+def _read_parquet(spec: ShardSpec) -> Iterator[InputRecord]:
+    image_column, id_column = spec.options.get("image_column", "image"), spec.options.get("id_column")
+    fs, path = _fs(spec.uri)
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+    except (OSError, ValueError) as exc:
+        yield InputRecord(f"{spec.shard_id}/<whole file>", spec.uri, error=f"unreadable parquet: {exc}")
+        return
+    if image_column not in table.column_names:
+        raise ValueError(f"--image-column {image_column!r} is not a column of {spec.uri} "
+                         f"(columns: {table.column_names})")
+    if id_column is not None and id_column not in table.column_names:
+        raise ValueError(f"--id-column {id_column!r} is not a column of {spec.uri}")
+    images = table.column(image_column).to_pylist()
+    ids = table.column(id_column).to_pylist() if id_column else [None] * len(images)
+    for row, (value, image_id) in enumerate(zip(images, ids)):
+        image_id = f"{spec.shard_id}/{row}" if image_id is None else str(image_id)
+        source = f"{spec.uri}#row={row}"
+        if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
+            value = value.get("bytes")
+        if value is None:
+            yield InputRecord(image_id, source, error="empty: the image cell is null")
+        elif not isinstance(value, (bytes, bytearray)):
+            yield InputRecord(image_id, source, error=f"not an image: the cell holds {type(value).__name__}")
+        else:
+            yield InputRecord(image_id, source, bytes(value))
