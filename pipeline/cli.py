@@ -180,5 +180,122 @@ def train_encoder(**options: object) -> None:
     click.echo(f"wrote {path}")
 
 
+@main.command()
+@click.option("--input", "input_uri", required=True, help="Dataset URI: a folder of images (recursive), a folder "
+              "or file of webdataset .tar shards, or .parquet files; local or any fsspec URI.")
+@click.option("--output", required=True, help="Latent store URI (created); rerunning skips finished shards.")
+@click.option("--generator", required=True, help="Generator checkpoint URI (NVlabs .pkl, rosinality .pt, or bundle).")
+@click.option("--encoder", default=None, help="Encoder bundle URI (from train-encoder); without it, refinement "
+              "starts from w_avg.")
+@click.option("--prior", default=None, help="Prior URI (from fit-prior): prior term of refinement, compression, NLLs.")
+@click.option("--stages", default="encode,refine,compress,identity", show_default=True,
+              help="Comma-separated stages to run, from encode,refine,compress,identity.")
+@click.option("--steps", default=200, show_default=True, help="Refinement steps per image.")
+@click.option("--lr", default=0.1, show_default=True, help="Peak refinement learning rate.")
+@click.option("--prior-weight", default=0.01, show_default=True, help="Weight of the prior term (NLL / w_dim).")
+@click.option("--perceptual-weight", default=1.0, show_default=True, help="Weight of the perceptual term.")
+@click.option("--pixel-weight", default=1.0, show_default=True, help="Weight of the pixel MSE term.")
+@click.option("--perceptual", type=click.Choice(["lpips", "discriminator", "none"]), default="lpips",
+              show_default=True, help="Perceptual term of refinement (discriminator = the checkpoint's D features).")
+@click.option("--lpips-weights", default=None, help="URI of LPIPS's VGG16 backbone (default: torchvision's cache).")
+@click.option("--facenet-weights", default=None, help="URI of FaceNet VGGFace2 weights for the identity stage "
+              "(default: facenet-pytorch's cache file).")
+@click.option("--tau", default=3.0, show_default=True, help="Compression threshold in units of sigma.")
+@click.option("--latent-space", type=click.Choice(["w+", "w"]), default="w+", show_default=True,
+              help="Refine a w per layer, or one w for all layers.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Autocast precision of G and the perceptual net during refinement.")
+@click.option("--early-stop-patience", default=0, show_default=True,
+              help="Stop an image after this many steps without improvement (0 = never).")
+@click.option("--input-format", type=click.Choice(["auto", "folder", "tar", "parquet"]), default="auto",
+              show_default=True, help="Input layout; auto looks at the files.")
+@click.option("--shard-size", default=1000, show_default=True, help="Images per shard for folder inputs.")
+@click.option("--image-column", default="image", show_default=True, help="Parquet column holding image bytes.")
+@click.option("--id-column", default=None, help="Parquet column holding image ids (default: <file>/<row>).")
+@click.option("--resize-policy", type=click.Choice(["center-crop", "pad", "stretch"]), default="center-crop",
+              show_default=True, help="How images become the generator's square resolution (pad marks the border "
+              "as unknown pixels).")
+@click.option("--max-pixels", default=64_000_000, show_default=True,
+              help="Larger images are error rows (decompression bombs).")
+@click.option("--latent-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage type of the latent columns.")
+@click.option("--batch-size", default=16, show_default=True, help="Images per batch on each actor.")
+@click.option("--concurrency", default=1, show_default=True, help="Actors (model replicas) working in parallel.")
+@click.option("--num-gpus", default=0.0, show_default=True, help="GPUs per actor (0 = CPU; 0.5 packs two per GPU).")
+@click.option("--cpus-per-actor", default=1.0, show_default=True, help="CPUs reserved per actor.")
+@click.option("--decode-threads", default=4, show_default=True, help="Decoding threads inside each actor.")
+@click.option("--max-retries", default=2, show_default=True, help="Retries of a failed shard before it is recorded "
+              "as failed in the manifest.")
+@click.option("--overwrite", is_flag=True, help="Redo finished shards instead of skipping them.")
+@click.option("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else an embedded Ray).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def invert(input_uri: str, stages: str, no_progress: bool, **options: object) -> None:
+    """Invert every image of a dataset through a StyleGAN2 into a Parquet latent store.
+
+    Stages: encode (one forward pass of the regressor), refine (batched optimization of W+ against
+    pixel + perceptual losses and the gaussianized prior), compress (PCA log-compression beyond
+    tau), identity (FaceNet cosine between input and reconstructions). Every input yields exactly
+    one row; failures are rows with status 'error' and a reason.
+    """
+    from jobs.invert import run
+    from pipeline.runtime.config import InvertConfig
+
+    config = InvertConfig(input=input_uri, stages=tuple(s.strip() for s in stages.split(",") if s.strip()),
+                          progress=not no_progress, **options)
+    try:
+        summary = run(config)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"processed {summary.shards_done} shards ({summary.shards_skipped} already done), "
+               f"{summary.rows} images: {summary.ok} ok, {summary.errors} errors, "
+               f"{summary.images_per_second:.2f} images/s, {summary.retries} retries")
+    click.echo(f"latents: {config.output.rstrip('/')}/latents/  manifest: {config.output.rstrip('/')}/manifest.json")
+    if summary.shards_failed:
+        click.echo(f"error: {len(summary.shards_failed)} shards failed after retries: {summary.shards_failed}; "
+                   "see manifest/*.failed.json, then rerun to retry them", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--ids", required=True, help="Comma-separated image ids, or @FILE with one id per line.")
+@click.option("--out", "out_dir", required=True, help="Directory for the PNGs (created).")
+@click.option("--column", type=click.Choice(["w_refined", "w_encoded", "w_compressed"]), default="w_refined",
+              show_default=True, help="Which latents to render.")
+@click.option("--generator", default=None, help="Generator URI (default: the one recorded in the store).")
+@click.option("--device", default="auto", show_default=True, help="'auto' (CUDA if present), 'cpu', 'cuda:0', ...")
+def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str | None, device: str) -> None:
+    """Render stored latents of STORE back into images (one PNG per id)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from pipeline.imaging import to_uint8
+    from pipeline.models.checkpoints import load_generator
+    from pipeline.models.fingerprint import fingerprint
+    from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
+
+    wanted = Path(ids[1:]).read_text().split() if ids.startswith("@") else [i for i in ids.split(",") if i]
+    meta = read_store_metadata(store)
+    G = load_generator(generator or meta["generator"], device=resolve_device(device))
+    if fingerprint(G) != meta["generator_fingerprint"]:
+        raise click.UsageError(f"--generator is not the generator this store was made with "
+                               f"({meta['generator_fingerprint']})")
+    frame = read_latents(store, columns=["image_id", "status", column])
+    frame = frame[frame["image_id"].isin(wanted)]
+    missing = sorted(set(wanted) - set(frame["image_id"]))
+    if missing:
+        raise click.UsageError(f"ids not in the store: {missing[:5]}")
+    ws = torch.from_numpy(latent_array(frame, column, meta["latent_shape"])).to(G.w_avg.device)
+    with torch.no_grad():
+        images = to_uint8(G.synthesis(ws, noise_mode=meta.get("noise_mode", "const")))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for image_id, array in zip(frame["image_id"], images):
+        name = image_id.replace("/", "__").rsplit(".", 1)[0] + f".{column}.png"
+        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(out / name)
+    click.echo(f"wrote {len(frame)} images to {out}")
+
+
 if __name__ == "__main__":
     main()

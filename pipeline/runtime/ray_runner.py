@@ -1,0 +1,105 @@
+"""The Ray edge of `latentmill invert`: an actor pool over shards, with retries and failure accounting.
+
+Why Ray Core actors rather than a Ray Data pipeline: the shard is the unit of output and of resume
+(one atomic Parquet file plus a manifest entry per input shard), and a shard must be processed
+by one worker so its file is written once. Each actor holds one replica of G, E, prior, perceptual
+and identity models (loaded once in its constructor) and pins `--num-gpus`; inside a shard, decoding
+runs on CPU threads ahead of the batches. The driver keeps every actor busy, replaces an actor whose
+process died, retries a shard up to `--max-retries` times, then records it as failed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from pipeline.data.sources import ShardSpec
+from pipeline.runtime.config import InvertConfig
+from pipeline.store.latent_store import record_failure
+
+
+@dataclass
+class RunSummary:
+    shards_done: int = 0
+    shards_skipped: int = 0
+    shards_failed: list[str] = field(default_factory=list)
+    rows: int = 0
+    ok: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    retries: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, configure_logging=False,
+                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::UserWarning"}})
+
+
+def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummary) -> RunSummary:
+    """Process `shards` on a pool of `config.concurrency` actors; fills and returns `summary`."""
+    import ray
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    from pipeline.runtime.shard_processor import ShardProcessor
+
+    init_ray(config.address)
+    Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor)(ShardProcessor)
+    size = min(config.concurrency, max(len(shards), 1))
+    actors = [Actor.remote(config) for _ in range(size)]
+    queue: deque[tuple[ShardSpec, int]] = deque((spec, 1) for spec in shards)
+    running: dict[Any, tuple[Any, ShardSpec, int]] = {}
+    idle = list(actors)
+    start = time.perf_counter()
+    bar = tqdm(total=len(shards), desc="invert", unit="shard", disable=not config.progress)
+    while queue or running:
+        while queue and idle:
+            actor = idle.pop()
+            spec, attempt = queue.popleft()
+            running[actor.process.remote(spec, attempt)] = (actor, spec, attempt)
+        done, _ = ray.wait(list(running), num_returns=1)
+        actor, spec, attempt = running.pop(done[0])
+        try:
+            entry = ray.get(done[0])
+        except (RayActorError, ActorDiedError, ActorUnavailableError, ray.exceptions.RayTaskError) as exc:
+            died = isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
+            if died:  # the worker process is gone: replace it
+                ray.kill(actor, no_restart=True)
+                actor = Actor.remote(config)
+            idle.append(actor)
+            if attempt <= config.max_retries:
+                summary.retries += 1
+                queue.append((spec, attempt + 1))
+            else:
+                summary.shards_failed.append(spec.shard_id)
+                record_failure(config.output, spec.shard_id, {
+                    "shard": spec.shard_id, "attempts": attempt, "worker_died": died,
+                    "error": "".join(traceback.format_exception_only(type(exc), exc)).strip()[-4000:]})
+                bar.update(1)
+            continue
+        idle.append(actor)
+        summary.shards_done += 1
+        summary.rows += entry["rows"]
+        summary.ok += entry["ok"]
+        summary.errors += entry["errors"]
+        bar.update(1)
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(images=summary.rows, ok=summary.ok, errors=summary.errors,
+                        img_s=f"{summary.rows / max(elapsed, 1e-9):.2f}")
+    bar.close()
+    summary.seconds = time.perf_counter() - start
+    for actor in actors + idle:
+        ray.kill(actor, no_restart=True)
+    return summary

@@ -1,0 +1,178 @@
+"""Processing one input shard end to end: read, decode, run the stages in batches, write Parquet.
+
+`ShardProcessor` is a plain class: `__init__` loads every model once, `process(shard)` does one
+unit of work. Ray makes it an actor at the edge (pipeline/runtime/ray_runner.py); tests and
+single-process runs call it directly. Decoding runs in a thread pool ahead of the batches (Pillow
+and torch release the GIL), so the CPU decodes the next images while the accelerator works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.data.decode import Decoded, decode_image, decode_mask
+from pipeline.data.sources import InputRecord, ShardSpec, read_shard
+from pipeline.losses.perceptual import build_perceptual
+from pipeline.models.checkpoints import load_networks
+from pipeline.models.encoder import load_encoder
+from pipeline.models.fingerprint import fingerprint
+from pipeline.models.stylegan2 import Generator
+from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.runtime.config import InvertConfig
+from pipeline.stages.chain import InversionModels, invert_batch
+from pipeline.stages.identity import FaceNetIdentity
+from pipeline.store.latent_store import write_shard
+from pipeline.store.schema import SCHEMA_VERSION, latents_schema
+
+
+def load_models(config: InvertConfig, device: torch.device) -> InversionModels:
+    """Every model the configured stages need, checked against the generator; errors name the setting."""
+    networks = load_networks(config.generator, device=device, setting="--generator")
+    G = networks.get("G_ema") or next((n for n in networks.values() if isinstance(n, Generator)), None)
+    if not isinstance(G, Generator):
+        raise ValueError(f"--generator {config.generator}: the checkpoint holds no generator")
+    E = load_encoder(config.encoder, generator=G, device=device) if config.encoder else None
+    prior = GaussianizedPrior.load(config.prior, generator=G).to(device) if config.prior else None
+    perceptual = None
+    if "refine" in config.stages:
+        perceptual = build_perceptual(config.perceptual, discriminator=networks.get("D"),
+                                      lpips_weights=config.lpips_weights)
+        perceptual = perceptual.to(device) if perceptual is not None else None
+    identity = FaceNetIdentity(config.facenet_weights).to(device) if "identity" in config.stages else None
+    names = {"perceptual": config.perceptual if perceptual is not None else "none",
+             "identity": "facenet-vggface2" if identity is not None else "none"}
+    return InversionModels(G=G, E=E, prior=prior, perceptual=perceptual, identity=identity, names=names)
+
+
+def _ray_node_id() -> str | None:
+    """The Ray node this runs on (None outside Ray): recorded so a run's spread over nodes is visible."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+@dataclass
+class _Row:
+    record: InputRecord
+    decoded: Decoded | None
+    mask: np.ndarray | None
+
+
+class ShardProcessor:
+    def __init__(self, config: InvertConfig, device: str | None = None) -> None:
+        self.config = config
+        wants_gpu = config.num_gpus > 0 and torch.cuda.is_available()
+        self.device = torch.device(device or ("cuda" if wants_gpu else "cpu"))
+        self.models = load_models(config, self.device)
+        G = self.models.G
+        self.generator_fingerprint = fingerprint(G)
+        metadata = {
+            "generator": config.generator, "generator_fingerprint": self.generator_fingerprint,
+            "encoder": config.encoder, "encoder_fingerprint": fingerprint(self.models.E) if self.models.E else None,
+            "prior": config.prior, "prior_generator_fingerprint": self.generator_fingerprint if config.prior else None,
+            "num_ws": G.num_ws, "w_dim": G.w_dim, "img_resolution": G.img_resolution, "img_channels": G.img_channels,
+            "noise_mode": "const", "perceptual_metric": self.models.names["perceptual"],
+            "identity_model": self.models.names["identity"], "settings": config.to_dict(),
+        }
+        self.schema = latents_schema(G.num_ws, G.w_dim, latent_dtype=config.latent_dtype, metadata=metadata)
+
+    def _decode(self, record: InputRecord) -> _Row:
+        if record.error is not None:
+            return _Row(record, None, None)
+        G = self.models.G
+        decoded = decode_image(record.data, resolution=G.img_resolution, policy=self.config.resize_policy,
+                               channels=G.img_channels, max_pixels=self.config.max_pixels)
+        mask = decoded.valid
+        if decoded.ok and record.mask is not None:
+            given = decode_mask(record.mask, resolution=G.img_resolution, policy=self.config.resize_policy)
+            if given is None:
+                return _Row(record, Decoded(None, "corrupt mask: the .mask.png sidecar cannot be decoded"), None)
+            mask = given if mask is None else mask * given
+        return _Row(record, decoded, mask)
+
+    def _maybe_crash(self, shard: str) -> None:
+        if shard in self.config.crash_once_on_shards:
+            marker = Path(self.config.output.removeprefix("file://")) / ".crash-markers" / shard
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                os._exit(1)  # simulate a machine or process failure mid-shard
+
+    def process(self, spec: ShardSpec, attempt: int = 1) -> dict[str, Any]:
+        """Run one shard and write its Parquet file and manifest entry; returns the manifest entry."""
+        start = time.perf_counter()
+        self._maybe_crash(spec.shard_id)
+        records = list(read_shard(spec))
+        with ThreadPoolExecutor(max_workers=self.config.decode_threads) as pool:
+            rows = list(pool.map(self._decode, records))
+        columns: dict[str, list] = {f.name: [None] * len(rows) for f in self.schema}
+        for i, row in enumerate(rows):
+            columns["image_id"][i] = row.record.image_id
+            columns["source_uri"][i] = row.record.source_uri
+            columns["status"][i] = "ok"
+            if row.record.meta is not None:
+                columns["meta"][i] = json.dumps(row.record.meta)
+            error = row.record.error or (row.decoded.error if row.decoded is not None else None)
+            if error is not None:
+                columns["status"][i], columns["error"][i] = "error", error
+            if row.decoded is not None and row.decoded.original_size is not None:
+                columns["width"][i], columns["height"][i] = row.decoded.original_size
+
+        good = [i for i, row in enumerate(rows) if columns["status"][i] == "ok"]
+        for begin in range(0, len(good), self.config.batch_size):
+            index = good[begin : begin + self.config.batch_size]
+            self._run_batch(index, rows, columns)
+
+        columns["shard"] = [spec.shard_id] * len(rows)
+        columns["model_fingerprint"] = [self.generator_fingerprint] * len(rows)
+        columns["schema_version"] = [SCHEMA_VERSION] * len(rows)
+        table = pa.table({f.name: self._arrow(f, columns[f.name]) for f in self.schema}, schema=self.schema)
+        ok = sum(status == "ok" for status in columns["status"])
+        entry = {"shard": spec.shard_id, "rows": len(rows), "ok": ok, "errors": len(rows) - ok,
+                 "seconds": round(time.perf_counter() - start, 3), "attempt": attempt, "host": socket.gethostname(),
+                 "node": _ray_node_id(),
+                 "device": str(self.device), "generator_fingerprint": self.generator_fingerprint,
+                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_shard(self.config.output, spec.shard_id, table, entry)
+        return entry
+
+    def _run_batch(self, index: list[int], rows: list[_Row], columns: dict[str, list]) -> None:
+        t0 = time.perf_counter()
+        images = torch.from_numpy(np.stack([rows[i].decoded.image for i in index]))
+        masks = None
+        if any(rows[i].mask is not None for i in index):
+            full = np.ones((1, *images.shape[2:]), dtype=np.float32)
+            masks = torch.from_numpy(np.stack([rows[i].mask if rows[i].mask is not None else full for i in index]))
+        ids = [rows[i].record.image_id for i in index]
+        try:
+            out = invert_batch(self.models, self.config.settings(), images, masks, ids)
+        except (RuntimeError, ValueError) as exc:  # e.g. NaNs or out-of-memory: the batch's rows say so
+            for i in index:
+                columns["status"][i], columns["error"][i] = "error", f"stage failed: {type(exc).__name__}: {exc}"
+            return
+        seconds = (time.perf_counter() - t0) / len(index)
+        for key, values in out.items():
+            for j, i in enumerate(index):
+                columns[key][i] = values[j]
+        for j, i in enumerate(index):
+            columns["seconds"][i] = seconds
+            columns["known_fraction"][i] = float(masks[j].mean()) if masks is not None else 1.0
+            if not np.isfinite(out["mse"][j]):
+                columns["status"][i], columns["error"][i] = "error", "non-finite: the reconstruction has NaN or inf"
+
+    def _arrow(self, field: pa.Field, values: list) -> pa.Array:
+        if pa.types.is_fixed_size_list(field.type):
+            dtype = np.float16 if field.type.value_type == pa.float16() else np.float32
+            return pa.array([None if v is None else np.asarray(v, dtype=dtype) for v in values], type=field.type)
+        return pa.array(values, type=field.type)

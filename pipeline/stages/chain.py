@@ -1,0 +1,119 @@
+"""The stages of `latentmill invert` on one batch: encode -> refine -> compress -> identity.
+
+Pure torch: takes decoded images, returns per-image columns of the latents table. The Ray layer
+(pipeline/runtime) only feeds batches in and writes what comes out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.losses.pixel import masked_mse
+from pipeline.models.encoder import Encoder, encode
+from pipeline.models.stylegan2 import Generator
+from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.stages.identity import IdentityModel, identity_cosine
+from pipeline.stages.refine import refine
+
+STAGES = ("encode", "refine", "compress", "identity")
+
+
+@dataclass
+class InversionSettings:
+    stages: tuple[str, ...] = STAGES
+    steps: int = 200  # refinement steps per image
+    lr: float = 0.1
+    pixel_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    prior_weight: float = 0.01
+    latent_space: str = "w+"
+    tau: float = 3.0  # compression threshold, in units of sigma
+    precision: str = "fp32"
+    early_stop_patience: int = 0
+    noise_mode: str = "const"
+
+
+@dataclass
+class InversionModels:
+    G: Generator
+    E: Encoder | None = None
+    prior: GaussianizedPrior | None = None
+    perceptual: nn.Module | None = None
+    identity: IdentityModel | None = None
+    names: dict[str, str] = field(default_factory=dict)  # e.g. {"perceptual": "lpips-vgg"}
+
+
+def image_seed(image_id: str) -> int:
+    """A stable per-image seed: results never depend on batching or on which worker ran the image."""
+    return int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().cpu().numpy()
+
+
+@torch.no_grad()
+def _render(G: Generator, ws: torch.Tensor, noise_mode: str) -> torch.Tensor:
+    return G.synthesis(ws, noise_mode=noise_mode).float()
+
+
+def invert_batch(models: InversionModels, settings: InversionSettings, images: torch.Tensor,
+                 masks: torch.Tensor | None, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """images [N, C, R, R] in [-1, 1], masks [N, 1, R, R] -> {column: [N, ...] numpy} (latents flattened)."""
+    G, n = models.G, images.shape[0]
+    device = G.w_avg.device
+    images = images.to(device)
+    masks = masks.to(device) if masks is not None else None
+    out: dict[str, np.ndarray] = {}
+    prior = models.prior
+
+    ws = G.w_avg.expand(n, G.num_ws, -1).clone()
+    if "encode" in settings.stages and models.E is not None:
+        with torch.no_grad():
+            ws = encode(models.E, images, masks).float()
+        out["w_encoded"] = _np(ws)
+        out["mse_encoded"] = _np(masked_mse(_render(G, ws, settings.noise_mode), images, masks))
+        if prior is not None:
+            out["prior_nll_encoded"] = _np(prior.nll(ws))
+
+    if "refine" in settings.stages:
+        result = refine(G, images, ws, masks=masks, steps=settings.steps, lr=settings.lr,
+                        pixel_weight=settings.pixel_weight, perceptual=models.perceptual,
+                        perceptual_weight=settings.perceptual_weight, prior=prior, prior_weight=settings.prior_weight,
+                        latent_space=settings.latent_space, noise_mode=settings.noise_mode,
+                        early_stop_patience=settings.early_stop_patience, precision=settings.precision,
+                        seeds=[image_seed(i) for i in image_ids])
+        ws, recon = result.ws, result.images
+        out["w_refined"] = _np(ws)
+        out["refine_steps"] = result.steps_run.cpu().numpy().astype(np.int32)
+        if models.perceptual is not None:
+            out["perceptual"] = _np(result.losses["perceptual"])
+        if prior is not None:
+            out["prior_nll_refined"] = _np(prior.nll(ws))
+    else:
+        recon = _render(G, ws, settings.noise_mode)
+    out["mse"] = _np(masked_mse(recon, images, masks))
+
+    compressed = None
+    if "compress" in settings.stages and prior is not None:
+        with torch.no_grad():
+            compressed = prior.compress(ws, settings.tau)
+        out["w_compressed"] = _np(compressed)
+        out["prior_nll_compressed"] = _np(prior.nll(compressed))
+        out["compression_delta"] = _np((compressed - ws).square().mean(dim=(1, 2)).sqrt())
+
+    if "identity" in settings.stages and models.identity is not None:
+        out["id_cosine_refined"] = _np(identity_cosine(models.identity, images, recon))
+        if compressed is not None:
+            cmp_images = _render(G, compressed, settings.noise_mode)
+            out["id_cosine_compressed"] = _np(identity_cosine(models.identity, images, cmp_images))
+    for key in ("w_encoded", "w_refined", "w_compressed"):
+        if key in out:
+            out[key] = out[key].reshape(n, -1)  # [N, num_ws * w_dim], row-major
+    return out

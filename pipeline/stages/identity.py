@@ -1,0 +1,81 @@
+"""Stage 4: identity scoring, the cosine between face embeddings of input and reconstruction.
+
+The default embedding is facenet-pytorch's InceptionResnetV1 trained on VGGFace2. facenet-pytorch
+downloads those weights on first use; here they are read from a URI instead (default: the file
+facenet-pytorch itself caches, `$TORCH_HOME/checkpoints/20180402-114759-vggface2.pt`), and a missing
+file is an error naming `--facenet-weights`, raised before any work starts. Inputs are assumed
+aligned (FFHQ-style crops); `--align faces` crops with MTCNN first.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import CheckpointError
+from pipeline.uris import local_path
+
+FACENET_FILE = "20180402-114759-vggface2.pt"
+FACENET_SETTING = "--facenet-weights"
+FACENET_RESOLUTION = 160
+
+
+class IdentityModel(Protocol):
+    """Anything that maps images [N, 3, H, W] in [-1, 1] to unit-norm embeddings [N, D]."""
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def default_facenet_uri() -> str:
+    return os.path.join(os.path.dirname(torch.hub.get_dir()), "checkpoints", FACENET_FILE)  # $TORCH_HOME
+
+
+class FaceNetIdentity(nn.Module):
+    """facenet-pytorch InceptionResnetV1 with its weights from a URI."""
+
+    def __init__(self, weights_uri: str | None = None) -> None:
+        super().__init__()
+        from facenet_pytorch import InceptionResnetV1
+
+        uri = weights_uri or default_facenet_uri()
+        path = local_path(uri, setting=FACENET_SETTING)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, ValueError) as exc:
+            raise CheckpointError(f"{FACENET_SETTING} {uri}: not a readable state dict ({exc})") from None
+        self.net = InceptionResnetV1(pretrained=None, classify=False)
+        state = {k: v for k, v in state.items() if not k.startswith("logits.")}  # the classifier is unused
+        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{FACENET_SETTING} {uri}: not InceptionResnetV1 weights "
+                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.net.eval().requires_grad_(False)
+        self.weights_uri = uri
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=(FACENET_RESOLUTION, FACENET_RESOLUTION), mode="bilinear", align_corners=False,
+                          antialias=True)
+        x = x * (127.5 / 128.0)  # facenet's fixed_image_standardization, (pixel - 127.5) / 128
+        return F.normalize(self.net(x), dim=1)
+
+
+def identity_cosine(model: IdentityModel, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of the identity embeddings of two image batches -> [N]."""
+    with torch.no_grad():
+        return (model.embed(a) * model.embed(b)).sum(dim=1)
+
+
+def save_random_facenet(path: str, seed: int = 0) -> str:
+    """A randomly initialized InceptionResnetV1 saved like facenet's weight file (tests, benchmarks)."""
+    from facenet_pytorch import InceptionResnetV1
+
+    torch.manual_seed(seed)
+    torch.save(InceptionResnetV1(pretrained=None, classify=False).state_dict(), path)
+    return path

@@ -1,0 +1,121 @@
+"""The latent store on disk (any fsspec URI): one Parquet file per input shard plus a manifest.
+
+    STORE/latents/part-<shard>.parquet    written atomically (temp + rename on local disks)
+    STORE/manifest/<shard>.json           written after the data file: the shard is done
+    STORE/manifest/<shard>.failed.json    a shard that failed after its retries (with traceback)
+    STORE/manifest.json                   a summary of the run (rewritten at the end of each run)
+
+A rerun lists `manifest/*.json` and skips finished shards, so a killed job resumes with no
+duplicates and no gaps (img2dataset's incremental mode).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from collections.abc import Iterable
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.store.schema import LATENT_COLUMNS, store_metadata
+from pipeline.uris import write_bytes
+
+
+def _join(root: str, *parts: str) -> str:
+    return posixpath.join(root.rstrip("/"), *parts)
+
+
+def shard_file(store: str, shard: str) -> str:
+    return _join(store, "latents", f"part-{shard}.parquet")
+
+
+def manifest_file(store: str, shard: str, *, failed: bool = False) -> str:
+    return _join(store, "manifest", f"{shard}{'.failed' if failed else ''}.json")
+
+
+def write_shard(store: str, shard: str, table: pa.Table, entry: dict[str, Any]) -> None:
+    """Data first, manifest entry last: a crash between them leaves the shard unfinished, not half-done."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    write_bytes(shard_file(store, shard), buffer.getvalue())
+    write_bytes(manifest_file(store, shard), json.dumps(entry, indent=2, default=str).encode())
+    fs, path = fsspec.core.url_to_fs(manifest_file(store, shard, failed=True))
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def record_failure(store: str, shard: str, entry: dict[str, Any]) -> None:
+    write_bytes(manifest_file(store, shard, failed=True), json.dumps(entry, indent=2, default=str).encode())
+
+
+def manifest_entries(store: str) -> dict[str, dict[str, Any]]:
+    """Finished shards: shard id -> its manifest entry."""
+    fs, root = fsspec.core.url_to_fs(_join(store, "manifest"))
+    if not fs.isdir(root):
+        return {}
+    entries = {}
+    for path in fs.glob(posixpath.join(root, "*.json")):
+        name = posixpath.basename(path)
+        if not name.endswith(".failed.json"):
+            entries[name[: -len(".json")]] = json.loads(fs.cat_file(path))
+    return entries
+
+
+def failed_entries(store: str) -> dict[str, dict[str, Any]]:
+    fs, root = fsspec.core.url_to_fs(_join(store, "manifest"))
+    if not fs.isdir(root):
+        return {}
+    return {posixpath.basename(p)[: -len(".failed.json")]: json.loads(fs.cat_file(p))
+            for p in fs.glob(posixpath.join(root, "*.failed.json"))}
+
+
+def remove_shard(store: str, shard: str) -> None:
+    """Forget a shard (for --overwrite): manifest entry first, then its data."""
+    for uri in (manifest_file(store, shard), manifest_file(store, shard, failed=True), shard_file(store, shard)):
+        fs, path = fsspec.core.url_to_fs(uri)
+        if fs.exists(path):
+            fs.rm(path)
+
+
+def data_files(store: str) -> list[str]:
+    """The Parquet files of finished shards (files without a manifest entry are not part of the store)."""
+    return [shard_file(store, shard) for shard in sorted(manifest_entries(store))]
+
+
+def read_latents(store: str, *, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """All rows of a store as a DataFrame (latent columns hold numpy arrays)."""
+    files = data_files(store)
+    if not files:
+        raise FileNotFoundError(f"{store}: no finished shards (is this a latentmill store?)")
+    tables = []
+    for uri in files:
+        fs, path = fsspec.core.url_to_fs(uri)
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f, columns=list(columns) if columns else None))
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def read_store_metadata(store: str) -> dict[str, Any]:
+    """Generator, latent shape and settings recorded in the store's schema."""
+    files = data_files(store)
+    if not files:
+        raise FileNotFoundError(f"{store}: no finished shards")
+    fs, path = fsspec.core.url_to_fs(files[0])
+    with fs.open(path, "rb") as f:
+        return store_metadata(pq.read_schema(f))
+
+
+def latent_array(frame: pd.DataFrame, column: str, latent_shape: Iterable[int]) -> np.ndarray:
+    """One latent column as float32 [rows, num_ws, w_dim]; rows must all be non-null."""
+    if column not in LATENT_COLUMNS:
+        raise ValueError(f"{column!r} is not a latent column ({LATENT_COLUMNS})")
+    values = frame[column].to_list()
+    if any(v is None for v in values):
+        raise ValueError(f"some selected rows have no {column} (error rows, or the stage was off)")
+    return np.stack(values).astype(np.float32).reshape(len(values), *latent_shape)

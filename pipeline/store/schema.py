@@ -1,0 +1,84 @@
+"""The `latents` table: the versioned contract between latentmill and the teams that read its output.
+
+One row per input image, `status` 'ok' or 'error' (with `error` = "<reason>: <detail>"). Latents
+are flattened W+ as fixed-size lists of num_ws * w_dim values (float32 or float16), row-major
+[num_ws, w_dim]; the shape, the generator and every setting are in the schema metadata under the
+key `latentmill`, so a reader can regenerate images without asking anyone. schemas/latents.v1.json
+is generated from `latents_schema` and documented in schemas/README.md; a test keeps them equal.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_NAME = "latents"
+SCHEMA_VERSION = 1
+METADATA_KEY = b"latentmill"
+LATENT_COLUMNS = ("w_encoded", "w_refined", "w_compressed")
+LATENT_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+
+# name, type (None = latent list), nullable, description
+_COLUMNS: list[tuple[str, pa.DataType | None, bool, str]] = [
+    ("image_id", pa.string(), False, "input id: relative path (folder), '<shard>/<key>' (tar), id column (Parquet)"),
+    ("source_uri", pa.string(), False, "where the input came from (file URI, tar URI#key, parquet URI#row=N)"),
+    ("shard", pa.string(), False, "input shard id: the unit of work and of resume"),
+    ("status", pa.string(), False, "'ok' or 'error'"),
+    ("error", pa.string(), True, "'<reason>: <detail>' when status is 'error', else null"),
+    ("w_encoded", None, True, "encoder output W+ (null without an encoder)"),
+    ("w_refined", None, True, "refined W+ (null when refinement is off)"),
+    ("w_compressed", None, True, "refined W+ after PCA log-compression (null without a prior)"),
+    ("mse", pa.float32(), True, "pixel MSE of G(w_refined) (or of the last stage run) against the input, on known pixels, in [-1, 1] units"),
+    ("mse_encoded", pa.float32(), True, "pixel MSE of G(w_encoded)"),
+    ("perceptual", pa.float32(), True, "perceptual distance of G(w_refined); the metric is named in the metadata"),
+    ("id_cosine_refined", pa.float32(), True, "identity-embedding cosine between input and G(w_refined)"),
+    ("id_cosine_compressed", pa.float32(), True, "identity-embedding cosine between input and G(w_compressed)"),
+    ("prior_nll_encoded", pa.float32(), True, "prior NLL (mean over layers of squared Mahalanobis norm) of w_encoded"),
+    ("prior_nll_refined", pa.float32(), True, "prior NLL of w_refined"),
+    ("prior_nll_compressed", pa.float32(), True, "prior NLL of w_compressed"),
+    ("compression_delta", pa.float32(), True, "RMS change of the latent made by compression"),
+    ("refine_steps", pa.int32(), True, "optimizer steps the image received"),
+    ("known_fraction", pa.float32(), True, "fraction of pixels known (mask, pad border)"),
+    ("width", pa.int32(), True, "input width before resizing"),
+    ("height", pa.int32(), True, "input height before resizing"),
+    ("meta", pa.string(), True, "the input's JSON sidecar, if any, as JSON text"),
+    ("seconds", pa.float32(), True, "this image's share of its batch's compute time"),
+    ("model_fingerprint", pa.string(), False, "fingerprint of the generator (sha256 of its weights)"),
+    ("schema_version", pa.int16(), False, "version of this schema"),
+]
+
+
+def latents_schema(num_ws: int, w_dim: int, *, latent_dtype: str = "float32",
+                   metadata: dict[str, Any] | None = None) -> pa.Schema:
+    """The Arrow schema of a latent store for a generator with num_ws x w_dim latents."""
+    if latent_dtype not in LATENT_DTYPES:
+        raise ValueError(f"--latent-dtype must be one of {sorted(LATENT_DTYPES)}, got {latent_dtype!r}")
+    latent_type = pa.list_(LATENT_DTYPES[latent_dtype], num_ws * w_dim)
+    fields = [pa.field(name, latent_type if dtype is None else dtype, nullable=nullable,
+                       metadata={b"description": text.encode()})
+              for name, dtype, nullable, text in _COLUMNS]
+    meta = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "latent_shape": [num_ws, w_dim],
+            "latent_dtype": latent_dtype, **(metadata or {})}
+    return pa.schema(fields, metadata={METADATA_KEY: json.dumps(meta, default=str).encode()})
+
+
+def store_metadata(schema: pa.Schema) -> dict[str, Any]:
+    """The `latentmill` metadata of a latent store's schema (generator, shapes, settings)."""
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ValueError("not a latentmill latent store: the Parquet schema has no 'latentmill' metadata")
+    return json.loads(raw)
+
+
+def schema_document() -> dict[str, Any]:
+    """A machine-readable description of the schema, written to schemas/latents.v1.json."""
+    return {
+        "name": SCHEMA_NAME,
+        "version": SCHEMA_VERSION,
+        "latent_columns": {"type": "fixed_size_list<float32|float16>[num_ws * w_dim]", "layout": "row-major [num_ws, w_dim]"},
+        "metadata_key": METADATA_KEY.decode(),
+        "columns": [{"name": name, "type": "latent" if dtype is None else str(dtype), "nullable": nullable,
+                     "description": text} for name, dtype, nullable, text in _COLUMNS],
+    }
