@@ -50,6 +50,9 @@ class EncoderTrainingConfig:
     lpips_weights: str | None = None
     backbone_weights: str | None = None  # torchvision ImageNet weights for resnet backbones
     style_mixing_prob: float = 0.9
+    real_images: str | None = None  # dataset URI of real images (pixel + perceptual terms only)
+    real_fraction: float = 0.25  # share of each batch drawn from real_images
+    real_max: int = 10_000  # real images decoded into memory per worker
     mask_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
     checkpoint_every: int = 500
     eval_size: int = 64
@@ -161,6 +164,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(E) if world > 1 else E.to(device)
     E_plain = model.module if hasattr(model, "module") else model
     weights = LossWeights(cfg.pixel_weight, cfg.perceptual_weight, cfg.latent_weight)
+    real = None
+    if cfg.real_images:
+        from pipeline.data.image_pool import load_image_pool
+
+        pool = load_image_pool(cfg.real_images, resolution=G.img_resolution, channels=G.img_channels,
+                               max_images=cfg.real_max)
+        print(f"worker {rank}: {pool.describe()}")
+        real = pool.images
     eval_batch = sample_training_batch(G, cfg.eval_size, torch.Generator(device=device).manual_seed(cfg.seed + 10**6),
                                        style_mixing_prob=cfg.style_mixing_prob, mask_weights=cfg.mask_weights)
     output = Path(cfg.output)
@@ -171,7 +182,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Each (step, rank) has its own random stream: a resumed run draws exactly what it would have.
         rng = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
         batch = sample_training_batch(G, cfg.batch_size, rng, style_mixing_prob=cfg.style_mixing_prob,
-                                      mask_weights=cfg.mask_weights)
+                                      mask_weights=cfg.mask_weights, real_images=real,
+                                      real_fraction=cfg.real_fraction if real is not None else 0.0)
         losses = encoder_losses(model, G, batch, perceptual=perceptual, weights=weights)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

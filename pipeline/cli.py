@@ -160,6 +160,10 @@ def fit_prior(generator: str, output: str, num_samples: int, batch_size: int, se
 @click.option("--latent-weight", default=1.0, show_default=True, help="Weight of the latent-recovery MSE.")
 @click.option("--style-mixing-prob", default=0.9, show_default=True,
               help="Probability that a training latent mixes two ws at a random layer.")
+@click.option("--real-images", default=None, help="Dataset URI of real images (folder, tar or Parquet) mixed into "
+              "each batch with pixel and perceptual terms only.")
+@click.option("--real-fraction", default=0.25, show_default=True, help="Share of each batch taken from --real-images.")
+@click.option("--real-max", default=10_000, show_default=True, help="Real images decoded into memory per worker.")
 @click.option("--checkpoint-every", default=500, show_default=True, help="Steps between checkpoints + evaluation.")
 @click.option("--eval-size", default=64, show_default=True, help="Held-out samples evaluated at each checkpoint.")
 @click.option("--num-workers", default=1, show_default=True, help="Ray Train workers (data-parallel).")
@@ -215,6 +219,9 @@ def train_encoder(**options: object) -> None:
 @click.option("--resize-policy", type=click.Choice(["center-crop", "pad", "stretch"]), default="center-crop",
               show_default=True, help="How images become the generator's square resolution (pad marks the border "
               "as unknown pixels).")
+@click.option("--align", type=click.Choice(["none", "faces"]), default="none", show_default=True,
+              help="faces: crop the most confident face (facenet-pytorch's MTCNN) before resizing; images without "
+              "a face become error rows.")
 @click.option("--max-pixels", default=64_000_000, show_default=True,
               help="Larger images are error rows (decompression bombs).")
 @click.option("--latent-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,

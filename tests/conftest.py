@@ -77,3 +77,15 @@ def prior(G):
     from pipeline.priors.gaussian import GaussianizedPrior
 
     return GaussianizedPrior.fit(G, num_samples=40_000, batch_size=10_000, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for one test module (2 CPUs), started clean and shut down afterwards."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -31,3 +31,17 @@ def test_encoder_benchmark_reports_forward_and_training_figures(tmp_path):
                   "--json", str(out)])
     measures = {row["measure"] for row in json.loads(out.read_text())["rows"]}
     assert measures == {"forward img/s (fp32)", "train steps/s (fp32)"}
+
+
+def test_invert_benchmark_runs_the_real_job(tmp_path):
+    import ray
+
+    from benchmarks import invert
+
+    out = tmp_path / "i.json"
+    try:
+        invert.main(["--images", "1", "--steps", "1", "--batch-size", "1", "--json", str(out)])
+    finally:
+        ray.shutdown()  # the job started an embedded Ray in this process
+    result = json.loads(out.read_text())
+    assert result["ok"] == 1 and result["images_per_second_wall"] > 0

@@ -104,3 +104,10 @@ def test_fsspec_memory_filesystem_works_as_input():
     fs.pipe("/dataset/x.png", png_bytes(colorful()))
     fs.pipe("/dataset/sub/y.png", png_bytes(colorful(seed=1)))
     assert [r.image_id for r in records("memory://dataset")] == ["sub/y.png", "x.png"]
+
+
+def test_face_alignment_turns_faceless_images_into_named_errors():
+    from pipeline.data.align import FaceAligner
+
+    decoded = decode_image(png_bytes(colorful(size=160)), resolution=32, aligner=FaceAligner())
+    assert not decoded.ok and decoded.error.startswith("no face")

@@ -109,3 +109,19 @@ def test_collages_have_no_latent_target_and_show_two_images(G):
     assert not batch.latent_valid.any()
     assert torch.equal(batch.masks, torch.ones_like(batch.masks))
     assert torch.equal(batch.targets, batch.inputs), "E learns to project the collage itself"
+
+
+def test_real_images_fill_their_share_of_the_batch_without_latent_targets(G, tmp_path):
+    from pipeline.data.image_pool import load_image_pool
+    from tests.datasets import messy_folder
+
+    messy_folder(tmp_path / "real")
+    pool = load_image_pool(str(tmp_path / "real"), resolution=16)
+    assert len(pool.images) == 9 and sum(pool.skipped.values()) == 6 and "6" in pool.describe()
+    batch = sample_training_batch(G, 8, torch.Generator().manual_seed(0), real_images=pool.images,
+                                  real_fraction=0.5, mask_weights={"full": 1.0})
+    assert not batch.latent_valid[:4].any() and batch.latent_valid[4:].all()
+    assert any(torch.equal(batch.targets[0], img) for img in pool.images)
+    E = small_encoder(G)
+    losses = encoder_losses(E, G, batch, perceptual=None, weights=LossWeights())
+    assert torch.isfinite(losses["total"])

@@ -34,15 +34,6 @@ def assets(tmp_path_factory, fixture_dir):
             "messy": messy_folder(root / "messy"), "messy_dir": str(root / "messy"), "root": root}
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def config(assets, output, **overrides) -> InvertConfig:
     base = dict(input=assets["messy_dir"], output=str(output), generator=assets["generator"], prior=assets["prior"],
                 stages=("refine", "compress", "identity"), perceptual="discriminator",

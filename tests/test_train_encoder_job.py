@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -18,15 +19,6 @@ def generator_file(tmp_path_factory, G):
     path = tmp_path_factory.mktemp("gen") / "g16.safetensors"
     write_bundle(str(path), {"G_ema": G, "D": tiny_discriminator(resolution=16)})
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def config(generator: str, output, steps: int) -> EncoderTrainingConfig:
@@ -63,3 +55,16 @@ def test_resume_continues_at_the_saved_step_with_the_same_optimizer_state(ray_lo
     opt_a = torch.load(straight / "checkpoints" / "step-00000020" / "optimizer.pt", weights_only=True)
     opt_b = torch.load(split / "checkpoints" / "step-00000020" / "optimizer.pt", weights_only=True)
     assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"] == 20
+
+
+def test_training_with_real_images_runs_and_logs_the_pool(ray_local, generator_file, tmp_path):
+    import dataclasses
+
+    from tests.datasets import messy_folder
+
+    messy_folder(tmp_path / "real")
+    cfg = dataclasses.replace(config(generator_file, tmp_path / "out", steps=10), real_images=str(tmp_path / "real"),
+                              real_fraction=0.5)
+    path = run(cfg)
+    assert path.exists()
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["real_images"] == str(tmp_path / "real")

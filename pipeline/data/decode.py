@@ -11,9 +11,13 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from pipeline.data.align import FaceAligner
 
 RESIZE_POLICIES = ("center-crop", "pad", "stretch")
 DEFAULT_MAX_PIXELS = 64_000_000  # refuse larger images (decompression bombs); Pillow's default is ~89M
@@ -54,7 +58,7 @@ def _resize(img: Image.Image, resolution: int, policy: str) -> Image.Image:
 
 
 def decode_image(data: bytes, *, resolution: int, policy: str = "center-crop", channels: int = 3,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, aligner: "FaceAligner | None" = None) -> Decoded:
     """bytes -> Decoded (image [channels, R, R] in [-1, 1], or the reason it could not be used)."""
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {policy!r}")
@@ -82,6 +86,10 @@ def decode_image(data: bytes, *, resolution: int, policy: str = "center-crop", c
         img = _to_rgb(img)
     except (OSError, ValueError) as exc:
         return Decoded(None, f"unsupported: cannot convert mode {img.mode} to RGB ({exc})", (width, height))
+    if aligner is not None:
+        img, reason = aligner.crop(img)
+        if img is None:
+            return Decoded(None, reason, (width, height))
     valid = None
     if policy == "pad":
         border = ImageOps.pad(Image.new("L", img.size, 255), (resolution, resolution), color=0)

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.data.align import ALIGN_MODES
 from pipeline.data.decode import RESIZE_POLICIES
 from pipeline.data.sources import INPUT_FORMATS
 from pipeline.losses.perceptual import PERCEPTUAL_KINDS
@@ -41,6 +42,7 @@ class InvertConfig:
     image_column: str = "image"
     id_column: str | None = None
     resize_policy: str = "center-crop"
+    align: str = "none"  # 'faces': crop the most confident MTCNN face first
     max_pixels: int = 64_000_000
     # output
     latent_dtype: str = "float32"
@@ -75,6 +77,7 @@ class InvertConfig:
         checks = [
             (self.input_format in INPUT_FORMATS, f"--input-format must be one of {INPUT_FORMATS}"),
             (self.resize_policy in RESIZE_POLICIES, f"--resize-policy must be one of {RESIZE_POLICIES}"),
+            (self.align in ALIGN_MODES, f"--align must be one of {ALIGN_MODES}"),
             (self.perceptual in PERCEPTUAL_KINDS, f"--perceptual must be one of {PERCEPTUAL_KINDS}"),
             (self.latent_dtype in LATENT_DTYPES, f"--latent-dtype must be one of {sorted(LATENT_DTYPES)}"),
             (self.steps >= 1, "--steps must be at least 1"),

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.data.align import FaceAligner
 from pipeline.data.decode import Decoded, decode_image, decode_mask
 from pipeline.data.sources import InputRecord, ShardSpec, read_shard
 from pipeline.losses.perceptual import build_perceptual
@@ -86,13 +87,14 @@ class ShardProcessor:
             "identity_model": self.models.names["identity"], "settings": config.to_dict(),
         }
         self.schema = latents_schema(G.num_ws, G.w_dim, latent_dtype=config.latent_dtype, metadata=metadata)
+        self.aligner = FaceAligner() if config.align == "faces" else None
 
     def _decode(self, record: InputRecord) -> _Row:
         if record.error is not None:
             return _Row(record, None, None)
         G = self.models.G
         decoded = decode_image(record.data, resolution=G.img_resolution, policy=self.config.resize_policy,
-                               channels=G.img_channels, max_pixels=self.config.max_pixels)
+                               channels=G.img_channels, max_pixels=self.config.max_pixels, aligner=self.aligner)
         mask = decoded.valid
         if decoded.ok and record.mask is not None:
             given = decode_mask(record.mask, resolution=G.img_resolution, policy=self.config.resize_policy)

@@ -6,6 +6,7 @@ trains E(x * m, m) with
     pixel_weight * MSE(G(E(.)), x) + perceptual_weight * P(G(E(.)), x) + latent_weight * MSE(E(.), w+)
 over the whole image, so E learns to complete what it cannot see. Collages have no true latent:
 their latent term is skipped and their target is the collage itself (E learns to project it).
+Optionally a fraction of each batch comes from real images (pixel and perceptual terms only).
 """
 
 from __future__ import annotations
@@ -56,10 +57,17 @@ def sample_ws(G: Generator, n: int, generator: torch.Generator, *, style_mixing_
 
 @torch.no_grad()
 def sample_training_batch(G: Generator, n: int, generator: torch.Generator, *, style_mixing_prob: float = 0.9,
-                          mask_weights: dict[str, float] | None = None) -> TrainingBatch:
+                          mask_weights: dict[str, float] | None = None, real_images: torch.Tensor | None = None,
+                          real_fraction: float = 0.0) -> TrainingBatch:
+    """n training samples; the first round(n * real_fraction) are drawn from `real_images` [M, C, R, R]
+    (masked like the rest, but with no latent target: only pixel and perceptual terms apply)."""
     device = G.w_avg.device
     ws = sample_ws(G, n, generator, style_mixing_prob=style_mixing_prob)
     images = G.synthesis(ws, noise_mode="const")
+    num_real = round(n * real_fraction) if real_images is not None else 0
+    if num_real:
+        picks = torch.randint(len(real_images), (num_real,), generator=generator, device=device).cpu()
+        images[:num_real] = real_images[picks].to(device)
     masks, kinds = random_masks(n, G.img_resolution, generator=torch.Generator().manual_seed(
         int(torch.randint(2**31, (), generator=generator, device=device))), kind_weights=mask_weights or
         DEFAULT_KIND_WEIGHTS)
@@ -68,7 +76,9 @@ def sample_training_batch(G: Generator, n: int, generator: torch.Generator, *, s
     others = images.roll(1, dims=0)  # the second image of each collage
     inputs = torch.where(collage[:, None, None, None], masks * images + (1 - masks) * others, images)
     e_masks = torch.where(collage[:, None, None, None], torch.ones_like(masks), masks)
-    return TrainingBatch(inputs=inputs, masks=e_masks, targets=inputs, ws=ws, latent_valid=~collage, kinds=kinds)
+    latent_valid = ~collage
+    latent_valid[:num_real] = False
+    return TrainingBatch(inputs=inputs, masks=e_masks, targets=inputs, ws=ws, latent_valid=latent_valid, kinds=kinds)
 
 
 def encoder_losses(E: nn.Module, G: Generator, batch: TrainingBatch, *, perceptual: nn.Module | None,
