@@ -211,6 +211,8 @@ def train_encoder(**options: object) -> None:
               help="Autocast precision of G and the perceptual net during refinement.")
 @click.option("--early-stop-patience", default=0, show_default=True,
               help="Stop an image after this many steps without improvement (0 = never).")
+@click.option("--compile", is_flag=True, help="torch.compile the generator's synthesis for refinement (one-time "
+              "compile per actor; worth it on GPUs for long runs).")
 @click.option("--input-format", type=click.Choice(["auto", "folder", "tar", "parquet"]), default="auto",
               show_default=True, help="Input layout; auto looks at the files.")
 @click.option("--shard-size", default=1000, show_default=True, help="Images per shard for folder inputs.")

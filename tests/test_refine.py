@@ -82,3 +82,10 @@ def test_learning_rate_schedule_warms_up_then_ramps_down():
     lrs = [learning_rate(s, 100, 0.1, 0.05, 0.25) for s in range(100)]
     assert lrs[0] == 0 and max(lrs) == pytest.approx(0.1)
     assert lrs[50] == pytest.approx(0.1) and lrs[99] < 0.01
+
+
+def test_compiled_synthesis_gives_the_eager_result(G, targets):
+    images, init = targets
+    eager = refine(G, images[:2], init[:2], steps=3, fused_modconv=False)
+    compiled = refine(G, images[:2], init[:2], steps=3, fused_modconv=False, compile=True)
+    torch.testing.assert_close(compiled.ws, eager.ws, rtol=1e-4, atol=1e-5)

@@ -31,6 +31,7 @@ class InvertConfig:
     latent_space: str = "w+"
     precision: str = "fp32"
     early_stop_patience: int = 0
+    compile: bool = False
     perceptual: str = "lpips"
     lpips_weights: str | None = None
     # compression and identity
@@ -64,7 +65,7 @@ class InvertConfig:
         return InversionSettings(stages=tuple(self.stages), steps=self.steps, lr=self.lr, pixel_weight=self.pixel_weight,
                                  perceptual_weight=self.perceptual_weight, prior_weight=self.prior_weight,
                                  latent_space=self.latent_space, tau=self.tau, precision=self.precision,
-                                 early_stop_patience=self.early_stop_patience)
+                                 early_stop_patience=self.early_stop_patience, compile=self.compile)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "crash_once_on_shards"}

@@ -37,6 +37,7 @@ class InversionSettings:
     precision: str = "fp32"
     early_stop_patience: int = 0
     noise_mode: str = "const"
+    compile: bool = False
 
 
 @dataclass
@@ -88,6 +89,7 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
                         perceptual_weight=settings.perceptual_weight, prior=prior, prior_weight=settings.prior_weight,
                         latent_space=settings.latent_space, noise_mode=settings.noise_mode,
                         early_stop_patience=settings.early_stop_patience, precision=settings.precision,
+                        compile=settings.compile,
                         seeds=[image_seed(i) for i in image_ids])
         ws, recon = result.ws, result.images
         out["w_refined"] = _np(ws)

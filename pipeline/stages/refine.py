@@ -75,6 +75,13 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def compiled_synthesis(G: Generator):
+    """G.synthesis under torch.compile, cached on the generator so each replica compiles once."""
+    if getattr(G, "_compiled_synthesis", None) is None:
+        G._compiled_synthesis = torch.compile(G.synthesis)
+    return G._compiled_synthesis
+
+
 def estimate_w_std(G: Generator, num_samples: int = 2000, seed: int = 0) -> float:
     """sqrt(E||w - w_avg||^2): the scale of the official projector's latent perturbation."""
     with torch.no_grad():
@@ -112,6 +119,7 @@ def refine(
     seeds: Sequence[int] | None = None,  # per-image random streams (default: position in the batch)
     precision: str = "fp32",  # 'bf16'/'fp16' run G and the perceptual net under autocast
     fused_modconv: bool | None = None,
+    compile: bool = False,  # torch.compile G's synthesis (compiled once per generator; pays off on GPUs)
     progress: bool = False,
 ) -> RefineResult:
     """Optimize one latent per image; returns refined ws, reconstructions and per-image final losses."""
@@ -140,9 +148,11 @@ def refine(
     def expand(lat: torch.Tensor) -> torch.Tensor:
         return lat[:, None].expand(-1, num_ws, -1) if latent_space == "w" else lat  # [N, num_ws, w_dim]
 
+    synthesize = compiled_synthesis(G) if compile else G.synthesis
+
     def losses_at(ws: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         with _autocast(device, precision):
-            synth = G.synthesis(ws, noise_mode=noise_mode, fused_modconv=fused_modconv, noise_inputs=noise or None)
+            synth = synthesize(ws, noise_mode=noise_mode, fused_modconv=fused_modconv, noise_inputs=noise or None)
         synth = synth.float()
         parts = {"pixel": masked_mse(synth, target, mask)}
         zero = torch.zeros(n, device=device)
