@@ -9,7 +9,7 @@ from pipeline.losses.discriminator_features import DiscriminatorFeatureLoss
 from pipeline.losses.pixel import masked_mse
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.stages.refine import learning_rate, refine
-from tests.conftest import tiny_discriminator
+from tests.conftest import tiny_discriminator, tiny_generator
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,12 @@ def test_learning_rate_schedule_warms_up_then_ramps_down():
     assert lrs[50] == pytest.approx(0.1) and lrs[99] < 0.01
 
 
-def test_compiled_synthesis_gives_the_eager_result(G, targets):
+def test_compiled_synthesis_gives_the_eager_result_and_leaves_G_unchanged(G, targets):
+    from pipeline.models.fingerprint import fingerprint
+
     images, init = targets
+    before = fingerprint(G)
     eager = refine(G, images[:2], init[:2], steps=3, fused_modconv=False)
     compiled = refine(G, images[:2], init[:2], steps=3, fused_modconv=False, compile=True)
     torch.testing.assert_close(compiled.ws, eager.ws, rtol=1e-4, atol=1e-5)
+    assert fingerprint(G) == before and set(G.state_dict()) == set(tiny_generator().state_dict())

@@ -63,7 +63,10 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     running: dict[Any, tuple[Any, ShardSpec, int]] = {}
     idle = list(actors)
     start = time.perf_counter()
-    bar = tqdm(total=len(shards), desc="invert", unit="shard", disable=not config.progress)
+    bar = tqdm(total=len(shards), desc="shards", unit="shard", disable=not config.progress, position=0)
+    known = all(spec.layout == "folder" for spec in shards)  # tar/Parquet counts are known only once read
+    image_bar = tqdm(total=sum(len(s.members) for s in shards) if known else None, desc="images", unit="img",
+                     disable=not config.progress, position=1)
     while queue or running:
         while queue and idle:
             actor = idle.pop()
@@ -95,10 +98,10 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
         summary.ok += entry["ok"]
         summary.errors += entry["errors"]
         bar.update(1)
-        elapsed = time.perf_counter() - start
-        bar.set_postfix(images=summary.rows, ok=summary.ok, errors=summary.errors,
-                        img_s=f"{summary.rows / max(elapsed, 1e-9):.2f}")
+        image_bar.update(entry["rows"])
+        image_bar.set_postfix(ok=summary.ok, errors=summary.errors)
     bar.close()
+    image_bar.close()
     summary.seconds = time.perf_counter() - start
     for actor in actors + idle:
         ray.kill(actor, no_restart=True)

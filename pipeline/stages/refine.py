@@ -15,6 +15,7 @@ elementwise, so a batch of N gives the result of N runs of one, up to float roun
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -75,11 +76,18 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def compiled_synthesis(G: Generator):
-    """G.synthesis under torch.compile, cached on the generator so each replica compiles once."""
-    if getattr(G, "_compiled_synthesis", None) is None:
-        G._compiled_synthesis = torch.compile(G.synthesis)
-    return G._compiled_synthesis
+    """G.synthesis under torch.compile, compiled once per generator object.
+
+    Cached outside the module: an attribute would register the compiled wrapper as a submodule
+    and change G's state dict and fingerprint.
+    """
+    if G not in _COMPILED:
+        _COMPILED[G] = torch.compile(G.synthesis)
+    return _COMPILED[G]
 
 
 def estimate_w_std(G: Generator, num_samples: int = 2000, seed: int = 0) -> float:
