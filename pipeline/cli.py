@@ -306,5 +306,26 @@ def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str 
     click.echo(f"wrote {len(frame)} images to {out}")
 
 
+@main.command("make-demo-data")
+@click.option("--output", required=True, help="Directory for the tar shards (created).")
+@click.option("--resolution", default=64, show_default=True, help="Side of the square images, in pixels.")
+@click.option("--shard-size", default=500, show_default=True, help="Emoji per tar shard.")
+@click.option("--font", "font_path", default="/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf", show_default=True,
+              help="Noto Color Emoji font file (Debian package fonts-noto-color-emoji).")
+@click.option("--limit", type=int, default=None, help="Only the first N emoji (for quick runs).")
+def make_demo_data(output: str, resolution: int, shard_size: int, font_path: str, limit: int | None) -> None:
+    """Render the offline demo data set: colour emoji (faces among them) as webdataset tar shards.
+
+    Each sample is key.png (emoji centred on white) and key.json with its codepoint, Unicode name
+    and group ('face' or 'other'), usable as labels for rebalancing.
+    """
+    from jobs.make_demo_data import run
+
+    try:
+        run(output, font_path=font_path, resolution=resolution, shard_size=shard_size, limit=limit)
+    except FileNotFoundError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 if __name__ == "__main__":
     main()
