@@ -4,7 +4,7 @@ The same command trains on a laptop CPU (one worker, embedded Ray) or on a GPU c
 (`--num-workers N --use-gpu`, with RAY_ADDRESS or `--address`): Ray Train's TorchTrainer runs
 `train_loop_per_worker` on each worker with DDP. Output directory:
   encoder.safetensors          the latest encoder bundle (loads with pipeline.models.encoder.load_encoder)
-  checkpoints/step-XXXXXXXX/   encoder bundle, optimizer state, step: the resume points
+  checkpoints/step-XXXXXXXX/   model.safetensors (E), optimizer.pt, state.json: the resume points
   train_log.csv, eval_log.csv  per-step losses, held-out figures at each checkpoint (+ TensorBoard if installed)
   config.json                  the settings of the run
 A rerun with the same --output resumes from the newest checkpoint: same step, same optimizer state.
@@ -12,15 +12,13 @@ A rerun with the same --output resumes from the newest checkpoint: same step, sa
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-from contextlib import nullcontext
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,7 @@ from typing import Any
 import torch
 
 from pipeline.masks import DEFAULT_KIND_WEIGHTS
-
-CHECKPOINT_PREFIX = "step-"
-
+from pipeline.training.checkpointing import TrainingLogs, latest_checkpoint, publish_checkpoint, save_checkpoint
 
 @dataclass
 class EncoderTrainingConfig:
@@ -61,65 +57,6 @@ class EncoderTrainingConfig:
     use_gpu: bool = False
     seed: int = 0
     progress: bool = True
-
-
-def latest_checkpoint(output: str | Path) -> Path | None:
-    directory = Path(output) / "checkpoints"
-    steps = sorted(directory.glob(f"{CHECKPOINT_PREFIX}*")) if directory.is_dir() else []
-    complete = [d for d in steps if (d / "state.json").is_file()]  # state.json is written last
-    return complete[-1] if complete else None
-
-
-def save_checkpoint(directory: Path, E: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    info: dict[str, Any]) -> None:
-    from pipeline.models.bundle import write_bundle
-
-    directory.mkdir(parents=True, exist_ok=True)
-    write_bundle(str(directory / "encoder.safetensors"), {"E": E}, info=info)
-    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-    (directory / "state.json").write_text(json.dumps({"step": step}))
-
-
-def publish_checkpoint(src: Path, output: Path, step: int, keep: int) -> Path:
-    """Copy a finished checkpoint into output/checkpoints atomically; keep the newest `keep`."""
-    root = output / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
-    staging = root / f".{final.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(src, staging)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging, final)
-    shutil.copy2(final / "encoder.safetensors", output / ".encoder.safetensors.tmp")
-    os.replace(output / ".encoder.safetensors.tmp", output / "encoder.safetensors")
-    for old in sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-class _Logs:
-    """CSV logs (and TensorBoard when installed), appended across resumes; rank 0 only."""
-
-    def __init__(self, output: Path) -> None:
-        self.output = output
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(output / "tensorboard"))
-        except ImportError:
-            self.tensorboard = None
-
-    def write(self, name: str, step: int, values: dict[str, float]) -> None:
-        path = self.output / name
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", *values])
-            if new:
-                writer.writeheader()
-            writer.writerow({"step": step, **values})
-        if self.tensorboard is not None:
-            for key, value in values.items():
-                self.tensorboard.add_scalar(key, value, step)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -158,7 +95,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if resume is not None or resume_dir:
         with (resume.as_directory() if resume is not None else nullcontext(resume_dir)) as directory:
             directory = Path(directory)
-            E.load_state_dict(load_encoder(str(directory / "encoder.safetensors"), generator=G).state_dict())
+            E.load_state_dict(load_encoder(str(directory / "model.safetensors"), generator=G).state_dict())
             optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
             start = json.loads((directory / "state.json").read_text())["step"]
     model = ray.train.torch.prepare_model(E) if world > 1 else E.to(device)
@@ -175,7 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     eval_batch = sample_training_batch(G, cfg.eval_size, torch.Generator(device=device).manual_seed(cfg.seed + 10**6),
                                        style_mixing_prob=cfg.style_mixing_prob, mask_weights=cfg.mask_weights)
     output = Path(cfg.output)
-    logs = _Logs(output) if rank == 0 else None
+    logs = TrainingLogs(output) if rank == 0 else None
     bar = tqdm(total=cfg.steps, initial=start, desc="train encoder", disable=not (cfg.progress and rank == 0))
     model.train()
     for step in range(start, cfg.steps):
@@ -198,9 +135,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 logs.write("eval_log.csv", done, metrics)
                 with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint(Path(tmp), E_plain, optimizer, done,
+                    save_checkpoint(Path(tmp), {"E": E_plain}, {"optimizer": optimizer}, done,
                                     info={"step": done, "generator": cfg.generator, "config": config})
-                    publish_checkpoint(Path(tmp), output, done, cfg.keep_checkpoints)
+                    publish_checkpoint(Path(tmp), output, done, cfg.keep_checkpoints, final_name="encoder.safetensors")
                     ray.train.report({"step": done, **metrics},
                                      checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
