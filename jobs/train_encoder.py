@@ -12,12 +12,9 @@ A rerun with the same --output resumes from the newest checkpoint: same step, sa
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import sys
 import tempfile
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,7 @@ from typing import Any
 import torch
 
 from pipeline.masks import DEFAULT_KIND_WEIGHTS
-from pipeline.training.checkpointing import TrainingLogs, latest_checkpoint, publish_checkpoint, save_checkpoint
+from pipeline.training.checkpointing import TrainingLogs, publish_checkpoint, save_checkpoint
 
 @dataclass
 class EncoderTrainingConfig:
@@ -146,31 +143,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def run(config: EncoderTrainingConfig, *, address: str | None = None) -> Path:
-    """Train (or resume) and return the path of the final encoder bundle."""
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    """Train (or resume) and return the path of the latest encoder bundle."""
+    from pipeline.runtime.ray_train import fit_resumable
 
-    output = Path(config.output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    loop_config = dataclasses.asdict(config) | {"output": str(output)}
-    resume = latest_checkpoint(output)
-    if resume is not None:
-        step = json.loads((resume / "state.json").read_text())["step"]
-        print(f"resuming from {resume} (step {step} of {config.steps})")
-        loop_config["_resume_from"] = str(resume)
-    (output / "config.json").write_text(json.dumps(loop_config, indent=2))
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                 log_to_driver=True, configure_logging=False)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
-        run_config=RunConfig(name=f"train-encoder-{int(time.time())}", storage_path=str(output / "ray")),
-    )
-    trainer.fit()
-    return output / "encoder.safetensors"
+    return fit_resumable(train_loop_per_worker, config, name="train-encoder", address=address) / "encoder.safetensors"
 
 
 if __name__ == "__main__":

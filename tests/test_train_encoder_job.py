@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from jobs.train_encoder import EncoderTrainingConfig, latest_checkpoint, run
+from jobs.train_encoder import EncoderTrainingConfig, run
+from pipeline.training.checkpointing import latest_checkpoint
 from pipeline.models.bundle import write_bundle
 from pipeline.models.encoder import load_encoder
 from tests.conftest import tiny_discriminator

@@ -1,0 +1,47 @@
+"""Launching a resumable training loop on Ray Train (shared by train-encoder and train-generator).
+
+The loop receives the job's settings as a dict plus `_resume_from`: the newest complete checkpoint
+under OUTPUT/checkpoints, when there is one, so rerunning the same command continues where it
+stopped. Settings are also written to OUTPUT/config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.training.checkpointing import checkpoint_step, latest_checkpoint
+
+
+def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, name: str,
+                  address: str | None = None) -> Path:
+    """Run `train_loop` on `config.num_workers` Ray Train workers; returns the resolved output directory.
+
+    `config` is a dataclass with `output`, `steps`, `num_workers` and `use_gpu` fields.
+    """
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    output = Path(config.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    loop_config = dataclasses.asdict(config) | {"output": str(output)}
+    resume = latest_checkpoint(output)
+    if resume is not None:
+        print(f"resuming from {resume} (step {checkpoint_step(resume)} of {config.steps})")
+        loop_config["_resume_from"] = str(resume)
+    (output / "config.json").write_text(json.dumps(loop_config, indent=2))
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, configure_logging=False)
+    TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
+        run_config=RunConfig(name=f"{name}-{int(time.time())}", storage_path=str(output / "ray")),
+    ).fit()
+    return output
