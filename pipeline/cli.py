@@ -63,9 +63,11 @@ def inspect(uri: str, as_json: bool) -> None:
                        f"z_dim {net['z_dim']}, w_dim {net['w_dim']}, c_dim {net['c_dim']}, num_ws {net['num_ws']}, "
                        f"StyleSpace channels {net['stylespace_channels']}")
             click.echo(f"  mapping {kw['mapping_kwargs'] or 'defaults'}; synthesis {kw['synthesis_kwargs'] or 'defaults'}")
-        else:
+        elif net["class"] == "Discriminator":
             click.echo(f"  resolution {kw['img_resolution']} px, architecture {kw['architecture']}, "
                        f"channel_base {kw['channel_base']}, channel_max {kw['channel_max']}, c_dim {kw['c_dim']}")
+        else:
+            click.echo("  " + ", ".join(f"{k} {v}" for k, v in kw.items()))
         click.echo(f"  fingerprint {net['fingerprint']}")
     if desc["info"].get("not_loaded"):
         click.echo(f"\nnot loaded: {', '.join(desc['info']['not_loaded'])} (unsupported in this format)")

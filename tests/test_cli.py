@@ -78,3 +78,15 @@ def test_fit_prior_writes_a_prior_for_the_generator(run, fixture_dir, tmp_path):
     assert result.exit_code == 0, result.output
     prior = GaussianizedPrior.load(str(out), generator=load_generator(str(fixture_dir / "sg2ada_32px.pkl")))
     assert prior.num_samples == 5000 and prior.w_dim == 32
+
+
+def test_inspect_describes_an_encoder_bundle(run, tmp_path):
+    from pipeline.models.bundle import write_bundle
+    from pipeline.models.encoder import Encoder
+    from tests.conftest import tiny_generator
+
+    path = tmp_path / "E.safetensors"
+    write_bundle(str(path), {"E": Encoder.for_generator(tiny_generator(), base_channels=8, max_channels=16)})
+    result = run("inspect", path)
+    assert result.exit_code == 0, result.output
+    assert "E: Encoder" in result.output and "mode w+" in result.output and "generator_fingerprint sha256:" in result.output
