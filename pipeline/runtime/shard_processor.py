@@ -116,25 +116,20 @@ class ShardProcessor:
         start = time.perf_counter()
         self._maybe_crash(spec.shard_id)
         records = list(read_shard(spec))
+        columns: dict[str, list] = {f.name: [None] * len(records) for f in self.schema}
+        rows: list[_Row] = []
+        pending: list[int] = []  # decoded, valid rows waiting for a full batch
         with ThreadPoolExecutor(max_workers=self.config.decode_threads) as pool:
-            rows = list(pool.map(self._decode, records))
-        columns: dict[str, list] = {f.name: [None] * len(rows) for f in self.schema}
-        for i, row in enumerate(rows):
-            columns["image_id"][i] = row.record.image_id
-            columns["source_uri"][i] = row.record.source_uri
-            columns["status"][i] = "ok"
-            if row.record.meta is not None:
-                columns["meta"][i] = json.dumps(row.record.meta)
-            error = row.record.error or (row.decoded.error if row.decoded is not None else None)
-            if error is not None:
-                columns["status"][i], columns["error"][i] = "error", error
-            if row.decoded is not None and row.decoded.original_size is not None:
-                columns["width"][i], columns["height"][i] = row.decoded.original_size
-
-        good = [i for i, row in enumerate(rows) if columns["status"][i] == "ok"]
-        for begin in range(0, len(good), self.config.batch_size):
-            index = good[begin : begin + self.config.batch_size]
-            self._run_batch(index, rows, columns)
+            # map() submits every decode at once; the threads keep decoding while batches run below.
+            for i, row in enumerate(pool.map(self._decode, records)):
+                rows.append(row)
+                if self._fill_row(i, row, columns):
+                    pending.append(i)
+                if len(pending) == self.config.batch_size:
+                    self._run_batch(pending, rows, columns)
+                    pending = []
+        if pending:
+            self._run_batch(pending, rows, columns)
 
         columns["shard"] = [spec.shard_id] * len(rows)
         columns["model_fingerprint"] = [self.generator_fingerprint] * len(rows)
@@ -148,6 +143,21 @@ class ShardProcessor:
                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_shard(self.config.output, spec.shard_id, table, entry)
         return entry
+
+    @staticmethod
+    def _fill_row(i: int, row: _Row, columns: dict[str, list]) -> bool:
+        """The identifying and error columns of row i; True if the row goes on to the stages."""
+        columns["image_id"][i] = row.record.image_id
+        columns["source_uri"][i] = row.record.source_uri
+        columns["status"][i] = "ok"
+        if row.record.meta is not None:
+            columns["meta"][i] = json.dumps(row.record.meta)
+        error = row.record.error or (row.decoded.error if row.decoded is not None else None)
+        if error is not None:
+            columns["status"][i], columns["error"][i] = "error", error
+        if row.decoded is not None and row.decoded.original_size is not None:
+            columns["width"][i], columns["height"][i] = row.decoded.original_size
+        return error is None
 
     def _run_batch(self, index: list[int], rows: list[_Row], columns: dict[str, list]) -> None:
         t0 = time.perf_counter()
