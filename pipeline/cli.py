@@ -308,6 +308,55 @@ def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str 
     click.echo(f"wrote {len(frame)} images to {out}")
 
 
+@main.command()
+@click.argument("store")
+@click.option("--positives", required=True, help="Image ids showing the attribute (10-30 suffice): comma-separated, "
+              "or @FILE with one id per line.")
+@click.option("--column", type=click.Choice(["w_refined", "w_encoded", "w_compressed"]), default="w_refined",
+              show_default=True, help="Which stored latents to analyse.")
+@click.option("--top-k", default=10, show_default=True, help="How many channels to list.")
+@click.option("--layers", default=None, help="Only rank these StyleSpace layers (comma-separated, e.g. b16.conv0).")
+@click.option("--include-torgb", is_flag=True, help="Also rank toRGB style channels (off, as in the paper).")
+@click.option("--generator", default=None, help="Generator URI (default: the one recorded in the store).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def channels(store: str, positives: str, column: str, top_k: int, layers: str | None, include_torgb: bool,
+             generator: str | None, as_json: bool) -> None:
+    """Find the StyleSpace channels that control an attribute, from a few positive examples.
+
+    Ranks every channel by |mean over positives - mean over the store| / std over the store (Wu et
+    al.); the population is every 'ok' row of STORE. Edit with s_c += alpha * std_c.
+    """
+    from pathlib import Path
+
+    from pipeline.models.checkpoints import load_generator
+    from pipeline.stages.stylespace import detect_channels, stats_of, styles_of
+    from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
+
+    wanted = Path(positives[1:]).read_text().split() if positives.startswith("@") else \
+        [i for i in positives.split(",") if i]
+    meta = read_store_metadata(store)
+    G = load_generator(generator or meta["generator"], device="cpu")
+    frame = read_latents(store, columns=["image_id", "status", column])
+    frame = frame[(frame["status"] == "ok") & frame[column].notna()]
+    missing = sorted(set(wanted) - set(frame["image_id"]))
+    if missing:
+        raise click.UsageError(f"--positives not found among the store's ok rows: {missing[:5]}")
+    if len(frame) < 3:
+        raise click.UsageError("the store needs at least 3 ok rows to estimate the population statistics")
+    styles = styles_of(G, torch.from_numpy(latent_array(frame, column, meta["latent_shape"])))
+    stats = stats_of(styles)
+    mask = torch.tensor(frame["image_id"].isin(wanted).to_numpy(), dtype=torch.bool)
+    ranked = detect_channels({k: v[mask] for k, v in styles.items()}, stats, top_k,
+                             layers=layers.split(",") if layers else None, include_torgb=include_torgb)
+    if as_json:
+        click.echo(json.dumps([vars(c) for c in ranked], indent=2))
+        return
+    click.echo(f"{len(wanted)} positives against {len(frame)} rows of {store}\n")
+    click.echo(f"{'rank':>4}  {'layer':<12} {'channel':>7}  {'score':>7}  direction")
+    for rank, c in enumerate(ranked, 1):
+        click.echo(f"{rank:>4}  {c.layer:<12} {c.channel:>7}  {c.score:7.3f}  {'+' if c.sign > 0 else '-'}")
+
+
 @main.command("train-generator")
 @click.option("--data", required=True, help="Training images: a folder, tar shards or Parquet (any fsspec URI).")
 @click.option("--output", required=True, help="Output directory; rerunning with the same one resumes.")

@@ -90,3 +90,27 @@ def test_inspect_describes_an_encoder_bundle(run, tmp_path):
     result = run("inspect", path)
     assert result.exit_code == 0, result.output
     assert "E: Encoder" in result.output and "mode w+" in result.output and "generator_fingerprint sha256:" in result.output
+
+
+def test_channels_ranks_stylespace_channels_of_a_store(run, fixture_dir, tmp_path):
+    from pipeline.data.sources import plan_shards
+    from pipeline.runtime.config import InvertConfig
+    from pipeline.runtime.shard_processor import ShardProcessor
+    from tests.datasets import colorful, png_bytes
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(8):
+        (images / f"img{i}.png").write_bytes(png_bytes(colorful(seed=i)))
+    config = InvertConfig(input=str(images), output=str(tmp_path / "store"), generator=str(fixture_dir / "sg2ada_32px.pkl"),
+                          stages=("refine",), perceptual="none", steps=2, progress=False)
+    processor = ShardProcessor(config)  # the library runs without Ray: the actor is only its edge
+    for spec in plan_shards(str(images)):
+        processor.process(spec)
+    result = run("channels", tmp_path / "store", "--positives", "img0.png,img1.png,img2.png", "--top-k", "4")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("3 positives against 8 rows") and len(lines) == 2 + 1 + 4
+    assert all("torgb" not in line for line in lines[3:])
+    missing = run("channels", tmp_path / "store", "--positives", "nope.png")
+    assert missing.exit_code == 2 and "nope.png" in missing.output
