@@ -63,11 +63,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from tqdm.auto import tqdm
 
     from pipeline.losses.perceptual import build_perceptual
-    from pipeline.models.checkpoints import load_networks
+    from pipeline.models.checkpoints import load_networks, read_state_dict
     from pipeline.models.encoder import Encoder, TorchvisionBackbone, load_encoder
     from pipeline.models.stylegan2 import Generator
     from pipeline.training.encoder_training import LossWeights, encoder_losses, evaluate, sample_training_batch
-    from pipeline.uris import local_path
 
     resume_dir = config.get("_resume_from")
     cfg = EncoderTrainingConfig(**{k: v for k, v in config.items() if k != "_resume_from"})
@@ -83,9 +82,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     E = Encoder.for_generator(G, mode=cfg.mode, backbone=cfg.backbone, base_channels=cfg.base_channels,
                               max_channels=cfg.max_channels)
     if cfg.backbone_weights and isinstance(E.backbone, TorchvisionBackbone):
-        state = torch.load(local_path(cfg.backbone_weights, setting="--backbone-weights"), map_location="cpu",
-                           weights_only=True)
-        E.backbone.load_imagenet(state)
+        E.backbone.load_imagenet(read_state_dict(cfg.backbone_weights, setting="--backbone-weights"))
     optimizer = torch.optim.Adam(E.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     start = 0
     resume = ray.train.get_checkpoint()  # set when Ray restarted this worker group after a failure

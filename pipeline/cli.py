@@ -17,6 +17,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def parse_ids(spec: str) -> list[str]:
+    """'a.png,b.png' or '@FILE' (one id per line) -> ids."""
+    from pathlib import Path
+
+    return Path(spec[1:]).read_text().split() if spec.startswith("@") else [i for i in spec.split(",") if i]
+
+
 class _Group(click.Group):
     """Turns latentmill's own errors into one clear line and exit status 2, not a traceback."""
 
@@ -286,7 +293,7 @@ def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str 
     from pipeline.models.fingerprint import fingerprint
     from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
 
-    wanted = Path(ids[1:]).read_text().split() if ids.startswith("@") else [i for i in ids.split(",") if i]
+    wanted = parse_ids(ids)
     meta = read_store_metadata(store)
     G = load_generator(generator or meta["generator"], device=resolve_device(device))
     if fingerprint(G) != meta["generator_fingerprint"]:
@@ -326,14 +333,11 @@ def channels(store: str, positives: str, column: str, top_k: int, layers: str | 
     Ranks every channel by |mean over positives - mean over the store| / std over the store (Wu et
     al.); the population is every 'ok' row of STORE. Edit with s_c += alpha * std_c.
     """
-    from pathlib import Path
-
     from pipeline.models.checkpoints import load_generator
     from pipeline.stages.stylespace import detect_channels, stats_of, styles_of
     from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
 
-    wanted = Path(positives[1:]).read_text().split() if positives.startswith("@") else \
-        [i for i in positives.split(",") if i]
+    wanted = parse_ids(positives)
     meta = read_store_metadata(store)
     G = load_generator(generator or meta["generator"], device="cpu")
     frame = read_latents(store, columns=["image_id", "status", column])

@@ -69,3 +69,12 @@ def test_build_perceptual_chooses_and_explains(vgg_file):
         build_perceptual("discriminator")
     with pytest.raises(ValueError, match="must be one of"):
         build_perceptual("ssim")
+
+
+def test_a_file_that_is_not_a_state_dict_is_a_clear_error(tmp_path):
+    from pipeline.errors import CheckpointError
+
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"not a torch file at all")
+    with pytest.raises(CheckpointError, match="--lpips-weights .*not a readable torch state dict"):
+        LPIPSLoss("vgg", str(path))

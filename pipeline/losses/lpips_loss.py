@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import CheckpointError
-from pipeline.uris import local_path
+from pipeline.models.checkpoints import read_state_dict
 
 BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 SETTING = "--lpips-weights"
@@ -32,10 +32,7 @@ def default_backbone_uri(net: str) -> str:
 
 def _backbone_state(uri: str, backbone: nn.Module) -> dict[str, torch.Tensor]:
     """torchvision `features.{i}.*` (or bare `{i}.*`) tensors renamed to lpips' `slice{k}.{i}.*`."""
-    try:
-        state = torch.load(local_path(uri, setting=SETTING), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{SETTING} {uri}: not a readable torch state dict ({exc})") from None
+    state = read_state_dict(uri, setting=SETTING)
     slice_of = {index: name for name, child in backbone.named_children() for index, _ in child.named_children()}
     renamed = {}
     for key, tensor in state.items():

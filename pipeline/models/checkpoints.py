@@ -31,7 +31,7 @@ from pipeline.models.network_record import NetworkRecord
 from pipeline.models.nvlabs_pickle import load_nvlabs_pickle, network_records
 from pipeline.models.pickle_globals import pickle_globals
 from pipeline.models.stylegan2 import Discriminator, Generator
-from pipeline.uris import read_bytes
+from pipeline.uris import local_path, read_bytes
 
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {"Generator": Generator, "Discriminator": Discriminator,
                                                "Encoder": Encoder}
@@ -145,6 +145,19 @@ def _estimate_w_avg(kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> t
     G.load_state_dict({**state, "mapping.w_avg": torch.zeros(G.w_dim)}, strict=True)
     z = torch.randn(W_AVG_SAMPLES, G.z_dim, generator=torch.Generator().manual_seed(0))
     return G.mapping(z)[:, 0].mean(dim=0)
+
+
+def read_state_dict(uri: str, *, setting: str, cache_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """A plain `torch.save`d state dict (torchvision, facenet-pytorch weights) behind a weights URI,
+    loaded with weights_only=True; errors name the setting."""
+    path = local_path(uri, setting=setting, cache_dir=cache_dir)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{setting} {uri}: not a readable torch state dict ({exc})") from None
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{setting} {uri}: expected a state dict, found {type(state).__name__}")
+    return dict(state)
 
 
 def read_checkpoint(uri: str, *, setting: str = "checkpoint", cache_dir: str | Path | None = None) -> Checkpoint:

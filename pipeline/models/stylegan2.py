@@ -412,9 +412,14 @@ class SynthesisNetwork(nn.Module):
     def blocks(self) -> list[tuple[int, SynthesisBlock]]:
         return [(res, getattr(self, f"b{res}")) for res in self.block_resolutions]
 
+    def layer(self, key: str) -> SynthesisLayer | ToRGBLayer:
+        """The layer named "b{res}.{conv0|conv1|torgb}"."""
+        block, name = key.split(".")
+        return getattr(getattr(self, block), name)
+
     def affine_layers(self) -> dict[str, FullyConnectedLayer]:
         """StyleSpace layer name -> its affine map A_l, in execution order."""
-        return {key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]).affine for key in self.style_slots}
+        return {key: self.layer(key).affine for key in self.style_slots}
 
     def styles(self, ws: torch.Tensor) -> dict[str, torch.Tensor]:
         """ws [N, num_ws, w_dim] -> StyleSpace S: {"b{res}.{conv0|conv1|torgb}": [N, channels]}."""
@@ -425,8 +430,8 @@ class SynthesisNetwork(nn.Module):
 
     def noise_layers(self) -> dict[str, SynthesisLayer]:
         """"b{res}.conv{0,1}" -> the layer, for every layer that adds per-pixel noise."""
-        return {key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) for key in self.style_slots
-                if not key.endswith("torgb") and getattr(getattr(self, key.split(".")[0]), key.split(".")[1]).use_noise}
+        return {key: self.layer(key) for key in self.style_slots
+                if not key.endswith("torgb") and self.layer(key).use_noise}
 
     def synthesis_from_styles(self, styles: Mapping[str, torch.Tensor], noise_mode: str = "const",
                               fused_modconv: bool | None = None,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import CheckpointError
-from pipeline.uris import local_path
+from pipeline.models.checkpoints import read_state_dict
 
 FACENET_FILE = "20180402-114759-vggface2.pt"
 FACENET_SETTING = "--facenet-weights"
@@ -42,11 +42,7 @@ class FaceNetIdentity(nn.Module):
         from facenet_pytorch import InceptionResnetV1
 
         uri = weights_uri or default_facenet_uri()
-        path = local_path(uri, setting=FACENET_SETTING)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, ValueError) as exc:
-            raise CheckpointError(f"{FACENET_SETTING} {uri}: not a readable state dict ({exc})") from None
+        state = read_state_dict(uri, setting=FACENET_SETTING)
         self.net = InceptionResnetV1(pretrained=None, classify=False)
         state = {k: v for k, v in state.items() if not k.startswith("logits.")}  # the classifier is unused
         missing, unexpected = self.net.load_state_dict(state, strict=False)
