@@ -12,10 +12,7 @@ A rerun with the same --output resumes from the newest checkpoint: same step, sa
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ from typing import Any
 import torch
 
 from pipeline.masks import DEFAULT_KIND_WEIGHTS
-from pipeline.training.checkpointing import TrainingLogs, publish_checkpoint, save_checkpoint
+from pipeline.training.checkpointing import TrainingLogs, checkpoint_step
 
 @dataclass
 class EncoderTrainingConfig:
@@ -66,9 +63,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pipeline.models.checkpoints import load_networks, read_state_dict
     from pipeline.models.encoder import Encoder, TorchvisionBackbone, load_encoder
     from pipeline.models.stylegan2 import Generator
+    from pipeline.runtime.ray_train import report_checkpoint, resume_directory
     from pipeline.training.encoder_training import LossWeights, encoder_losses, evaluate, sample_training_batch
 
-    resume_dir = config.get("_resume_from")
     cfg = EncoderTrainingConfig(**{k: v for k, v in config.items() if k != "_resume_from"})
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -85,13 +82,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         E.backbone.load_imagenet(read_state_dict(cfg.backbone_weights, setting="--backbone-weights"))
     optimizer = torch.optim.Adam(E.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     start = 0
-    resume = ray.train.get_checkpoint()  # set when Ray restarted this worker group after a failure
-    if resume is not None or resume_dir:
-        with (resume.as_directory() if resume is not None else nullcontext(resume_dir)) as directory:
-            directory = Path(directory)
+    with resume_directory(config.get("_resume_from")) as directory:
+        if directory is not None:
             E.load_state_dict(load_encoder(str(directory / "model.safetensors"), generator=G).state_dict())
             optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
-            start = json.loads((directory / "state.json").read_text())["step"]
+            start = checkpoint_step(directory)
     model = ray.train.torch.prepare_model(E) if world > 1 else E.to(device)
     E_plain = model.module if hasattr(model, "module") else model
     weights = LossWeights(cfg.pixel_weight, cfg.perceptual_weight, cfg.latent_weight)
@@ -128,12 +123,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics = evaluate(E_plain, G, eval_batch, perceptual=perceptual) if rank == 0 else {}
             if rank == 0:
                 logs.write("eval_log.csv", done, metrics)
-                with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint(Path(tmp), {"E": E_plain}, {"optimizer": optimizer}, done,
-                                    info={"step": done, "generator": cfg.generator, "config": config})
-                    publish_checkpoint(Path(tmp), output, done, cfg.keep_checkpoints, final_name="encoder.safetensors")
-                    ray.train.report({"step": done, **metrics},
-                                     checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                report_checkpoint(done, metrics, networks={"E": E_plain}, optimizers={"optimizer": optimizer},
+                                  info={"step": done, "generator": cfg.generator, "config": config}, output=output,
+                                  keep=cfg.keep_checkpoints, final_name="encoder.safetensors")
             else:
                 ray.train.report({"step": done})
     bar.close()

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.training.checkpointing import TrainingLogs, publish_checkpoint, save_checkpoint
+from pipeline.training.checkpointing import TrainingLogs
 
 
 @dataclass
@@ -72,12 +70,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pipeline.data.image_pool import load_image_pool
     from pipeline.imaging import save_grid
     from pipeline.models.checkpoints import load_networks
+    from pipeline.runtime.ray_train import report_checkpoint, resume_directory
     from pipeline.training.distributed import average_gradients, broadcast_parameters
     from pipeline.training.gan_training import (GANLossSettings, RandomFeatures, discriminator_loss, ema_beta,
                                                 generator_loss, kid, lazy_adam, make_ema, path_length_penalty,
                                                 r1_penalty, update_ema)
 
-    resume_dir = config.get("_resume_from")
     cfg = GeneratorTrainingConfig(**{k: v for k, v in config.items() if k != "_resume_from"})
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -97,10 +95,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     opt_D = lazy_adam(D.parameters(), cfg.lr, cfg.r1_interval)
     pl_mean = torch.zeros((), device=device)
     start = 0
-    resume = ray.train.get_checkpoint()
-    if resume is not None or resume_dir:
-        with (resume.as_directory() if resume is not None else nullcontext(resume_dir)) as directory:
-            directory = Path(directory)
+    with resume_directory(config.get("_resume_from")) as directory:
+        if directory is not None:
             nets = load_networks(str(directory / "model.safetensors"), device=device)
             for mine, saved in ((G, nets["G"]), (G_ema, nets["G_ema"]), (D, nets["D"])):
                 mine.load_state_dict(saved.state_dict())
@@ -162,13 +158,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     metrics = {"kid_random_features": kid(real_features, features(fakes))}
                     save_grid(G_ema(sample_z, noise_mode="const"), output / "samples" / f"step-{done:08d}.png")
                 logs.write("eval_log.csv", done, metrics)
-                with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint(Path(tmp), {"G": G, "G_ema": G_ema, "D": D}, {"opt_G": opt_G, "opt_D": opt_D},
-                                    done, info={"step": done, "data": cfg.data, "config": config,
-                                                "kid_random_features": metrics["kid_random_features"]},
-                                    extra_state={"pl_mean": pl_mean.item()})
-                    publish_checkpoint(Path(tmp), output, done, cfg.keep_checkpoints, final_name="generator.safetensors")
-                    ray.train.report({"step": done, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                report_checkpoint(done, metrics, networks={"G": G, "G_ema": G_ema, "D": D},
+                                  optimizers={"opt_G": opt_G, "opt_D": opt_D},
+                                  info={"step": done, "data": cfg.data, "config": config, **metrics}, output=output,
+                                  keep=cfg.keep_checkpoints, final_name="generator.safetensors",
+                                  extra_state={"pl_mean": pl_mean.item()})
             else:
                 ray.train.report({"step": done})
     bar.close()

@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.training.checkpointing import checkpoint_step, latest_checkpoint
+from torch import nn
+
+from pipeline.training.checkpointing import checkpoint_step, latest_checkpoint, publish_checkpoint, save_checkpoint
 
 
 def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, name: str,
@@ -45,3 +49,30 @@ def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, 
         run_config=RunConfig(name=f"{name}-{int(time.time())}", storage_path=str(output / "ray")),
     ).fit()
     return output
+
+
+@contextmanager
+def resume_directory(fallback: str | None) -> Iterator[Path | None]:
+    """Inside a training loop: where to resume from. Ray's checkpoint when Ray restarted the worker
+    group after a failure, else the newest checkpoint `fit_resumable` found on disk, else None."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+    else:
+        yield Path(fallback) if fallback else None
+
+
+def report_checkpoint(step: int, metrics: dict[str, float], *, networks: Mapping[str, nn.Module],
+                      optimizers: Mapping[str, Any], info: dict[str, Any], output: Path, keep: int, final_name: str,
+                      extra_state: dict[str, Any] | None = None) -> None:
+    """On rank 0: save a checkpoint, publish it under output/checkpoints (and as output/final_name),
+    and report it with the metrics to Ray Train. Other ranks call `ray.train.report({"step": step})`."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(Path(tmp), networks, optimizers, step, info, extra_state)
+        publish_checkpoint(Path(tmp), output, step, keep, final_name=final_name)
+        ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
