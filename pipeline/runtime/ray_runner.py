@@ -103,6 +103,6 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     bar.close()
     image_bar.close()
     summary.seconds = time.perf_counter() - start
-    for actor in actors + idle:
+    for actor in idle:  # every live actor is idle now; replaced ones were killed when replaced
         ray.kill(actor, no_restart=True)
     return summary
