@@ -63,13 +63,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pipeline.models.checkpoints import load_networks, read_state_dict
     from pipeline.models.encoder import Encoder, TorchvisionBackbone, load_encoder
     from pipeline.models.stylegan2 import Generator
-    from pipeline.runtime.ray_train import report_checkpoint, resume_directory
+    from pipeline.runtime.ray_train import report_checkpoint, resume_directory, worker_setup
     from pipeline.training.encoder_training import LossWeights, encoder_losses, evaluate, sample_training_batch
 
-    cfg = EncoderTrainingConfig(**{k: v for k, v in config.items() if k != "_resume_from"})
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    cfg, rank, world, device = worker_setup(config, EncoderTrainingConfig)
     networks = load_networks(cfg.generator, device=device, setting="--generator")
     G = networks.get("G_ema") or next(n for n in networks.values() if isinstance(n, Generator))
     perceptual = build_perceptual(cfg.perceptual, discriminator=networks.get("D"), lpips_weights=cfg.lpips_weights)

@@ -64,22 +64,18 @@ def build_networks(cfg: GeneratorTrainingConfig):
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
-    import ray.train.torch
     from tqdm.auto import tqdm
 
     from pipeline.data.image_pool import load_image_pool
     from pipeline.imaging import save_grid
     from pipeline.models.checkpoints import load_networks
-    from pipeline.runtime.ray_train import report_checkpoint, resume_directory
+    from pipeline.runtime.ray_train import report_checkpoint, resume_directory, worker_setup
     from pipeline.training.distributed import average_gradients, broadcast_parameters
     from pipeline.training.gan_training import (GANLossSettings, RandomFeatures, discriminator_loss, ema_beta,
                                                 generator_loss, kid, lazy_adam, make_ema, path_length_penalty,
                                                 r1_penalty, update_ema)
 
-    cfg = GeneratorTrainingConfig(**{k: v for k, v in config.items() if k != "_resume_from"})
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    cfg, rank, world, device = worker_setup(config, GeneratorTrainingConfig)
     pool = load_image_pool(cfg.data, resolution=cfg.resolution, max_images=10**7)
     if rank == 0:
         print(f"training data: {pool.describe()}")

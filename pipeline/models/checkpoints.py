@@ -25,6 +25,7 @@ from torch import nn
 from pipeline.errors import CheckpointError, UnsafeCheckpointError
 from pipeline.models import rosinality
 from pipeline.models.bundle import read_bundle, write_bundle
+from pipeline.models.embedding import EmbeddingNet
 from pipeline.models.encoder import Encoder
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.network_record import NetworkRecord
@@ -34,7 +35,7 @@ from pipeline.models.stylegan2 import Discriminator, Generator
 from pipeline.uris import local_path, read_bytes
 
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {"Generator": Generator, "Discriminator": Discriminator,
-                                               "Encoder": Encoder}
+                                               "Encoder": Encoder, "EmbeddingNet": EmbeddingNet}
 
 # torch.save writes this number first in its legacy (non-zip) format.
 _TORCH_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")

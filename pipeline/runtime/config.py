@@ -37,6 +37,7 @@ class InvertConfig:
     # compression and identity
     tau: float = 3.0
     facenet_weights: str | None = None
+    identity_model: str = "facenet"  # or the URI of a latentmill EmbeddingNet bundle (e.g. the demo's)
     # input
     input_format: str = "auto"
     shard_size: int = 1000

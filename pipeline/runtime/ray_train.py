@@ -51,6 +51,16 @@ def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, 
     return output
 
 
+def worker_setup(config: dict[str, Any], config_class: type) -> tuple[Any, int, int, Any]:
+    """Inside a training loop: (the job's settings as `config_class`, rank, world size, torch device)."""
+    import ray.train
+    import ray.train.torch
+
+    settings = config_class(**{k: v for k, v in config.items() if k != "_resume_from"})
+    context = ray.train.get_context()
+    return settings, context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device()
+
+
 @contextmanager
 def resume_directory(fallback: str | None) -> Iterator[Path | None]:
     """Inside a training loop: where to resume from. Ray's checkpoint when Ray restarted the worker

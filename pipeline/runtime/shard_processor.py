@@ -32,7 +32,7 @@ from pipeline.models.stylegan2 import Generator
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.runtime.config import InvertConfig
 from pipeline.stages.chain import InversionModels, invert_batch
-from pipeline.stages.identity import FaceNetIdentity
+from pipeline.stages.identity import load_identity_model
 from pipeline.store.latent_store import write_shard
 from pipeline.store.schema import SCHEMA_VERSION, latents_schema
 
@@ -50,9 +50,11 @@ def load_models(config: InvertConfig, device: torch.device) -> InversionModels:
         perceptual = build_perceptual(config.perceptual, discriminator=networks.get("D"),
                                       lpips_weights=config.lpips_weights)
         perceptual = perceptual.to(device) if perceptual is not None else None
-    identity = FaceNetIdentity(config.facenet_weights).to(device) if "identity" in config.stages else None
-    names = {"perceptual": config.perceptual if perceptual is not None else "none",
-             "identity": "facenet-vggface2" if identity is not None else "none"}
+    identity, identity_name = None, "none"
+    if "identity" in config.stages:
+        identity, identity_name = load_identity_model(config.identity_model, facenet_weights=config.facenet_weights,
+                                                      device=device)
+    names = {"perceptual": config.perceptual if perceptual is not None else "none", "identity": identity_name}
     return InversionModels(G=G, E=E, prior=prior, perceptual=perceptual, identity=identity, names=names)
 
 

@@ -62,6 +62,29 @@ class FaceNetIdentity(nn.Module):
         return F.normalize(self.net(x), dim=1)
 
 
+IDENTITY_SETTING = "--identity-model"
+
+
+def load_identity_model(spec: str = "facenet", *, facenet_weights: str | None = None,
+                        device: str | torch.device = "cpu") -> tuple[IdentityModel, str]:
+    """The identity model a run asks for, and the name recorded with its scores.
+
+    'facenet' (the default, for faces) is InceptionResnetV1 with weights from `--facenet-weights`;
+    anything else is the URI of a latentmill bundle holding an `EmbeddingNet` (e.g. the demo's).
+    """
+    if spec == "facenet":
+        return FaceNetIdentity(facenet_weights).to(device), "facenet-vggface2"
+    from pipeline.models.checkpoints import load_networks
+    from pipeline.models.embedding import EmbeddingNet
+
+    networks = load_networks(spec, device=device, setting=IDENTITY_SETTING)
+    embeddings = [n for n in networks.values() if isinstance(n, EmbeddingNet)]
+    if len(embeddings) != 1:
+        raise CheckpointError(f"{IDENTITY_SETTING} {spec}: expected one EmbeddingNet in the bundle, found "
+                              f"{sorted(type(n).__name__ for n in networks.values())}; use 'facenet' for FaceNet")
+    return embeddings[0], f"embedding:{os.path.basename(spec)}"
+
+
 def identity_cosine(model: IdentityModel, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of the identity embeddings of two image batches -> [N]."""
     with torch.no_grad():
