@@ -213,6 +213,9 @@ def train_encoder(**options: object) -> None:
 @click.option("--lpips-weights", default=None, help="URI of LPIPS's VGG16 backbone (default: torchvision's cache).")
 @click.option("--facenet-weights", default=None, help="URI of FaceNet VGGFace2 weights for the identity stage "
               "(default: facenet-pytorch's cache file).")
+@click.option("--identity-model", default="facenet", show_default=True,
+              help="Identity embedding: 'facenet' (InceptionResnetV1, for faces) or the URI of a latentmill "
+              "EmbeddingNet bundle (from train-identity; the demo bundle carries one for emoji).")
 @click.option("--tau", default=3.0, show_default=True, help="Compression threshold in units of sigma.")
 @click.option("--latent-space", type=click.Choice(["w+", "w"]), default="w+", show_default=True,
               help="Refine a w per layer, or one w for all layers.")
@@ -272,6 +275,56 @@ def invert(input_uri: str, stages: str, no_progress: bool, **options: object) ->
         click.echo(f"error: {len(summary.shards_failed)} shards failed after retries: {summary.shards_failed}; "
                    "see manifest/*.failed.json, then rerun to retry them", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--output", default="out/demo", show_default=True, help="Directory for the demo's latent store "
+              "(OUTPUT/store) and report (OUTPUT/store/report.html); rerunning resumes.")
+@click.option("--limit", default=None, type=int, help="Only the first N images of the bundled sample (quick runs).")
+@click.option("--steps", default=100, show_default=True, help="Refinement steps per image.")
+@click.option("--batch-size", default=32, show_default=True, help="Images per batch.")
+@click.option("--num-gpus", default=0.0, show_default=True, help="GPUs for the inversion actor (0 = CPU).")
+@click.option("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else an embedded Ray).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def demo(output: str, limit: int | None, steps: int, batch_size: int, num_gpus: float, address: str | None,
+         no_progress: bool) -> None:
+    """Run every stage on the bundled demo model and emoji sample, then write report.html.
+
+    No download and no GPU needed: the generator, prior, encoder and identity embedding in
+    pipeline/assets/demo were trained by latentmill's own jobs (see its MODEL_CARD.md).
+    """
+    from jobs.invert import run
+    from pipeline.demo import demo_config
+    from pipeline.report.html_report import build_report
+
+    config = demo_config(output, limit=limit, steps=steps, batch_size=batch_size, address=address,
+                         num_gpus=num_gpus, progress=not no_progress)
+    summary = run(config)
+    click.echo(f"inverted {summary.rows} images ({summary.ok} ok, {summary.errors} errors) in "
+               f"{summary.seconds:.0f} s; latents: {config.output}/latents/")
+    report = build_report(config.output, device="cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu")
+    click.echo(f"report: {report}")
+
+
+@main.command()
+@click.argument("store")
+@click.option("--sheet-size", default=12, show_default=True, help="Images per contact sheet.")
+@click.option("--curve-images", default=48, show_default=True,
+              help="Images used for the compression-vs-truncation curve.")
+@click.option("--generator", default=None, help="Generator URI (default: the one recorded in the store).")
+@click.option("--device", default="auto", show_default=True, help="'auto' (CUDA if present), 'cpu', 'cuda:0', ...")
+def report(store: str, sheet_size: int, curve_images: int, generator: str | None, device: str) -> None:
+    """Write STORE/report.html: contact sheets (input | encoded | refined | compressed), histograms of
+    MSE, perceptual distance, identity cosine and prior NLL, errors, and the compression-vs-truncation
+    curve (identity kept vs distance from the prior as tau and psi vary)."""
+    from pipeline.report.html_report import build_report
+
+    try:
+        uri = build_report(store, sheet_size=sheet_size, curve_images=curve_images, generator=generator,
+                           device=resolve_device(device))
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"report: {uri}")
 
 
 @main.command()
@@ -399,6 +452,37 @@ def train_generator(**options: object) -> None:
 
     address = options.pop("address")
     click.echo(f"wrote {run(GeneratorTrainingConfig(**options), address=address)}")
+
+
+@main.command("train-identity")
+@click.option("--data", required=True, help="Training images: a folder, tar shards or Parquet (any fsspec URI).")
+@click.option("--output", required=True, help="Output directory; rerunning with the same one resumes.")
+@click.option("--resolution", default=32, show_default=True, help="Side the embedding network sees (power of two).")
+@click.option("--steps", default=2000, show_default=True, help="Training steps.")
+@click.option("--batch-size", default=128, show_default=True, help="Images per step per worker (two views each).")
+@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--temperature", default=0.1, show_default=True, help="InfoNCE temperature.")
+@click.option("--strength", default=1.0, show_default=True, help="Strength of the view degradations (shift, "
+              "scale, blur, colour drift, noise, occlusion).")
+@click.option("--base-channels", default=32, show_default=True, help="Channels of the first conv block.")
+@click.option("--max-channels", default=128, show_default=True, help="Channel cap.")
+@click.option("--embedding-dim", default=64, show_default=True, help="Embedding size.")
+@click.option("--checkpoint-every", default=500, show_default=True, help="Steps between checkpoints and evaluations.")
+@click.option("--num-workers", default=1, show_default=True, help="Ray Train workers (data-parallel).")
+@click.option("--use-gpu", is_flag=True, help="One GPU per worker.")
+@click.option("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+@click.option("--seed", default=0, show_default=True, help="Seed of initialization and views.")
+def train_identity(**options: object) -> None:
+    """Train an identity embedding (EmbeddingNet) for data FaceNet does not cover.
+
+    Contrastive (InfoNCE): two reconstruction-like degradations of an image embed close, other
+    images far. Pass the written identity.safetensors to `invert --identity-model`. Reports the
+    top-1 accuracy of finding an image from a degraded view among all training images.
+    """
+    from jobs.train_identity import IdentityTrainingConfig, run
+
+    address = options.pop("address")
+    click.echo(f"wrote {run(IdentityTrainingConfig(**options), address=address)}")
 
 
 @main.command("make-demo-data")

@@ -1,0 +1,199 @@
+"""`latentmill report STORE`: one self-contained HTML page (plus PNGs beside it) about a latent store.
+
+What a user checks after a run: did the inversions work (contact sheets input | encoded | refined |
+compressed, a random sample and the worst reconstructions), how the metrics are spread (MSE,
+perceptual distance, identity cosine, prior NLL), what failed and why, and what compression costs
+against truncation. Written to STORE/report.html and STORE/report/*.png; works for any store.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.imaging import grid_image
+from pipeline.models.checkpoints import load_generator
+from pipeline.models.fingerprint import fingerprint
+from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.report.svg_charts import histogram_svg, line_chart_svg
+from pipeline.report.tradeoff import TradeoffPoint, compression_truncation_curve
+from pipeline.stages.identity import load_identity_model
+from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
+from pipeline.store.store_inputs import load_store_inputs
+from pipeline.uris import write_bytes
+
+SHEET_COLUMNS = ("input", "w_encoded", "w_refined", "w_compressed")
+MIN_TILE = 96  # pixels: small generators' images are upscaled (nearest) to at least this
+
+
+def _join(store: str, name: str) -> str:
+    return store.rstrip("/") + "/" + name
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def contact_sheet(G: Any, meta: dict[str, Any], rows: pd.DataFrame, inputs: torch.Tensor) -> tuple[bytes, list[str]]:
+    """PNG of one line per image: the input, then G of each latent column present (gray where absent)."""
+    tiles, present = [], ["input"]
+    columns = [c for c in SHEET_COLUMNS[1:] if c in rows and rows[c].notna().all()]
+    present += columns
+    rendered = {}
+    with torch.no_grad():
+        for column in columns:
+            ws = torch.from_numpy(latent_array(rows, column, meta["latent_shape"])).to(G.w_avg.device)
+            rendered[column] = G.synthesis(ws, noise_mode=meta.get("noise_mode", "const")).float().cpu()
+    for i in range(len(rows)):
+        tiles.append(inputs[i].float())
+        tiles += [rendered[c][i] for c in columns]
+    grid = grid_image(torch.stack(tiles), nrow=len(present))
+    scale = max(1, -(-MIN_TILE // meta["img_resolution"]))
+    if scale > 1:
+        from PIL import Image
+
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    return _png(grid), present
+
+
+def _histograms(frame: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
+    ok = frame[frame["status"] == "ok"]
+    w_dim = meta["latent_shape"][1]
+    charts = []
+
+    def have(*names: str) -> dict[str, np.ndarray]:
+        return {n: ok[n].dropna().to_numpy(float) for n in names if n in ok and ok[n].notna().any()}
+
+    if mse := have("mse_encoded", "mse"):
+        charts.append(histogram_svg({"encoded" if k == "mse_encoded" else "refined": v for k, v in mse.items()},
+                                    title="pixel MSE vs input", x_label="MSE ([-1, 1] units)"))
+    if perceptual := have("perceptual"):
+        charts.append(histogram_svg({"refined": perceptual["perceptual"]},
+                                    title=f"perceptual distance ({meta.get('perceptual_metric', '?')})",
+                                    x_label="distance"))
+    if cosines := have("id_cosine_refined", "id_cosine_compressed"):
+        charts.append(histogram_svg({k.removeprefix("id_cosine_"): v for k, v in cosines.items()},
+                                    title=f"identity cosine ({meta.get('identity_model', '?')})", x_label="cosine"))
+    if nll := have("prior_nll_encoded", "prior_nll_refined", "prior_nll_compressed"):
+        charts.append(histogram_svg({k.removeprefix("prior_nll_"): v / w_dim for k, v in nll.items()},
+                                    title="prior NLL / w_dim (1 = typical sample)", x_label="NLL / w_dim"))
+    return charts
+
+
+def _curve(G: Any, meta: dict[str, Any], store: str, rows: pd.DataFrame, device: torch.device) -> tuple[str, list[TradeoffPoint]]:
+    """The compression-vs-truncation chart, or a sentence saying why there is none."""
+    settings = meta.get("settings", {})
+    if not meta.get("prior"):
+        return "<p>No prior was used for this store, so there is no compression curve.</p>", []
+    if "w_refined" not in rows or rows.empty:
+        return "<p>No refined latents, so there is no compression curve.</p>", []
+    try:
+        prior = GaussianizedPrior.load(meta["prior"], generator=G).to(device)
+        identity, name = load_identity_model(settings.get("identity_model", "facenet"),
+                                             facenet_weights=settings.get("facenet_weights"), device=device)
+    except (OSError, ValueError) as exc:
+        return f"<p>No compression curve: {html.escape(str(exc))}</p>", []
+    inputs = load_store_inputs(store, meta, rows["shard"].tolist(), rows["image_id"].tolist())
+    ws = torch.from_numpy(latent_array(rows, "w_refined", meta["latent_shape"]))
+    points = compression_truncation_curve(G, prior, identity, inputs, ws,
+                                          noise_mode=meta.get("noise_mode", "const"))
+    series = {
+        "compression (tau)": [(p.prior_nll, p.identity, f"{p.parameter:g}") for p in points if p.method == "compression"],
+        "truncation (psi)": [(p.prior_nll, p.identity, f"{p.parameter:g}") for p in points if p.method == "truncation"],
+    }
+    chart = line_chart_svg(series, title=f"identity kept vs distance from the prior ({len(rows)} images)",
+                           x_label="prior NLL / w_dim of the moved latents", y_label=f"identity cosine ({name})")
+    return chart, points
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, generator: str | None = None,
+                 device: str | torch.device = "cpu") -> str:
+    """Write STORE/report.html and its PNGs; returns the report's URI."""
+    device = torch.device(device)
+    meta = read_store_metadata(store)
+    frame = read_latents(store).sort_values("image_id", kind="stable").reset_index(drop=True)
+    G = load_generator(generator or meta["generator"], device=device)
+    if fingerprint(G) != meta["generator_fingerprint"]:
+        raise ValueError(f"--generator is not the generator this store was made with ({meta['generator_fingerprint']})")
+    ok = frame[frame["status"] == "ok"]
+    errors = frame[frame["status"] != "ok"]
+    sections = []
+
+    summary = [("store", store), ("rows", len(frame)), ("ok", len(ok)), ("errors", len(errors)),
+               ("generator", meta.get("generator")), ("encoder", meta.get("encoder")), ("prior", meta.get("prior")),
+               ("perceptual metric", meta.get("perceptual_metric")), ("identity model", meta.get("identity_model")),
+               ("resolution", meta.get("img_resolution")), ("latent shape", meta.get("latent_shape"))]
+    for key in ("mse_encoded", "mse", "perceptual", "id_cosine_refined", "id_cosine_compressed"):
+        if key in ok and ok[key].notna().any():
+            summary.append((f"median {key}", f"{ok[key].median():.4f}"))
+    sections.append("<h2>Summary</h2>" + _table(summary))
+
+    if not ok.empty:
+        pick = np.random.default_rng(0).choice(len(ok), size=min(sheet_size, len(ok)), replace=False)
+        sample = ok.iloc[np.sort(pick)]
+        worst = ok.sort_values("mse", ascending=False).head(sheet_size) if "mse" in ok else ok.head(0)
+        for title, name, rows in (("A random sample", "sample", sample), ("The worst reconstructions (highest MSE)",
+                                                                        "worst", worst)):
+            if rows.empty:
+                continue
+            inputs = load_store_inputs(store, meta, rows["shard"].tolist(), rows["image_id"].tolist())
+            png, present = contact_sheet(G, meta, rows, inputs)
+            path = f"report/{name}.png"
+            write_bytes(_join(store, path), png)
+            ids = ", ".join(html.escape(i) for i in rows["image_id"])
+            sections.append(f"<h2>{title}</h2><p>Columns: {' | '.join(present)}. Rows: {ids}.</p>"
+                            f'<img class="sheet" src="{path}" alt="{name} contact sheet">')
+
+    charts = _histograms(frame, meta)
+    if charts:
+        sections.append("<h2>Metrics</h2><div class='charts'>" + "".join(charts) + "</div>")
+
+    curve_rows = ok.head(0)
+    if not ok.empty:
+        pick = np.random.default_rng(1).choice(len(ok), size=min(curve_images, len(ok)), replace=False)
+        curve_rows = ok.iloc[np.sort(pick)]
+    chart, points = _curve(G, meta, store, curve_rows, device)
+    table = ""
+    if points:
+        table = "<table><tr><th>method</th><th>tau / psi</th><th>prior NLL / w_dim</th><th>identity cosine</th>" \
+                "<th>MSE</th></tr>" + "".join(
+                    f"<tr><td>{p.method}</td><td>{p.parameter:g}</td><td>{p.prior_nll:.3f}</td>"
+                    f"<td>{p.identity:.4f}</td><td>{p.mse:.4f}</td></tr>" for p in points) + "</table>"
+        write_bytes(_join(store, "report/tradeoff.json"), json.dumps([asdict(p) for p in points], indent=1).encode())
+    sections.append("<h2>Compression vs truncation</h2><p>Both pull refined latents towards the prior: "
+                    "truncation scales all of w - w_avg by psi, compression log-compresses only the PCA "
+                    "components beyond tau sigma. Higher and further left is better.</p>" + chart + table)
+
+    if not errors.empty:
+        reasons = errors["error"].fillna("?").str.split(":", n=1).str[0].value_counts()
+        listing = "".join(f"<tr><td>{html.escape(str(r.image_id))}</td><td>{html.escape(str(r.error))}</td></tr>"
+                          for r in errors.head(50).itertuples())
+        sections.append("<h2>Errors</h2>" + _table(list(reasons.items())) +
+                        f"<table><tr><th>image</th><th>error</th></tr>{listing}</table>")
+
+    settings = meta.get("settings", {})
+    sections.append("<h2>Settings</h2>" + _table(sorted(settings.items())))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>latentmill report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:0.5em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}}
+img.sheet{{image-rendering:pixelated;max-width:100%}}.charts svg{{margin:4px}}</style></head>
+<body><h1>latentmill report</h1>
+{''.join(sections)}
+</body></html>"""
+    uri = _join(store, "report.html")
+    write_bytes(uri, page.encode())
+    return uri

@@ -1,0 +1,54 @@
+"""Compression vs truncation: how much identity each keeps for how close it brings latents to the prior.
+
+Both move inverted latents towards the typical region of the generator. Truncation scales every
+direction by psi towards w_avg; compression (methods.md, stage 3) only log-compresses the PCA
+components beyond tau sigma in the gaussianized space. Sweeping tau and psi traces one curve each:
+x = prior NLL / w_dim (1 = a typical sample), y = identity cosine between the input and G(w).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.models.stylegan2 import Generator
+from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.stages.identity import IdentityModel, identity_cosine
+
+DEFAULT_TAUS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+DEFAULT_PSIS = (0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass
+class TradeoffPoint:
+    method: str  # 'compression' | 'truncation'
+    parameter: float  # tau or psi
+    prior_nll: float  # mean over images of NLL / w_dim
+    identity: float  # mean identity cosine with the inputs
+    mse: float  # mean pixel MSE against the inputs
+
+
+@torch.no_grad()
+def compression_truncation_curve(G: Generator, prior: GaussianizedPrior, identity: IdentityModel,
+                                 images: torch.Tensor, ws: torch.Tensor, *, taus: Sequence[float] = DEFAULT_TAUS,
+                                 psis: Sequence[float] = DEFAULT_PSIS, noise_mode: str = "const",
+                                 batch_size: int = 32) -> list[TradeoffPoint]:
+    """Points of both curves for latents ws [N, num_ws, D] inverted from images [N, C, R, R]."""
+    device = G.w_avg.device
+    images, ws = images.to(device), ws.to(device)
+    variants = [("compression", t, lambda w, t=t: prior.compress(w, t)) for t in taus]
+    variants += [("truncation", p, lambda w, p=p: prior.truncate(w, p)) for p in psis]
+    points = []
+    for method, parameter, transform in variants:
+        nll, cos, mse = [], [], []
+        for x, w in zip(images.split(batch_size), ws.split(batch_size)):
+            moved = transform(w)
+            recon = G.synthesis(moved, noise_mode=noise_mode).float()
+            nll.append(prior.nll(moved) / G.w_dim)
+            cos.append(identity_cosine(identity, x, recon))
+            mse.append((recon - x).square().mean(dim=(1, 2, 3)))
+        points.append(TradeoffPoint(method, float(parameter), torch.cat(nll).mean().item(),
+                                    torch.cat(cos).mean().item(), torch.cat(mse).mean().item()))
+    return points
