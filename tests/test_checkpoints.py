@@ -224,3 +224,14 @@ def test_legacy_torch_save_format_loads(fixture_dir, tmp_path):
     legacy = tmp_path / "legacy.pt"
     torch.save(ckpt, legacy, _use_new_zipfile_serialization=False)
     assert same_outputs(load_generator(str(legacy)), load_generator(str(fixture_dir / "rosinality_32px.pt")))
+
+
+def test_a_safetensors_header_length_starting_with_the_pickle_byte_is_still_safetensors():
+    from pipeline.models.checkpoints import sniff_format
+
+    for pad in range(300):  # some header length is 128 + 256k: its first byte is 0x80, like a pickle's
+        data = safetensors.torch.save({"x": torch.zeros(2)}, metadata={"pad": "a" * pad})
+        if data[:1] == b"\x80":
+            break
+    assert data[:1] == b"\x80"
+    assert sniff_format(data, source="test") == "safetensors"

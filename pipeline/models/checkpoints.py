@@ -51,17 +51,25 @@ class Checkpoint:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _looks_like_safetensors(data: bytes) -> bool:
+    """safetensors: an 8-byte little-endian header length, then that many bytes of JSON object."""
+    if len(data) < 10 or data[8:9] != b"{":
+        return False
+    header_len = int.from_bytes(data[:8], "little")
+    return 8 + header_len <= len(data) and data[8 : 8 + header_len].rstrip().endswith(b"}")
+
+
 def sniff_format(data: bytes, *, source: str) -> str:
     if not data:
         raise CheckpointError(f"{source}: the file is empty")
     if data[:4] == b"PK\x03\x04":
         return "torch-zip"
+    if _looks_like_safetensors(data):  # before pickles: a header length of 128 + 256k also starts with 0x80
+        return "safetensors"
     if data[:1] == b"\x80" and _TORCH_LEGACY_MAGIC in data[:16]:
         return "torch-legacy"
     if data[:1] == b"\x80":
         return "pickle"
-    if len(data) > 9 and data[8:9] == b"{":
-        return "safetensors"
     raise CheckpointError(f"{source}: not a StyleGAN2 checkpoint (expected an NVlabs .pkl, a rosinality .pt "
                           f"or a latentmill .safetensors bundle; the file starts with {data[:8]!r})")
 
