@@ -282,8 +282,9 @@ def invert(input_uri: str, stages: str, no_progress: bool, **options: object) ->
               "(OUTPUT/store) and report (OUTPUT/store/report.html); rerunning resumes.")
 @click.option("--limit", default=None, type=int, help="Only the first N images of the bundled sample (quick runs).")
 @click.option("--steps", default=100, show_default=True, help="Refinement steps per image.")
-@click.option("--batch-size", default=32, show_default=True, help="Images per batch.")
-@click.option("--num-gpus", default=0.0, show_default=True, help="GPUs for the inversion actor (0 = CPU).")
+@click.option("--batch-size", default=48, show_default=True, help="Images per batch.")
+@click.option("--num-gpus", default=0.0, show_default=True, help="GPUs for the inversion actor (0 = CPU: then one "
+              "actor per core, up to 2, one per sample shard).")
 @click.option("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else an embedded Ray).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def demo(output: str, limit: int | None, steps: int, batch_size: int, num_gpus: float, address: str | None,
@@ -325,6 +326,45 @@ def report(store: str, sheet_size: int, curve_images: int, generator: str | None
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"report: {uri}")
+
+
+@main.command()
+@click.argument("store")
+@click.option("--column", type=click.Choice(["w_refined", "w_encoded", "w_compressed"]), default="w_refined",
+              show_default=True, help="Which stored latents to test.")
+@click.option("--outlier-percentile", default=99.0, show_default=True,
+              help="Rows whose prior NLL is above this percentile of the store are outliers.")
+@click.option("--duplicate-threshold", default=0.95, show_default=True,
+              help="Cosine at or above which two rows are near-duplicates.")
+@click.option("--duplicates-by", type=click.Choice(["latent", "identity"]), default="latent", show_default=True,
+              help="latent: cosine of latents whitened in the prior's space; identity: cosine of the inputs' "
+              "identity embeddings (re-reads the inputs).")
+@click.option("--mse-percentile", default=95.0, show_default=True,
+              help="Rows whose MSE is above this percentile are bad reconstructions.")
+@click.option("--perceptual-percentile", default=95.0, show_default=True,
+              help="Rows whose perceptual distance is above this percentile are bad reconstructions.")
+@click.option("--min-identity", default=None, type=float,
+              help="Rows whose identity cosine is below this are bad reconstructions (default: not tested).")
+@click.option("--block-size", default=4096, show_default=True,
+              help="Rows per block of the duplicate search (memory: block x rows similarities).")
+@click.option("--device", default="auto", show_default=True, help="'auto' (CUDA if present), 'cpu', 'cuda:0', ...")
+def curate(store: str, device: str, **options: object) -> None:
+    """Flag outliers (prior NLL percentile), near-duplicates (blockwise cosine search) and bad
+    reconstructions (MSE, perceptual, identity) among the ok rows of STORE.
+
+    Writes STORE/curation/flags.parquet (schema flags v1) and summary.json; `latentmill report`
+    then shows them.
+    """
+    from jobs.curate import CurateConfig, run
+
+    try:
+        summary = run(CurateConfig(store=store, device=str(resolve_device(device)), **options))
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"{summary['rows']} rows: {summary['outliers']} outliers, {summary['duplicates']} near-duplicates "
+               f"in {summary['duplicate_groups']} groups, {summary['bad_reconstructions']} bad reconstructions; "
+               f"{summary['flagged']} flagged")
+    click.echo(f"flags: {store.rstrip('/')}/curation/flags.parquet")
 
 
 @main.command()

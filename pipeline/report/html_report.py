@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from pipeline.imaging import grid_image
 from pipeline.models.checkpoints import load_generator
@@ -37,7 +38,7 @@ def _join(store: str, name: str) -> str:
     return store.rstrip("/") + "/" + name
 
 
-def _png(image: Any) -> bytes:
+def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -56,13 +57,13 @@ def contact_sheet(G: Any, meta: dict[str, Any], rows: pd.DataFrame, inputs: torc
     for i in range(len(rows)):
         tiles.append(inputs[i].float())
         tiles += [rendered[c][i] for c in columns]
-    grid = grid_image(torch.stack(tiles), nrow=len(present))
-    scale = max(1, -(-MIN_TILE // meta["img_resolution"]))
-    if scale > 1:
-        from PIL import Image
+    return _png(_upscaled(grid_image(torch.stack(tiles), nrow=len(present)), meta["img_resolution"])), present
 
-        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
-    return _png(grid), present
+
+def _upscaled(grid: Image.Image, resolution: int) -> Image.Image:
+    """Small generators' tiles enlarged (nearest neighbour) to at least MIN_TILE pixels."""
+    scale = max(1, -(-MIN_TILE // resolution))
+    return grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST) if scale > 1 else grid
 
 
 def _histograms(frame: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
@@ -110,9 +111,51 @@ def _curve(G: Any, meta: dict[str, Any], store: str, rows: pd.DataFrame, device:
         "compression (tau)": [(p.prior_nll, p.identity, f"{p.parameter:g}") for p in points if p.method == "compression"],
         "truncation (psi)": [(p.prior_nll, p.identity, f"{p.parameter:g}") for p in points if p.method == "truncation"],
     }
+    nll = [p.prior_nll for p in points if p.prior_nll > 0]
+    wide = bool(nll) and max(nll) > 20 * min(nll)  # e.g. truncation far outside the prior's support
     chart = line_chart_svg(series, title=f"identity kept vs distance from the prior ({len(rows)} images)",
-                           x_label="prior NLL / w_dim of the moved latents", y_label=f"identity cosine ({name})")
+                           x_label="prior NLL / w_dim of the moved latents", y_label=f"identity cosine ({name})",
+                           log_x=wide)
     return chart, points
+
+
+def _curation_section(store: str, G: Any, meta: dict[str, Any], ok: pd.DataFrame, sheet_size: int) -> str | None:
+    """Counts of `latentmill curate` flags, the strongest outliers and the duplicate pairs, if curated."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, path = fsspec.core.url_to_fs(_join(store, "curation/flags.parquet"))
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        flags = pq.read_table(f).to_pandas()
+    settings = json.loads(pq.read_schema(fs.open(path, "rb")).metadata[b"latentmill"])["settings"]
+    counts = [("rows curated", len(flags)), ("outliers (prior NLL > p%g)" % settings["outlier_percentile"],
+                                             int(flags["outlier"].sum())),
+              (f"near-duplicates (cosine >= {settings['duplicate_threshold']} by {settings['duplicates_by']})",
+               int(flags["duplicate"].sum())),
+              ("bad reconstructions", int(flags["bad_reconstruction"].sum())), ("flagged", int(flags["flagged"].sum()))]
+    parts = ["<h2>Curation</h2>" + _table(counts)]
+    outliers = flags[flags["outlier"]].sort_values("prior_nll", ascending=False).head(sheet_size)
+    if not outliers.empty:
+        rows = ok.set_index("image_id").loc[outliers["image_id"]].reset_index()
+        inputs = load_store_inputs(store, meta, rows["shard"].tolist(), rows["image_id"].tolist())
+        png, present = contact_sheet(G, meta, rows, inputs)
+        write_bytes(_join(store, "report/outliers.png"), png)
+        parts.append(f"<h3>Outliers, highest prior NLL first</h3><p>Columns: {' | '.join(present)}.</p>"
+                     '<img class="sheet" src="report/outliers.png" alt="outliers">')
+    duplicates = flags[flags["duplicate"]].sort_values("duplicate_cosine", ascending=False).head(sheet_size)
+    if not duplicates.empty:
+        shards = dict(zip(flags["image_id"], flags["shard"]))
+        ids = [i for pair in zip(duplicates["duplicate_of"], duplicates["image_id"]) for i in pair]
+        inputs = load_store_inputs(store, meta, [shards[i] for i in ids], ids)
+        grid = _upscaled(grid_image(inputs.float(), nrow=2), meta["img_resolution"])
+        write_bytes(_join(store, "report/duplicates.png"), _png(grid))
+        listing = ", ".join(f"{html.escape(a)} ~ {html.escape(b)}" for a, b in zip(duplicates["duplicate_of"],
+                                                                                 duplicates["image_id"]))
+        parts.append(f"<h3>Near-duplicates (first member | duplicate)</h3><p>{listing}</p>"
+                     '<img class="sheet" src="report/duplicates.png" alt="near-duplicates">')
+    return "".join(parts)
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -177,6 +220,10 @@ def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, ge
     sections.append("<h2>Compression vs truncation</h2><p>Both pull refined latents towards the prior: "
                     "truncation scales all of w - w_avg by psi, compression log-compresses only the PCA "
                     "components beyond tau sigma. Higher and further left is better.</p>" + chart + table)
+
+    curation = _curation_section(store, G, meta, ok, sheet_size)
+    if curation:
+        sections.append(curation)
 
     if not errors.empty:
         reasons = errors["error"].fillna("?").str.split(":", n=1).str[0].value_counts()

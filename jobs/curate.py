@@ -1,0 +1,145 @@
+"""`latentmill curate STORE` / `python -m jobs.curate`: flag outliers, near-duplicates and bad reconstructions.
+
+Reads the ok rows of a latent store, writes STORE/curation/flags.parquet (schema `flags` v1,
+schemas/flags.v1.json) and STORE/curation/summary.json, and the report (`latentmill report`) shows
+them. One process: the duplicate search is a blockwise matrix product, on the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.stages.curate import above_percentile, duplicate_groups, near_duplicate_pairs, percentile_rank
+from pipeline.store.flags_schema import FLAGS_VERSION, flags_schema
+from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
+from pipeline.uris import write_bytes
+
+DUPLICATE_FEATURES = ("latent", "identity")
+
+
+@dataclass
+class CurateConfig:
+    store: str
+    column: str = "w_refined"  # latents tested: w_refined | w_encoded | w_compressed
+    outlier_percentile: float = 99.0
+    duplicate_threshold: float = 0.95
+    duplicates_by: str = "latent"  # 'latent' (whitened in the prior's space) | 'identity' (input embeddings)
+    mse_percentile: float = 95.0
+    perceptual_percentile: float = 95.0
+    min_identity: float | None = None  # identity cosine below this is a bad reconstruction
+    block_size: int = 4096
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.duplicates_by not in DUPLICATE_FEATURES:
+            raise ValueError(f"--duplicates-by must be one of {DUPLICATE_FEATURES}")
+        if not -1 <= self.duplicate_threshold <= 1:
+            raise ValueError("--duplicate-threshold is a cosine, between -1 and 1")
+        for name in ("outlier_percentile", "mse_percentile", "perceptual_percentile"):
+            if not 0 < getattr(self, name) < 100:
+                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 100")
+
+
+def _identity_features(cfg: CurateConfig, meta: dict[str, Any], ok, device: torch.device) -> torch.Tensor:
+    from pipeline.stages.identity import load_identity_model
+    from pipeline.store.store_inputs import load_store_inputs
+
+    settings = meta.get("settings", {})
+    model, _ = load_identity_model(settings.get("identity_model", "facenet"),
+                                   facenet_weights=settings.get("facenet_weights"), device=device)
+    chunks = []
+    for start in range(0, len(ok), 256):
+        part = ok.iloc[start : start + 256]
+        images = load_store_inputs(cfg.store, meta, part["shard"].tolist(), part["image_id"].tolist())
+        with torch.no_grad():
+            chunks.append(model.embed(images.to(device)))
+    return torch.cat(chunks)
+
+
+def run(cfg: CurateConfig) -> dict[str, Any]:
+    cfg.validate()
+    device = torch.device(cfg.device)
+    meta = read_store_metadata(cfg.store)
+    frame = read_latents(cfg.store)
+    ok = frame[frame["status"] == "ok"].reset_index(drop=True)
+    if ok.empty:
+        raise ValueError(f"{cfg.store}: no ok rows to curate")
+    if cfg.column not in ok or ok[cfg.column].isna().any():
+        raise ValueError(f"--column {cfg.column}: not present for every ok row of {cfg.store}")
+    ws = torch.from_numpy(latent_array(ok, cfg.column, meta["latent_shape"])).to(device)
+    prior = GaussianizedPrior.load(meta["prior"]).to(device) if meta.get("prior") else None
+
+    # outliers: prior NLL
+    nll_column = {"w_refined": "prior_nll_refined", "w_encoded": "prior_nll_encoded",
+                  "w_compressed": "prior_nll_compressed"}[cfg.column]
+    if prior is not None:
+        nll = prior.nll(ws).double().cpu().numpy()
+    elif nll_column in ok:
+        nll = ok[nll_column].to_numpy(float)
+    else:
+        nll = np.full(len(ok), np.nan)
+    outlier = above_percentile(nll, cfg.outlier_percentile)
+
+    # near-duplicates
+    if cfg.duplicates_by == "identity":
+        features = _identity_features(cfg, meta, ok, device)
+    elif prior is not None:
+        features = prior.whiten(ws).flatten(1)  # independent samples are near-orthogonal here
+    else:
+        features = (ws - ws.mean(dim=0)).flatten(1)
+    pairs = near_duplicate_pairs(features, cfg.duplicate_threshold, block_size=cfg.block_size)
+    groups = duplicate_groups(len(ok), pairs)
+    best = np.full(len(ok), np.nan, dtype=np.float32)
+    for a, b, c in zip(pairs.first, pairs.second, pairs.cosine):
+        best[a], best[b] = np.fmax(best[a], c), np.fmax(best[b], c)
+    ids = ok["image_id"].to_numpy()
+    duplicate = groups != np.arange(len(ok))
+
+    # bad reconstructions
+    reasons = [[] for _ in range(len(ok))]
+    tests = [("mse", "mse", cfg.mse_percentile), ("perceptual", "perceptual", cfg.perceptual_percentile)]
+    for name, column, percentile in tests:
+        if column in ok and ok[column].notna().any():
+            for i in np.flatnonzero(above_percentile(ok[column].to_numpy(float), percentile)):
+                reasons[i].append(name)
+    if cfg.min_identity is not None and "id_cosine_refined" in ok:
+        for i in np.flatnonzero(ok["id_cosine_refined"].to_numpy(float) < cfg.min_identity):
+            reasons[i].append("identity")
+    bad = np.array([bool(r) for r in reasons])
+
+    table = pa.table({
+        "image_id": ids.tolist(), "shard": ok["shard"].tolist(),
+        "prior_nll": nll.astype(np.float32), "prior_nll_percentile": percentile_rank(nll).astype(np.float32),
+        "outlier": outlier, "duplicate_group": groups,
+        "duplicate_of": [ids[g] if d else None for g, d in zip(groups, duplicate)],
+        "duplicate_cosine": [None if np.isnan(c) else float(c) for c in best],
+        "duplicate": duplicate, "bad_reconstruction": bad,
+        "bad_reasons": [",".join(r) or None for r in reasons],
+        "flagged": outlier | duplicate | bad, "schema_version": np.full(len(ok), FLAGS_VERSION, dtype=np.int16),
+    }, schema=flags_schema({"store": cfg.store, "settings": asdict(cfg)}))
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    root = cfg.store.rstrip("/") + "/curation"
+    write_bytes(root + "/flags.parquet", buffer.getvalue())
+    summary = {"rows": len(ok), "outliers": int(outlier.sum()), "duplicate_pairs": len(pairs.first),
+               "duplicates": int(duplicate.sum()), "duplicate_groups": int(len(set(groups[duplicate]))),
+               "bad_reconstructions": int(bad.sum()), "flagged": int((outlier | duplicate | bad).sum()),
+               "duplicates_by": cfg.duplicates_by, "settings": asdict(cfg)}
+    write_bytes(root + "/summary.json", json.dumps(summary, indent=2).encode())
+    return summary
+
+
+if __name__ == "__main__":
+    from pipeline.cli import main
+
+    main(["curate", *sys.argv[1:]])

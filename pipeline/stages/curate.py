@@ -1,0 +1,89 @@
+"""Curation: flag what should not be in a dataset (methods.md, section 4), pure torch and numpy.
+
+- outliers: prior NLL above a percentile of the store (far from what the generator considers typical);
+- near-duplicates: cosine similarity of whitened latents (or identity embeddings) above a threshold,
+  searched blockwise so a million rows never build the full N x N matrix;
+- bad reconstructions: MSE or perceptual distance above a percentile, identity cosine below a bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DuplicatePairs:
+    """Pairs i < j with cosine(x_i, x_j) >= threshold."""
+
+    first: np.ndarray  # int64 [P]
+    second: np.ndarray  # int64 [P]
+    cosine: np.ndarray  # float32 [P]
+
+
+def near_duplicate_pairs(features: torch.Tensor, threshold: float, *, block_size: int = 4096,
+                         max_pairs: int = 10_000_000) -> DuplicatePairs:
+    """All pairs of rows of features [N, D] whose cosine is at least `threshold`.
+
+    Rows are normalized once; each block of `block_size` rows is compared with the rows after its
+    start (upper triangle only), so memory is block_size x N and work is N^2 D / 2 multiply-adds.
+    Runs on the tensor's device (a GPU for large N).
+    """
+    x = F.normalize(features.float(), dim=1)
+    n = x.shape[0]
+    firsts, seconds, cosines = [], [], []
+    count = 0
+    for start in range(0, n, block_size):
+        block = x[start : start + block_size]
+        sims = block @ x[start:].T  # [b, n - start]
+        rows = torch.arange(block.shape[0], device=x.device)[:, None]
+        cols = torch.arange(sims.shape[1], device=x.device)[None, :]
+        sims = sims.masked_fill(cols <= rows, -2.0)  # keep j > i
+        i, j = torch.nonzero(sims >= threshold, as_tuple=True)
+        count += len(i)
+        if count > max_pairs:
+            raise ValueError(f"more than {max_pairs:,} pairs reach cosine {threshold}; raise the threshold")
+        firsts.append((i + start).cpu())
+        seconds.append((j + start).cpu())
+        cosines.append(sims[i, j].cpu())
+    cat = (lambda parts, dtype: torch.cat(parts).numpy().astype(dtype) if parts else np.zeros(0, dtype))
+    return DuplicatePairs(cat(firsts, np.int64), cat(seconds, np.int64), cat(cosines, np.float32))
+
+
+def duplicate_groups(n: int, pairs: DuplicatePairs) -> np.ndarray:
+    """Connected components of the duplicate graph: group id per row (its smallest member's index)."""
+    parent = np.arange(n)
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for a, b in zip(pairs.first.tolist(), pairs.second.tolist()):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(a) for a in range(n)], dtype=np.int64)
+
+
+def percentile_rank(values: np.ndarray) -> np.ndarray:
+    """Percentile (0-100) of each value within the array; NaN stays NaN."""
+    out = np.full(values.shape, np.nan, dtype=np.float64)
+    finite = np.isfinite(values)
+    if finite.any():
+        ranks = values[finite].argsort().argsort()
+        out[finite] = 100.0 * (ranks + 0.5) / finite.sum()
+    return out
+
+
+def above_percentile(values: np.ndarray, percentile: float) -> np.ndarray:
+    """True where a value exceeds the given percentile of the finite values (False for NaN)."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, dtype=bool)
+    cut = np.percentile(values[finite], percentile)
+    return finite & (values > cut)

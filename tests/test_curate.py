@@ -1,0 +1,97 @@
+"""`latentmill curate`: planted near-duplicates and outliers are found, nothing else is flagged by them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.models.bundle import write_bundle
+from pipeline.stages.curate import duplicate_groups, near_duplicate_pairs, percentile_rank
+from pipeline.store.flags_schema import FLAGS_VERSION, flags_document
+from pipeline.store.latent_store import write_shard
+from pipeline.store.schema import SCHEMA_VERSION, latents_schema
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+
+
+def test_blockwise_search_finds_exactly_the_pairs_of_the_full_matrix():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 32, generator=g)
+    x[10] = x[3] + 0.01 * torch.randn(32, generator=g)  # a pair across ...
+    x[250] = x[3] + 0.01 * torch.randn(32, generator=g)  # ... block boundaries, making a triple
+    x[77] = x[76] * 2  # same direction, other scale
+    pairs = near_duplicate_pairs(x, 0.9, block_size=64)
+    found = set(zip(pairs.first.tolist(), pairs.second.tolist()))
+    normed = torch.nn.functional.normalize(x, dim=1)
+    full = torch.triu(normed @ normed.T, diagonal=1)
+    assert found == {tuple(p) for p in torch.nonzero(full >= 0.9).tolist()}
+    assert found == {(3, 10), (3, 250), (10, 250), (76, 77)}
+    groups = duplicate_groups(300, pairs)
+    assert groups[10] == groups[250] == groups[3] == 3 and groups[77] == 76 and groups[5] == 5
+
+
+def test_percentile_rank_orders_values_and_keeps_nan():
+    ranks = percentile_rank(np.array([3.0, np.nan, 1.0, 2.0]))
+    assert np.isnan(ranks[1]) and ranks[2] < ranks[3] < ranks[0]
+
+
+def test_the_published_flags_schema_matches_the_code():
+    assert json.loads((SCHEMAS / f"flags.v{FLAGS_VERSION}.json").read_text()) == flags_document()
+    text = (SCHEMAS / "README.md").read_text()
+    for column in flags_document()["columns"]:
+        assert f"`{column['name']}`" in text, column["name"]
+
+
+@pytest.fixture
+def planted_store(G, prior, tmp_path):
+    """A store of 200 latents sampled from G's mapping, plus planted near-duplicates and outliers."""
+    torch.manual_seed(0)
+    n = 200
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(n, G.z_dim), None)
+    ws[50] = ws[20] + 0.001 * torch.randn_like(ws[20])  # duplicate of row 20
+    ws[150] = ws[120].clone()  # exact duplicate of row 120
+    direction = torch.randn(G.w_dim)
+    ws[90] = G.w_avg + 8 * direction / direction.norm() * ws.std()  # far outside the prior
+    ws[91] = G.w_avg - 8 * direction / direction.norm() * ws.std()
+    generator = str(tmp_path / "G.safetensors")
+    write_bundle(generator, {"G_ema": G})
+    prior_uri = str(tmp_path / "prior.safetensors")
+    prior.save(prior_uri)
+    schema = latents_schema(G.num_ws, G.w_dim, metadata={"generator": generator, "prior": prior_uri,
+                                                        "img_resolution": G.img_resolution, "img_channels": 3})
+    ids = [f"img{i:03d}" for i in range(n)]
+    columns = {f.name: [None] * n for f in schema}
+    columns.update(image_id=ids, source_uri=ids, shard=["s0"] * n, status=["ok"] * n,
+                   w_refined=list(ws.flatten(1).numpy()), mse=list(np.linspace(0.01, 0.2, n)),
+                   model_fingerprint=["x"] * n, schema_version=[SCHEMA_VERSION] * n)
+    columns["mse"][7] = 5.0  # a terrible reconstruction
+    table = pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
+    store = str(tmp_path / "store")
+    write_shard(store, "s0", table, {"shard": "s0", "rows": n, "ok": n, "errors": 0})
+    return store
+
+
+def test_curate_flags_planted_duplicates_and_outliers(planted_store):
+    result = CliRunner().invoke(main, ["curate", planted_store, "--outlier-percentile", "99",
+                                       "--mse-percentile", "99.5", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    flags = pd.read_parquet(Path(planted_store) / "curation" / "flags.parquet").set_index("image_id")
+    assert set(flags.index[flags["duplicate"]]) == {"img050", "img150"}
+    assert flags.loc["img050", "duplicate_of"] == "img020" and flags.loc["img150", "duplicate_of"] == "img120"
+    assert not flags.loc["img020", "duplicate"], "the first member is kept"
+    assert set(flags.index[flags["outlier"]]) == {"img090", "img091"}
+    assert flags.loc["img090", "prior_nll_percentile"] > 99
+    assert list(flags.index[flags["bad_reconstruction"]]) == ["img007"]
+    assert flags.loc["img007", "bad_reasons"] == "mse"
+    summary = json.loads((Path(planted_store) / "curation" / "summary.json").read_text())
+    assert summary["flagged"] == 5 and summary["duplicate_groups"] == 2
