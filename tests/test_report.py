@@ -105,3 +105,6 @@ def test_svg_histograms_count_every_finite_value():
     chart = line_chart_svg({"s": [(0.0, 1.0, "p1"), (1.0, 0.5, "p2")]}, title="c", x_label="x", y_label="y")
     xml.dom.minidom.parseString(chart)
     assert "p1" in chart and "p2" in chart
+    logged = line_chart_svg({"s": [(1.0, 1.0, "a"), (1000.0, 0.5, "b")]}, title="c", x_label="x", y_label="y",
+                            log_x=True)
+    assert "x (log scale)" in logged and ">1e+03<" in logged

@@ -21,7 +21,7 @@ def _fmt(value: float) -> str:
 
 
 def _frame(title: str, x_range: tuple[float, float], y_range: tuple[float, float], x_label: str,
-           y_label: str) -> list[str]:
+           y_label: str, log_x: bool = False) -> list[str]:
     x0, x1 = LEFT, WIDTH - RIGHT
     y0, y1 = HEIGHT - BOTTOM, TOP
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
@@ -31,6 +31,7 @@ def _frame(title: str, x_range: tuple[float, float], y_range: tuple[float, float
              f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#444"/>']
     for frac in (0.0, 0.5, 1.0):
         xv = x_range[0] + frac * (x_range[1] - x_range[0])
+        xv = 10**xv if log_x else xv
         yv = y_range[0] + frac * (y_range[1] - y_range[0])
         parts.append(f'<text x="{x0 + frac * (x1 - x0)}" y="{y0 + 13}" text-anchor="middle">{_fmt(xv)}</text>')
         parts.append(f'<text x="{x0 - 4}" y="{y0 - frac * (y0 - y1) + 3}" text-anchor="end">{_fmt(yv)}</text>')
@@ -73,14 +74,18 @@ def histogram_svg(series: Mapping[str, Sequence[float]], *, title: str, x_label:
 
 
 def line_chart_svg(series: Mapping[str, Sequence[tuple[float, float, str]]], *, title: str, x_label: str,
-                   y_label: str) -> str:
-    """Named series of (x, y, point label) joined by lines, each point labelled (e.g. tau or psi)."""
+                   y_label: str, log_x: bool = False) -> str:
+    """Named series of (x, y, point label) joined by lines, each point labelled (e.g. tau or psi).
+    With log_x, x is drawn on a log10 scale (non-positive x are left out)."""
+    if log_x:
+        series = {name: [(float(np.log10(x)), y, label) for x, y, label in s if x > 0] for name, s in series.items()}
+        x_label = f"{x_label} (log scale)"
     points = [(x, y) for s in series.values() for x, y, _ in s if np.isfinite(x) and np.isfinite(y)]
     xs, ys = [p[0] for p in points] or [0.0, 1.0], [p[1] for p in points] or [0.0, 1.0]
     x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
     pad = 0.05 * ((y_hi - y_lo) or 1.0)
     y_lo, y_hi = y_lo - pad, y_hi + pad
-    parts = _frame(title, (x_lo, x_hi), (y_lo, y_hi), x_label, y_label)
+    parts = _frame(title, (x_lo, x_hi), (y_lo, y_hi), x_label, y_label, log_x)
     x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP
     for k, (name, s) in enumerate(series.items()):
         color = COLORS[k % len(COLORS)]
