@@ -45,3 +45,12 @@ def test_invert_benchmark_runs_the_real_job(tmp_path):
         ray.shutdown()  # the job started an embedded Ray in this process
     result = json.loads(out.read_text())
     assert result["ok"] == 1 and result["images_per_second_wall"] > 0
+
+
+def test_curate_benchmark_finds_the_planted_pairs_and_compares_with_the_full_matrix(tmp_path):
+    from benchmarks import curate
+
+    out = tmp_path / "c.json"
+    curate.main(["--rows", "500", "--dim", "16", "--planted", "5", "--block-size", "128", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["pairs"] >= 5 and row["speedup"] > 0 and row["rows_per_s"] > 0
