@@ -369,6 +369,61 @@ def curate(store: str, device: str, **options: object) -> None:
 
 @main.command()
 @click.argument("store")
+@click.option("--groups", required=True, help="How rows form groups: labels:COLUMN:URI (CSV/Parquet with image_id "
+              "and COLUMN), meta:KEY (a key of the inputs' JSON sidecars), attribute:LAYER/CH[,LAYER/CH]:THRESHOLD "
+              "(StyleSpace score, channels from `latentmill channels`), or kmeans:K (clusters of whitened latents).")
+@click.option("--target", default="uniform", show_default=True,
+              help="Target distribution: 'uniform' or shares such as 'face=0.5,other=0.5'. No row is removed; "
+              "groups below their share get new samples.")
+@click.option("--output", required=True, help="Where to write images/*.tar, samples.parquet, summary.json (any URI).")
+@click.option("--method", type=click.Choice(["compose", "sample"]), default="compose", show_default=True,
+              help="compose: paste a part of a member onto another image, then E and G; sample: draw near the "
+              "group's latents in the whitened prior space.")
+@click.option("--parts", default="half,quadrants,blob", show_default=True,
+              help="Kinds of member parts for compose (half, quadrants, blob).")
+@click.option("--column", type=click.Choice(["w_refined", "w_encoded", "w_compressed"]), default="w_refined",
+              show_default=True, help="Stored latents that define groups and the sampling distribution.")
+@click.option("--nll-percentile", default=95.0, show_default=True,
+              help="Quality filter: reject candidates whose prior NLL exceeds this percentile of the store's rows.")
+@click.option("--min-identity", default=0.5, show_default=True, type=float,
+              help="Quality filter: reject candidates whose identity cosine to their source is lower (needs the "
+              "store's identity model).")
+@click.option("--temperature", default=0.7, show_default=True, help="sample: spread around the group's mean.")
+@click.option("--max-attempts", default=4.0, show_default=True,
+              help="Candidates per needed sample before a group is given up (its shortfall is reported).")
+@click.option("--max-new", default=None, type=int, help="Cap on new samples in total (shares scaled down).")
+@click.option("--background-pool", default=512, show_default=True,
+              help="Store rows whose inputs serve as backgrounds for compose.")
+@click.option("--batch-size", default=32, show_default=True, help="Candidates per batch.")
+@click.option("--shard-size", default=1000, show_default=True, help="Samples per output tar shard.")
+@click.option("--seed", default=0, show_default=True, help="Seed of picks, masks and samples.")
+@click.option("--device", default="auto", show_default=True, help="'auto' (CUDA if present), 'cpu', 'cuda:0', ...")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def rebalance(store: str, device: str, no_progress: bool, **options: object) -> None:
+    """Add realistic samples to the under-represented groups of STORE (latent-regression composition).
+
+    Every candidate is a row of OUTPUT/samples.parquet with its provenance (sources, mask, method,
+    seed, generator fingerprint) and whether it passed the quality filter; accepted images are in
+    OUTPUT/images/*.tar. Before / target / after counts go to summary.json and the store's report.
+    """
+    from jobs.rebalance import RebalanceConfig, run
+
+    try:
+        summary = run(RebalanceConfig(store=store, device=str(resolve_device(device)), progress=not no_progress,
+                                      **options))
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    for group in summary["before"]:
+        click.echo(f"{group}: {summary['before'][group]} -> {summary['after'][group]} "
+                   f"(target {summary['target_counts'][group]}, added {summary['added'][group]})")
+    if summary["shortfall"]:
+        click.echo(f"short of target after {options['max_attempts']} attempts per sample: {summary['shortfall']}; "
+                   "see rejected_because in samples.parquet", err=True)
+    click.echo(f"output: {options['output']}")
+
+
+@main.command()
+@click.argument("store")
 @click.option("--ids", required=True, help="Comma-separated image ids, or @FILE with one id per line.")
 @click.option("--out", "out_dir", required=True, help="Directory for the PNGs (created).")
 @click.option("--column", type=click.Choice(["w_refined", "w_encoded", "w_compressed"]), default="w_refined",

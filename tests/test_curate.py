@@ -6,19 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.models.bundle import write_bundle
 from pipeline.stages.curate import duplicate_groups, near_duplicate_pairs, percentile_rank
-from pipeline.store.flags_schema import FLAGS_VERSION, flags_document
-from pipeline.store.latent_store import write_shard
-from pipeline.store.schema import SCHEMA_VERSION, latents_schema
-
-SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+from tests.stores import synthetic_store
 
 
 def test_blockwise_search_finds_exactly_the_pairs_of_the_full_matrix():
@@ -42,41 +36,20 @@ def test_percentile_rank_orders_values_and_keeps_nan():
     assert np.isnan(ranks[1]) and ranks[2] < ranks[3] < ranks[0]
 
 
-def test_the_published_flags_schema_matches_the_code():
-    assert json.loads((SCHEMAS / f"flags.v{FLAGS_VERSION}.json").read_text()) == flags_document()
-    text = (SCHEMAS / "README.md").read_text()
-    for column in flags_document()["columns"]:
-        assert f"`{column['name']}`" in text, column["name"]
-
-
 @pytest.fixture
 def planted_store(G, prior, tmp_path):
     """A store of 200 latents sampled from G's mapping, plus planted near-duplicates and outliers."""
     torch.manual_seed(0)
-    n = 200
     with torch.no_grad():
-        ws = G.mapping(torch.randn(n, G.z_dim), None)
+        ws = G.mapping(torch.randn(200, G.z_dim), None)
     ws[50] = ws[20] + 0.001 * torch.randn_like(ws[20])  # duplicate of row 20
     ws[150] = ws[120].clone()  # exact duplicate of row 120
     direction = torch.randn(G.w_dim)
     ws[90] = G.w_avg + 8 * direction / direction.norm() * ws.std()  # far outside the prior
     ws[91] = G.w_avg - 8 * direction / direction.norm() * ws.std()
-    generator = str(tmp_path / "G.safetensors")
-    write_bundle(generator, {"G_ema": G})
-    prior_uri = str(tmp_path / "prior.safetensors")
-    prior.save(prior_uri)
-    schema = latents_schema(G.num_ws, G.w_dim, metadata={"generator": generator, "prior": prior_uri,
-                                                        "img_resolution": G.img_resolution, "img_channels": 3})
-    ids = [f"img{i:03d}" for i in range(n)]
-    columns = {f.name: [None] * n for f in schema}
-    columns.update(image_id=ids, source_uri=ids, shard=["s0"] * n, status=["ok"] * n,
-                   w_refined=list(ws.flatten(1).numpy()), mse=list(np.linspace(0.01, 0.2, n)),
-                   model_fingerprint=["x"] * n, schema_version=[SCHEMA_VERSION] * n)
-    columns["mse"][7] = 5.0  # a terrible reconstruction
-    table = pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
-    store = str(tmp_path / "store")
-    write_shard(store, "s0", table, {"shard": "s0", "rows": n, "ok": n, "errors": 0})
-    return store
+    mse = np.linspace(0.01, 0.2, 200)
+    mse[7] = 5.0  # a terrible reconstruction
+    return synthetic_store(tmp_path, G, prior, ws, mse=mse)
 
 
 def test_curate_flags_planted_duplicates_and_outliers(planted_store):

@@ -7,7 +7,6 @@ import torch
 
 from pipeline.losses.discriminator_features import DiscriminatorFeatureLoss
 from pipeline.losses.pixel import masked_mse
-from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.stages.refine import learning_rate, refine
 from tests.conftest import tiny_discriminator, tiny_generator
 

@@ -31,3 +31,16 @@ def test_latent_columns_have_the_generator_shape_and_requested_dtype():
     assert meta["latent_shape"] == [18, 512] and meta["generator"] == "ffhq.pkl"
     with pytest.raises(ValueError, match="--latent-dtype"):
         latents_schema(18, 512, latent_dtype="int8")
+
+
+@pytest.mark.parametrize("spec", ["flags", "samples"])
+def test_published_table_schemas_match_the_code_and_are_documented(spec):
+    from pipeline.store.flags_schema import FLAGS
+    from pipeline.store.samples_schema import SAMPLES
+
+    table = {"flags": FLAGS, "samples": SAMPLES}[spec]
+    assert json.loads((SCHEMAS / f"{table.name}.v{table.version}.json").read_text()) == table.document()
+    text = (SCHEMAS / "README.md").read_text()
+    assert f"## `{table.name}` v{table.version}" in text
+    for column in table.document()["columns"]:
+        assert f"`{column['name']}`" in text, column["name"]

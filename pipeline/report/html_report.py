@@ -158,6 +158,31 @@ def _curation_section(store: str, G: Any, meta: dict[str, Any], ok: pd.DataFrame
     return "".join(parts)
 
 
+def _rebalance_section(store: str) -> str | None:
+    """Before / target / after counts of the last `latentmill rebalance` of this store, and its preview."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(_join(store, "rebalance/summary.json"))
+    if not fs.exists(path):
+        return None
+    summary = json.loads(fs.cat_file(path))
+    rows = "".join(f"<tr><td>{html.escape(g)}</td><td>{summary['before'][g]}</td><td>{summary['target_counts'][g]}</td>"
+                   f"<td>{summary['added'][g]}</td><td>{summary['after'][g]}</td></tr>" for g in summary["before"])
+    text = (f"<h2>Rebalancing</h2><p>Groups <code>{html.escape(summary['groups_spec'])}</code>, target "
+            f"<code>{html.escape(summary['target'])}</code>, method {html.escape(summary['method'])}; "
+            f"{summary['candidates']} candidates, rejected: {html.escape(json.dumps(summary['rejected']))}; "
+            f"output {html.escape(str(summary['output']))}.</p>"
+            f"<table><tr><th>group</th><th>before</th><th>target</th><th>added</th><th>after</th></tr>{rows}</table>")
+    if summary.get("shortfall"):
+        text += f"<p>Short of target: {html.escape(json.dumps(summary['shortfall']))}.</p>"
+    if fs.exists(_join(path.rsplit("/", 1)[0], "preview.png")):
+        columns = "member | background | collage | new sample" if summary["method"] == "compose" else \
+            "nearest member | new sample"
+        text += (f"<p>Accepted samples, columns: {columns}.</p>"
+                 '<img class="sheet" src="rebalance/preview.png" alt="rebalanced samples">')
+    return text
+
+
 def _table(rows: list[tuple[str, Any]]) -> str:
     cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
@@ -221,9 +246,9 @@ def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, ge
                     "truncation scales all of w - w_avg by psi, compression log-compresses only the PCA "
                     "components beyond tau sigma. Higher and further left is better.</p>" + chart + table)
 
-    curation = _curation_section(store, G, meta, ok, sheet_size)
-    if curation:
-        sections.append(curation)
+    for extra in (_curation_section(store, G, meta, ok, sheet_size), _rebalance_section(store)):
+        if extra:
+            sections.append(extra)
 
     if not errors.empty:
         reasons = errors["error"].fillna("?").str.split(":", n=1).str[0].value_counts()

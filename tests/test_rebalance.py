@@ -1,0 +1,89 @@
+"""Rebalancing: target sizes, groups, part masks, and the job reaching its targets with provenance."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.stages.rebalance import kmeans, part_masks, target_counts
+from tests.stores import synthetic_store
+
+
+def test_targets_remove_nobody_and_follow_the_shares():
+    assert target_counts({"face": 11, "other": 85}) == {"face": 85, "other": 85}
+    assert target_counts({"a": 10, "b": 30, "c": 60}, {"a": 0.2, "b": 0.3, "c": 0.5}) == {"a": 24, "b": 36, "c": 60}
+    assert target_counts({"a": 50, "b": 10}, {"a": 1, "b": 1}) == {"a": 50, "b": 50}, "shares need not sum to 1"
+    with pytest.raises(ValueError, match="does not have"):
+        target_counts({"a": 1, "b": 1}, {"a": 0.5, "z": 0.5})
+    with pytest.raises(ValueError, match="no share"):
+        target_counts({"a": 1, "b": 1}, {"a": 1.0})
+
+
+def test_kmeans_separates_clear_clusters_reproducibly():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(40, 3, generator=g) + 6, torch.randn(60, 3, generator=g) - 6])
+    labels, centers = kmeans(x, 2, seed=1)
+    assert len(set(labels[:40].tolist())) == 1 and len(set(labels[40:].tolist())) == 1 and labels[0] != labels[-1]
+    assert torch.equal(labels, kmeans(x, 2, seed=1)[0])
+
+
+def test_part_masks_keep_the_documented_share_of_the_member():
+    g = torch.Generator().manual_seed(0)
+    for kind, (lo, hi) in {"half": (0.5, 0.5), "quadrants": (0.75, 0.75), "blob": (0.38, 0.72)}.items():
+        masks, kinds = part_masks(8, 16, generator=g, kinds=[kind])
+        fractions = masks.mean(dim=(1, 2, 3))
+        assert kinds == [kind] * 8 and ((fractions >= lo) & (fractions <= hi)).all(), kind
+        assert set(masks.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.fixture
+def labelled_store(G, prior, tmp_path):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(45, G.z_dim), None)
+    store = synthetic_store(tmp_path, G, prior, ws)
+    labels = pd.DataFrame({"image_id": [f"img{i:03d}" for i in range(40)],
+                           "kind": ["common"] * 30 + ["rare"] * 10})  # img040..044 have no label
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    return store, str(tmp_path / "labels.csv")
+
+
+def test_rebalance_reaches_the_target_and_every_new_row_names_its_sources(labelled_store, G, tmp_path):
+    store, labels = labelled_store
+    out = tmp_path / "rebalanced"
+    result = CliRunner().invoke(main, ["rebalance", store, "--groups", f"labels:kind:{labels}", "--method", "sample",
+                                       "--nll-percentile", "100", "--output", str(out), "--device", "cpu",
+                                       "--batch-size", "8", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["before"] == {"common": 30, "rare": 10} and summary["unlabeled"] == 5
+    assert summary["after"] == summary["target_counts"] == {"common": 30, "rare": 30}
+    samples = pd.read_parquet(out / "samples.parquet")
+    accepted = samples[samples["accepted"]]
+    assert len(accepted) == 20 and (accepted["group"] == "rare").all()
+    rare = {f"img{i:03d}" for i in range(30, 40)}
+    assert all(len(s) and set(s) <= rare for s in accepted["source_ids"]), "sources are members of the group"
+    assert samples.loc[~samples["accepted"], "rejected_because"].notna().all(), "every rejection has a reason"
+    with tarfile.open(out / "images" / "rebalance-00000.tar") as tar:
+        names = tar.getnames()
+        provenance = json.loads(tar.extractfile(f"{accepted['sample_id'].iloc[0]}.json").read())
+    assert sorted(n[:-4] for n in names if n.endswith(".png")) == sorted(accepted["sample_id"])
+    assert provenance["source_ids"] == list(accepted["source_ids"].iloc[0])
+    assert len(accepted["w"].iloc[0]) == G.num_ws * G.w_dim
+    assert json.loads((Path(store) / "rebalance" / "summary.json").read_text())["after"]["rare"] == 30
+
+
+def test_bad_group_specs_are_usage_errors(labelled_store, tmp_path):
+    store, _ = labelled_store
+    for spec, message in (("colour:x", "use labels"), ("kmeans:many", "kmeans:K"),
+                          ("attribute:nolayer/1:0.5", "unknown StyleSpace layers")):
+        result = CliRunner().invoke(main, ["rebalance", store, "--groups", spec, "--output", str(tmp_path / "o"),
+                                           "--method", "sample", "--device", "cpu"])
+        assert result.exit_code == 2 and message in result.output, (spec, result.output)
