@@ -423,6 +423,56 @@ def rebalance(store: str, device: str, no_progress: bool, **options: object) -> 
 
 
 @main.command()
+@click.option("--output", required=True, help="Directory for eval.json and eval.html (created).")
+@click.option("--generator", default=None, help="Generator URI (default: the bundled demo model, with its encoder, "
+              "prior, identity model and sample).")
+@click.option("--encoder", default=None, help="Encoder bundle URI (studies use it to initialize and compose).")
+@click.option("--prior", default=None, help="Prior URI (required with --generator).")
+@click.option("--images", default=None, help="Real images: folder, tar shards or Parquet (required with --generator).")
+@click.option("--identity-model", default=None, help="'facenet' or an EmbeddingNet bundle (default: the demo's "
+              "with the demo model, else facenet).")
+@click.option("--facenet-weights", default=None, help="URI of FaceNet VGGFace2 weights (with facenet).")
+@click.option("--perceptual", type=click.Choice(["lpips", "discriminator", "none"]), default="discriminator",
+              show_default=True, help="Perceptual metric of refinement and of the quality tables.")
+@click.option("--lpips-weights", default=None, help="URI of LPIPS's VGG16 backbone.")
+@click.option("--features", type=click.Choice(["discriminator", "identity", "random"]), default="discriminator",
+              show_default=True, help="Features of the realism distance (KID): no Inception weights offline.")
+@click.option("--studies", default=",".join(("inversion", "prior", "compression", "composition", "stylespace")),
+              show_default=True, help="Which studies to run.")
+@click.option("--num-images", default=32, show_default=True, help="Real images used (the first N).")
+@click.option("--refine-steps", default="25,50,100,200", show_default=True,
+              help="Refinement step counts of the inversion study.")
+@click.option("--baseline-steps", default=1000, show_default=True, help="Steps of the official projector recipe.")
+@click.option("--baseline-images", default=4, show_default=True,
+              help="Images the official recipe inverts (one at a time, so it is the slow part).")
+@click.option("--study-steps", default=100, show_default=True, help="Refinement steps inside studies 2-4.")
+@click.option("--trials", default=20, show_default=True, help="Planted attributes per positive count (study 5).")
+@click.option("--positives", default="10,20,30", show_default=True, help="Positive counts of study 5.")
+@click.option("--device", default="auto", show_default=True, help="'auto' (CUDA if present), 'cpu', 'cuda:0', ...")
+@click.option("--seed", default=0, show_default=True, help="Seed of every random choice.")
+def evaluate(output: str, studies: str, refine_steps: str, positives: str, device: str, **options: object) -> None:
+    """Measure the papers' claims on a model: inversion quality against cost (with the official
+    projector recipe as baseline), the prior's effect on interpolation, compression against
+    truncation, composition, and StyleSpace detection accuracy. Writes OUTPUT/eval.json and
+    OUTPUT/eval.html; every figure carries its settings and the model fingerprints.
+    """
+    from jobs.evaluate import EvaluateConfig, run
+
+    config = EvaluateConfig(output=output, studies=tuple(s.strip() for s in studies.split(",") if s.strip()),
+                            refine_steps=tuple(int(s) for s in refine_steps.split(",")),
+                            positives=tuple(int(s) for s in positives.split(",")),
+                            device=str(resolve_device(device)), **options)
+    try:
+        report = run(config)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    for name, study in report["studies"].items():
+        click.echo(f"{name}: {study.get('claim', '')}: {'holds' if study.get('holds') else 'does not hold here'} "
+                   f"({study['seconds']} s)")
+    click.echo(f"wrote {output}/eval.json and {output}/eval.html")
+
+
+@main.command()
 @click.argument("store")
 @click.option("--ids", required=True, help="Comma-separated image ids, or @FILE with one id per line.")
 @click.option("--out", "out_dir", required=True, help="Directory for the PNGs (created).")

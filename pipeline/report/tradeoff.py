@@ -8,7 +8,7 @@ x = prior NLL / w_dim (1 = a typical sample), y = identity cosine between the in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,27 +28,33 @@ class TradeoffPoint:
     prior_nll: float  # mean over images of NLL / w_dim
     identity: float  # mean identity cosine with the inputs
     mse: float  # mean pixel MSE against the inputs
+    realism: float | None = None  # a feature-distribution distance of the images (e.g. KID), if asked
 
 
 @torch.no_grad()
 def compression_truncation_curve(G: Generator, prior: GaussianizedPrior, identity: IdentityModel,
                                  images: torch.Tensor, ws: torch.Tensor, *, taus: Sequence[float] = DEFAULT_TAUS,
                                  psis: Sequence[float] = DEFAULT_PSIS, noise_mode: str = "const",
-                                 batch_size: int = 32) -> list[TradeoffPoint]:
-    """Points of both curves for latents ws [N, num_ws, D] inverted from images [N, C, R, R]."""
+                                 batch_size: int = 32,
+                                 realism: Callable[[torch.Tensor], float] | None = None) -> list[TradeoffPoint]:
+    """Points of both curves for latents ws [N, num_ws, D] inverted from images [N, C, R, R];
+    `realism(images)` scores each point's set of images when given."""
     device = G.w_avg.device
     images, ws = images.to(device), ws.to(device)
     variants = [("compression", t, lambda w, t=t: prior.compress(w, t)) for t in taus]
     variants += [("truncation", p, lambda w, p=p: prior.truncate(w, p)) for p in psis]
     points = []
     for method, parameter, transform in variants:
-        nll, cos, mse = [], [], []
+        nll, cos, mse, rendered = [], [], [], []
         for x, w in zip(images.split(batch_size), ws.split(batch_size)):
             moved = transform(w)
             recon = G.synthesis(moved, noise_mode=noise_mode).float()
             nll.append(prior.nll(moved) / G.w_dim)
             cos.append(identity_cosine(identity, x, recon))
             mse.append((recon - x).square().mean(dim=(1, 2, 3)))
+            if realism is not None:
+                rendered.append(recon.cpu())
         points.append(TradeoffPoint(method, float(parameter), torch.cat(nll).mean().item(),
-                                    torch.cat(cos).mean().item(), torch.cat(mse).mean().item()))
+                                    torch.cat(cos).mean().item(), torch.cat(mse).mean().item(),
+                                    realism(torch.cat(rendered)) if realism is not None else None))
     return points

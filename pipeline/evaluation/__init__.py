@@ -1,0 +1,1 @@
+"""`latentmill evaluate`: the papers' checkable claims measured on the user's own model."""
