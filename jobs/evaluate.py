@@ -132,7 +132,35 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=2, default=float))
     (out / "eval.html").write_text(eval_html(report))
+    (out / "eval.md").write_text(eval_markdown(report))
     return report
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    keys = list(rows[0])
+    cell = (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def eval_markdown(report: dict[str, Any]) -> str:
+    """The studies as Markdown tables (what the README's results section shows)."""
+    parts = [f"Model {report['model']['generator_fingerprint'][:19]}..., {report['data']['count']} images at "
+             f"{report['data']['resolution']} px, {report['model']['perceptual_metric']} perceptual metric, "
+             f"identity {report['model']['identity_model']}, realism = {report['model']['realism']}; "
+             f"{report['machine']['device']}, {report['date']}.\n"]
+    for name, study in report["studies"].items():
+        verdict = "holds" if study.get("holds") else "does not hold here"
+        note = f" {study['note']}." if study.get("note") else ""
+        parts.append(f"\n**{name}** ({study['seconds']} s). Claim: {study.get('claim', '')}: **{verdict}**.{note}\n\n")
+        parts.append(_markdown_table(study.get("rows", [])))
+        if name == "inversion":
+            parts.append(f"\nSteps to reach the baseline's {study['quality_key']}: "
+                         f"{json.dumps(study['steps_to_reach_baseline'])}\n")
+    return "".join(parts)
 
 
 def _rows_table(rows: list[dict[str, Any]]) -> str:

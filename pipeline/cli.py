@@ -289,21 +289,39 @@ def invert(input_uri: str, stages: str, no_progress: bool, **options: object) ->
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def demo(output: str, limit: int | None, steps: int, batch_size: int, num_gpus: float, address: str | None,
          no_progress: bool) -> None:
-    """Run every stage on the bundled demo model and emoji sample, then write report.html.
+    """Run the pipeline on the bundled demo model and emoji sample, then write report.html.
 
-    No download and no GPU needed: the generator, prior, encoder and identity embedding in
-    pipeline/assets/demo were trained by latentmill's own jobs (see its MODEL_CARD.md).
+    invert (encode, refine, compress, identity) -> curate (outliers, near-duplicates, bad
+    reconstructions) -> rebalance (faces are under-represented among emoji: compose new ones
+    through E and G) -> report. No download and no GPU needed: the generator, prior, encoder and
+    identity embedding in pipeline/assets/demo were trained by latentmill's own jobs (see its
+    MODEL_CARD.md).
     """
+    from jobs.curate import CurateConfig
+    from jobs.curate import run as curate_store
     from jobs.invert import run
+    from jobs.rebalance import RebalanceConfig
+    from jobs.rebalance import run as rebalance_store
     from pipeline.demo import demo_config
     from pipeline.report.html_report import build_report
 
     config = demo_config(output, limit=limit, steps=steps, batch_size=batch_size, address=address,
                          num_gpus=num_gpus, progress=not no_progress)
+    device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
     summary = run(config)
     click.echo(f"inverted {summary.rows} images ({summary.ok} ok, {summary.errors} errors) in "
                f"{summary.seconds:.0f} s; latents: {config.output}/latents/")
-    report = build_report(config.output, device="cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu")
+    flags = curate_store(CurateConfig(store=config.output, device=device))
+    click.echo(f"curate: {flags['outliers']} outliers, {flags['duplicates']} near-duplicates, "
+               f"{flags['bad_reconstructions']} bad reconstructions")
+    try:
+        counts = rebalance_store(RebalanceConfig(store=config.output, output=f"{output.rstrip('/')}/rebalanced",
+                                                 groups="meta:group", device=device, progress=not no_progress))
+        click.echo("rebalance: " + ", ".join(f"{g} {counts['before'][g]} -> {counts['after'][g]}"
+                                             for g in counts["before"]))
+    except ValueError as exc:  # e.g. a --limit subset with a single group
+        click.echo(f"rebalance skipped: {exc}")
+    report = build_report(config.output, device=device)
     click.echo(f"report: {report}")
 
 

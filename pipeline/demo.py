@@ -1,0 +1,77 @@
+"""`latentmill demo`: the whole pipeline on the bundled demo model and sample, on an embedded Ray.
+
+The bundle (pipeline/assets/demo/, see its MODEL_CARD.md) was made by latentmill's own jobs:
+make-demo-data -> train-generator -> fit-prior -> train-encoder -> train-identity. The demo
+inverts the bundled sample with every stage (encode, refine with the discriminator-feature
+perceptual loss, compress, identity with the bundled emoji embedding) and writes report.html.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.runtime.config import InvertConfig
+
+DEMO_DIR = Path(__file__).parent / "assets" / "demo"
+DEMO_FILES = {"generator": "generator.safetensors", "encoder": "encoder.safetensors", "prior": "prior.safetensors",
+              "identity": "identity.safetensors"}
+
+
+@dataclass(frozen=True)
+class DemoBundle:
+    generator: str
+    encoder: str
+    prior: str
+    identity: str
+    sample: str  # folder of webdataset tar shards
+
+    @classmethod
+    def locate(cls, root: Path = DEMO_DIR) -> DemoBundle:
+        paths = {key: root / name for key, name in DEMO_FILES.items()}
+        missing = [str(p) for p in [*paths.values(), root / "sample"] if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"the demo bundle is incomplete, missing {missing}; reinstall latentmill")
+        return cls(**{k: str(p) for k, p in paths.items()}, sample=str(root / "sample"))
+
+
+def subset_tar(sample: str, limit: int, destination: Path) -> str:
+    """The first `limit` samples of the bundled shards as one tar in `destination` (for quick runs)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    target = destination / f"demo-first-{limit}.tar"
+    if target.exists():
+        return str(destination)
+    keys: list[str] = []
+    tmp = target.with_suffix(".tmp")
+    with tarfile.open(tmp, "w") as out:
+        for shard in sorted(Path(sample).glob("*.tar")):
+            with tarfile.open(shard) as src:
+                for member in src.getmembers():
+                    key = member.name.split(".", 1)[0]
+                    if key not in keys:
+                        if len(keys) == limit:
+                            break
+                        keys.append(key)
+                    data = src.extractfile(member).read()
+                    info = tarfile.TarInfo(member.name)
+                    info.size = len(data)
+                    out.addfile(info, io.BytesIO(data))
+            if len(keys) == limit:
+                break
+    tmp.rename(target)
+    return str(destination)
+
+
+def demo_config(output: str, *, limit: int | None = None, steps: int = 100, batch_size: int = 48,
+                address: str | None = None, num_gpus: float = 0.0, progress: bool = True) -> InvertConfig:
+    """The invert settings of the demo: every stage, the bundled models, the sample (or its first `limit`)."""
+    bundle = DemoBundle.locate()
+    source = bundle.sample if limit is None else subset_tar(bundle.sample, limit, Path(output) / "input")
+    return InvertConfig(input=source, output=str(Path(output) / "store"), generator=bundle.generator,
+                        encoder=bundle.encoder, prior=bundle.prior, identity_model=bundle.identity,
+                        perceptual="discriminator", steps=steps, batch_size=batch_size, address=address,
+                        num_gpus=num_gpus, progress=progress,
+                        concurrency=1 if num_gpus > 0 else max(1, min(2, os.cpu_count() or 1)))

@@ -1,0 +1,42 @@
+"""`latentmill evaluate`: five studies with their settings and fingerprints, on the demo model by default."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.evaluation.detection_study import detection_accuracy
+from pipeline.evaluation.models import EvalModels
+from pipeline.evaluation.realism import feature_extractor, kid_to
+
+
+def test_evaluate_writes_the_five_studies_for_the_demo_model(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", "--output", str(tmp_path), "--num-images", "6", "--refine-steps",
+                                       "2,4", "--baseline-steps", "3", "--baseline-images", "1", "--study-steps", "2",
+                                       "--trials", "1", "--positives", "10", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert set(report["studies"]) == {"inversion", "prior", "compression", "composition", "stylespace"}
+    assert report["model"]["generator_fingerprint"].startswith("sha256:")
+    assert report["settings"]["refine_steps"] == [2, 4] and report["data"]["count"] == 6
+    methods = [r["method"] for r in report["studies"]["inversion"]["rows"]]
+    assert methods == ["encoder", "encoder + refine", "encoder + refine", "w_avg + refine", "w_avg + refine",
+                       "official projector recipe"]
+    for study in report["studies"].values():
+        assert study["rows"] and "claim" in study and isinstance(study["holds"], bool)
+    assert "| method | steps |" in (tmp_path / "eval.md").read_text()
+    page = (tmp_path / "eval.html").read_text()
+    assert all(f"<h2>{name}</h2>" in page for name in report["studies"])
+
+
+def test_detection_finds_planted_channels_from_their_styles(G, prior):
+    identity = type("Pixels", (), {"embed": staticmethod(lambda x: torch.nn.functional.normalize(x.flatten(1), dim=1))})
+    extractor = feature_extractor("random")
+    models = EvalModels(G, None, prior, None, identity, kid_to(torch.zeros(4, 3, 16, 16), extractor))
+    study = detection_accuracy(models, positives=(10, 30), trials=5, population=2000)
+    rows = {r["positives"]: r for r in study["rows"]}
+    assert set(r["mode"] for r in study["rows"]) == {"styles"}, "no encoder: no 'through E' rows"
+    assert rows[30]["top5"] >= 0.8 and study["holds"] == (min(r["top5"] for r in rows.values()) >= 0.8)
