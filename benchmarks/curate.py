@@ -1,6 +1,6 @@
 """Near-duplicate search throughput of `latentmill curate`: rows/s of the blockwise cosine search.
 
-Random unit features with planted duplicate pairs (checked: every planted pair must be found).
+Random features with planted duplicate pairs (checked: every planted pair must be found).
 The baseline, measured in the same run where it fits in memory, is the one-shot full N x N
 similarity matrix; the blockwise search does the same arithmetic (half of it: upper triangle)
 in block_size x N memory, which is what lets 1M rows run.
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", default="20000,100000", help="comma-separated row counts")
     parser.add_argument("--dim", type=int, default=512, help="feature size (512 = one w, or an identity embedding)")
     parser.add_argument("--threshold", type=float, default=0.95)
-    parser.add_argument("--block-size", type=int, default=4096)
+    parser.add_argument("--block-size", type=int, default=None, help="default: the library's (about 2^28 similarities)")
     parser.add_argument("--planted", type=int, default=100, help="duplicate pairs planted (all must be found)")
     parser.add_argument("--baseline-max-rows", type=int, default=20000, help="largest N for the full-matrix baseline")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

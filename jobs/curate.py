@@ -37,7 +37,7 @@ class CurateConfig:
     mse_percentile: float = 95.0
     perceptual_percentile: float = 95.0
     min_identity: float | None = None  # identity cosine below this is a bad reconstruction
-    block_size: int = 4096
+    block_size: int | None = None  # None: about 2^28 similarities per block
     device: str = "cpu"
 
     def validate(self) -> None:

@@ -363,8 +363,9 @@ def report(store: str, sheet_size: int, curve_images: int, generator: str | None
               help="Rows whose perceptual distance is above this percentile are bad reconstructions.")
 @click.option("--min-identity", default=None, type=float,
               help="Rows whose identity cosine is below this are bad reconstructions (default: not tested).")
-@click.option("--block-size", default=4096, show_default=True,
-              help="Rows per block of the duplicate search (memory: block x rows similarities).")
+@click.option("--block-size", default=None, type=int,
+              help="Rows per block of the duplicate search; memory is block x rows similarities (default: "
+              "about 2^28 of them, 1 GiB: 4,096 rows up to 65k rows, 256 at 1M).")
 @click.option("--device", default="auto", show_default=True, help="'auto' (CUDA if present), 'cpu', 'cuda:0', ...")
 def curate(store: str, device: str, **options: object) -> None:
     """Flag outliers (prior NLL percentile), near-duplicates (blockwise cosine search) and bad

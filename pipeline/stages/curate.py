@@ -24,16 +24,22 @@ class DuplicatePairs:
     cosine: np.ndarray  # float32 [P]
 
 
-def near_duplicate_pairs(features: torch.Tensor, threshold: float, *, block_size: int = 4096,
+BLOCK_ELEMENTS = 2**28  # similarities held at once by default: 1 GiB of float32
+
+
+def near_duplicate_pairs(features: torch.Tensor, threshold: float, *, block_size: int | None = None,
                          max_pairs: int = 10_000_000) -> DuplicatePairs:
     """All pairs of rows of features [N, D] whose cosine is at least `threshold`.
 
     Rows are normalized once; each block of `block_size` rows is compared with the rows after its
     start (upper triangle only), so memory is block_size x N and work is N^2 D / 2 multiply-adds.
-    Runs on the tensor's device (a GPU for large N).
+    The default block holds about 2^28 similarities (4,096 rows at 65k, 256 at 1M). Runs on the
+    tensor's device (a GPU for large N).
     """
     x = F.normalize(features.float(), dim=1)
     n = x.shape[0]
+    if block_size is None:
+        block_size = max(64, min(4096, BLOCK_ELEMENTS // max(n, 1)))
     firsts, seconds, cosines = [], [], []
     count = 0
     for start in range(0, n, block_size):
