@@ -45,9 +45,9 @@ def near_duplicate_pairs(features: torch.Tensor, threshold: float, *, block_size
     for start in range(0, n, block_size):
         block = x[start : start + block_size]
         sims = block @ x[start:].T  # [b, n - start]
-        rows = torch.arange(block.shape[0], device=x.device)[:, None]
-        cols = torch.arange(sims.shape[1], device=x.device)[None, :]
-        sims = sims.masked_fill(cols <= rows, -2.0)  # keep j > i
+        b = block.shape[0]
+        # keep j > i: only the leading b x b square holds j <= i, so only it is masked
+        sims[:, :b].masked_fill_(torch.ones(b, b, dtype=torch.bool, device=x.device).tril(), -2.0)
         i, j = torch.nonzero(sims >= threshold, as_tuple=True)
         count += len(i)
         if count > max_pairs:
