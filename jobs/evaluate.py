@@ -65,15 +65,14 @@ def load(cfg: EvaluateConfig):
     from pipeline.evaluation.models import EvalModels
     from pipeline.evaluation.realism import feature_extractor, kid_to
     from pipeline.losses.perceptual import build_perceptual
-    from pipeline.models.checkpoints import load_networks
+    from pipeline.models.checkpoints import generator_of, load_networks
     from pipeline.models.encoder import load_encoder
-    from pipeline.models.stylegan2 import Generator
     from pipeline.priors.gaussian import GaussianizedPrior
     from pipeline.stages.identity import load_identity_model
 
     device = torch.device(cfg.device)
     networks = load_networks(cfg.generator, device=device, setting="--generator")
-    G = networks.get("G_ema") or next(n for n in networks.values() if isinstance(n, Generator))
+    G = generator_of(networks, source=cfg.generator)
     E = load_encoder(cfg.encoder, generator=G, device=device) if cfg.encoder else None
     prior = GaussianizedPrior.load(cfg.prior, generator=G).to(device)
     perceptual = build_perceptual(cfg.perceptual, discriminator=networks.get("D"), lpips_weights=cfg.lpips_weights)

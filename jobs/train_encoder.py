@@ -60,15 +60,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from tqdm.auto import tqdm
 
     from pipeline.losses.perceptual import build_perceptual
-    from pipeline.models.checkpoints import load_networks, read_state_dict
+    from pipeline.models.checkpoints import generator_of, load_networks, read_state_dict
     from pipeline.models.encoder import Encoder, TorchvisionBackbone, load_encoder
-    from pipeline.models.stylegan2 import Generator
     from pipeline.runtime.ray_train import report_checkpoint, resume_directory, worker_setup
     from pipeline.training.encoder_training import LossWeights, encoder_losses, evaluate, sample_training_batch
 
     cfg, rank, world, device = worker_setup(config, EncoderTrainingConfig)
     networks = load_networks(cfg.generator, device=device, setting="--generator")
-    G = networks.get("G_ema") or next(n for n in networks.values() if isinstance(n, Generator))
+    G = generator_of(networks, source=cfg.generator)
     perceptual = build_perceptual(cfg.perceptual, discriminator=networks.get("D"), lpips_weights=cfg.lpips_weights)
     perceptual = perceptual.to(device) if perceptual is not None else None
 

@@ -226,6 +226,14 @@ def load_networks(uri: str, *, device: str | torch.device = "cpu", setting: str 
     return {name: build_network(rec, source=uri, name=name).to(device) for name, rec in ckpt.records.items()}
 
 
+def generator_of(networks: Mapping[str, nn.Module], *, source: str, setting: str = "--generator") -> Generator:
+    """The generator to use from a checkpoint's networks: G_ema when present, else its one Generator."""
+    G = networks.get("G_ema") or next((n for n in networks.values() if isinstance(n, Generator)), None)
+    if not isinstance(G, Generator):
+        raise ValueError(f"{setting} {source}: the checkpoint holds no generator")
+    return G
+
+
 def load_generator(uri: str, *, which: str = "G_ema", device: str | torch.device = "cpu",
                    setting: str = "--generator", cache_dir: str | Path | None = None) -> Generator:
     """One generator of a checkpoint: 'G_ema' (the averaged weights, for inference) or 'G'."""

@@ -25,10 +25,9 @@ from pipeline.data.align import FaceAligner
 from pipeline.data.decode import Decoded, decode_image, decode_mask
 from pipeline.data.sources import InputRecord, ShardSpec, read_shard
 from pipeline.losses.perceptual import build_perceptual
-from pipeline.models.checkpoints import load_networks
+from pipeline.models.checkpoints import generator_of, load_networks
 from pipeline.models.encoder import load_encoder
 from pipeline.models.fingerprint import fingerprint
-from pipeline.models.stylegan2 import Generator
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.runtime.config import InvertConfig
 from pipeline.stages.chain import InversionModels, invert_batch
@@ -40,9 +39,7 @@ from pipeline.store.schema import SCHEMA_VERSION, latents_schema
 def load_models(config: InvertConfig, device: torch.device) -> InversionModels:
     """Every model the configured stages need, checked against the generator; errors name the setting."""
     networks = load_networks(config.generator, device=device, setting="--generator")
-    G = networks.get("G_ema") or next((n for n in networks.values() if isinstance(n, Generator)), None)
-    if not isinstance(G, Generator):
-        raise ValueError(f"--generator {config.generator}: the checkpoint holds no generator")
+    G = generator_of(networks, source=config.generator)
     E = load_encoder(config.encoder, generator=G, device=device) if config.encoder else None
     prior = GaussianizedPrior.load(config.prior, generator=G).to(device) if config.prior else None
     perceptual = None
