@@ -52,18 +52,20 @@ class CurateConfig:
 
 def _identity_features(cfg: CurateConfig, meta: dict[str, Any], ok, device: torch.device) -> torch.Tensor:
     from pipeline.stages.identity import load_identity_model
-    from pipeline.store.store_inputs import load_store_inputs
+    from pipeline.store.store_inputs import load_store_inputs_by_id
 
     settings = meta.get("settings", {})
     model, _ = load_identity_model(settings.get("identity_model", "facenet"),
                                    facenet_weights=settings.get("facenet_weights"), device=device)
-    chunks = []
-    for start in range(0, len(ok), 256):
-        part = ok.iloc[start : start + 256]
-        images = load_store_inputs(cfg.store, meta, part["shard"].tolist(), part["image_id"].tolist())
-        with torch.no_grad():
-            chunks.append(model.embed(images.to(device)))
-    return torch.cat(chunks)
+    embeddings: dict[str, torch.Tensor] = {}
+    for _, part in ok.groupby("shard", sort=False):  # each input shard is read once
+        inputs = load_store_inputs_by_id(cfg.store, meta, part["shard"].tolist(), part["image_id"].tolist())
+        ids = part["image_id"].tolist()
+        for start in range(0, len(ids), 256):
+            chunk = ids[start : start + 256]
+            with torch.no_grad():
+                embeddings.update(zip(chunk, model.embed(torch.stack([inputs[i] for i in chunk]).to(device))))
+    return torch.stack([embeddings[i] for i in ok["image_id"]])
 
 
 def run(cfg: CurateConfig) -> dict[str, Any]:
@@ -99,9 +101,9 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
         features = (ws - ws.mean(dim=0)).flatten(1)
     pairs = near_duplicate_pairs(features, cfg.duplicate_threshold, block_size=cfg.block_size)
     groups = duplicate_groups(len(ok), pairs)
-    best = np.full(len(ok), np.nan, dtype=np.float32)
-    for a, b, c in zip(pairs.first, pairs.second, pairs.cosine):
-        best[a], best[b] = np.fmax(best[a], c), np.fmax(best[b], c)
+    best = np.full(len(ok), np.nan, dtype=np.float32)  # each row's highest cosine to another group member
+    np.fmax.at(best, pairs.first, pairs.cosine)
+    np.fmax.at(best, pairs.second, pairs.cosine)
     ids = ok["image_id"].to_numpy()
     duplicate = groups != np.arange(len(ok))
 

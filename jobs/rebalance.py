@@ -38,7 +38,7 @@ from pipeline.stages.chain import image_seed
 from pipeline.stages.rebalance import compose, kmeans, masked_l1, nll_cut, part_masks, sample_near, target_counts
 from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
 from pipeline.store.samples_schema import SAMPLES
-from pipeline.store.store_inputs import load_store_inputs
+from pipeline.store.store_inputs import load_store_inputs_by_id
 from pipeline.uris import read_bytes, write_bytes
 
 METHODS = ("compose", "sample")
@@ -221,8 +221,7 @@ def run(cfg: RebalanceConfig) -> dict[str, Any]:
     wanted = pd.concat([member_rows, ok.iloc[pool_index]]).drop_duplicates("image_id")
     inputs: dict[str, torch.Tensor] = {}
     if cfg.method == "compose" or identity is not None:  # the real input pixels are needed
-        loaded = load_store_inputs(cfg.store, meta, wanted["shard"].tolist(), wanted["image_id"].tolist())
-        inputs = dict(zip(wanted["image_id"], loaded))
+        inputs = load_store_inputs_by_id(cfg.store, meta, wanted["shard"].tolist(), wanted["image_id"].tolist())
     pool_ids = ok["image_id"].to_numpy()[pool_index]
     bar = tqdm(total=sum(needs.values()), desc="rebalance", disable=not cfg.progress)
     for group in needy:

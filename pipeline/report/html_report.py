@@ -27,7 +27,7 @@ from pipeline.report.svg_charts import histogram_svg, line_chart_svg
 from pipeline.report.tradeoff import TradeoffPoint, compression_truncation_curve
 from pipeline.stages.identity import load_identity_model
 from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
-from pipeline.store.store_inputs import load_store_inputs
+from pipeline.store.store_inputs import load_store_inputs_by_id
 from pipeline.uris import write_bytes
 
 SHEET_COLUMNS = ("input", "w_encoded", "w_refined", "w_compressed")
@@ -90,7 +90,8 @@ def _histograms(frame: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     return charts
 
 
-def _curve(G: Any, meta: dict[str, Any], store: str, rows: pd.DataFrame, device: torch.device) -> tuple[str, list[TradeoffPoint]]:
+def _curve(G: Any, meta: dict[str, Any], rows: pd.DataFrame, inputs: dict[str, torch.Tensor],
+           device: torch.device) -> tuple[str, list[TradeoffPoint]]:
     """The compression-vs-truncation chart, or a sentence saying why there is none."""
     settings = meta.get("settings", {})
     if not meta.get("prior"):
@@ -103,9 +104,8 @@ def _curve(G: Any, meta: dict[str, Any], store: str, rows: pd.DataFrame, device:
                                              facenet_weights=settings.get("facenet_weights"), device=device)
     except (OSError, ValueError) as exc:
         return f"<p>No compression curve: {html.escape(str(exc))}</p>", []
-    inputs = load_store_inputs(store, meta, rows["shard"].tolist(), rows["image_id"].tolist())
     ws = torch.from_numpy(latent_array(rows, "w_refined", meta["latent_shape"]))
-    points = compression_truncation_curve(G, prior, identity, inputs, ws,
+    points = compression_truncation_curve(G, prior, identity, _stack(inputs, rows["image_id"]), ws,
                                           noise_mode=meta.get("noise_mode", "const"))
     series = {
         "compression (tau)": [(p.prior_nll, p.identity, f"{p.parameter:g}") for p in points if p.method == "compression"],
@@ -119,8 +119,8 @@ def _curve(G: Any, meta: dict[str, Any], store: str, rows: pd.DataFrame, device:
     return chart, points
 
 
-def _curation_section(store: str, G: Any, meta: dict[str, Any], ok: pd.DataFrame, sheet_size: int) -> str | None:
-    """Counts of `latentmill curate` flags, the strongest outliers and the duplicate pairs, if curated."""
+def _read_flags(store: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """The flags table of `latentmill curate` and its settings, or None if the store was not curated."""
     import fsspec
     import pyarrow.parquet as pq
 
@@ -128,34 +128,46 @@ def _curation_section(store: str, G: Any, meta: dict[str, Any], ok: pd.DataFrame
     if not fs.exists(path):
         return None
     with fs.open(path, "rb") as f:
-        flags = pq.read_table(f).to_pandas()
-    settings = json.loads(pq.read_schema(fs.open(path, "rb")).metadata[b"latentmill"])["settings"]
+        table = pq.read_table(f)
+    return table.to_pandas(), json.loads(table.schema.metadata[b"latentmill"])["settings"]
+
+
+def _flagged_rows(flags: pd.DataFrame, sheet_size: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The outliers (highest prior NLL first) and duplicates (highest cosine first) the report shows."""
+    outliers = flags[flags["outlier"]].sort_values("prior_nll", ascending=False).head(sheet_size)
+    duplicates = flags[flags["duplicate"]].sort_values("duplicate_cosine", ascending=False).head(sheet_size)
+    return outliers, duplicates
+
+
+def _curation_section(store: str, G: Any, meta: dict[str, Any], ok: pd.DataFrame, flags: pd.DataFrame,
+                      settings: dict[str, Any], inputs: dict[str, torch.Tensor], sheet_size: int) -> str:
+    """Counts of `latentmill curate` flags, the strongest outliers and the duplicate pairs."""
     counts = [("rows curated", len(flags)), ("outliers (prior NLL > p%g)" % settings["outlier_percentile"],
                                              int(flags["outlier"].sum())),
               (f"near-duplicates (cosine >= {settings['duplicate_threshold']} by {settings['duplicates_by']})",
                int(flags["duplicate"].sum())),
               ("bad reconstructions", int(flags["bad_reconstruction"].sum())), ("flagged", int(flags["flagged"].sum()))]
     parts = ["<h2>Curation</h2>" + _table(counts)]
-    outliers = flags[flags["outlier"]].sort_values("prior_nll", ascending=False).head(sheet_size)
+    outliers, duplicates = _flagged_rows(flags, sheet_size)
     if not outliers.empty:
         rows = ok.set_index("image_id").loc[outliers["image_id"]].reset_index()
-        inputs = load_store_inputs(store, meta, rows["shard"].tolist(), rows["image_id"].tolist())
-        png, present = contact_sheet(G, meta, rows, inputs)
+        png, present = contact_sheet(G, meta, rows, _stack(inputs, rows["image_id"]))
         write_bytes(_join(store, "report/outliers.png"), png)
         parts.append(f"<h3>Outliers, highest prior NLL first</h3><p>Columns: {' | '.join(present)}.</p>"
                      '<img class="sheet" src="report/outliers.png" alt="outliers">')
-    duplicates = flags[flags["duplicate"]].sort_values("duplicate_cosine", ascending=False).head(sheet_size)
     if not duplicates.empty:
-        shards = dict(zip(flags["image_id"], flags["shard"]))
         ids = [i for pair in zip(duplicates["duplicate_of"], duplicates["image_id"]) for i in pair]
-        inputs = load_store_inputs(store, meta, [shards[i] for i in ids], ids)
-        grid = _upscaled(grid_image(inputs.float(), nrow=2), meta["img_resolution"])
+        grid = _upscaled(grid_image(_stack(inputs, ids).float(), nrow=2), meta["img_resolution"])
         write_bytes(_join(store, "report/duplicates.png"), _png(grid))
         listing = ", ".join(f"{html.escape(a)} ~ {html.escape(b)}" for a, b in zip(duplicates["duplicate_of"],
                                                                                  duplicates["image_id"]))
         parts.append(f"<h3>Near-duplicates (first member | duplicate)</h3><p>{listing}</p>"
                      '<img class="sheet" src="report/duplicates.png" alt="near-duplicates">')
     return "".join(parts)
+
+
+def _stack(inputs: dict[str, torch.Tensor], image_ids: Any) -> torch.Tensor:
+    return torch.stack([inputs[i] for i in image_ids])
 
 
 def _rebalance_section(store: str) -> str | None:
@@ -210,16 +222,31 @@ def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, ge
             summary.append((f"median {key}", f"{ok[key].median():.4f}"))
     sections.append("<h2>Summary</h2>" + _table(summary))
 
+    sample = worst = curve_rows = ok.head(0)
     if not ok.empty:
         pick = np.random.default_rng(0).choice(len(ok), size=min(sheet_size, len(ok)), replace=False)
         sample = ok.iloc[np.sort(pick)]
         worst = ok.sort_values("mse", ascending=False).head(sheet_size) if "mse" in ok else ok.head(0)
+        pick = np.random.default_rng(1).choice(len(ok), size=min(curve_images, len(ok)), replace=False)
+        curve_rows = ok.iloc[np.sort(pick)]
+    curated = _read_flags(store)
+    shown = [sample, worst]
+    if meta.get("prior") and "w_refined" in ok:  # otherwise _curve draws nothing
+        shown.append(curve_rows)
+    if curated is not None:
+        outliers, duplicates = _flagged_rows(curated[0], sheet_size)
+        shown.append(ok[ok["image_id"].isin(set(outliers["image_id"]) | set(duplicates["image_id"])
+                                            | set(duplicates["duplicate_of"]))])
+    shown_rows = pd.concat(shown).drop_duplicates("image_id")
+    inputs = load_store_inputs_by_id(store, meta, shown_rows["shard"].tolist(),
+                                     shown_rows["image_id"].tolist()) if len(shown_rows) else {}
+
+    if not ok.empty:
         for title, name, rows in (("A random sample", "sample", sample), ("The worst reconstructions (highest MSE)",
                                                                         "worst", worst)):
             if rows.empty:
                 continue
-            inputs = load_store_inputs(store, meta, rows["shard"].tolist(), rows["image_id"].tolist())
-            png, present = contact_sheet(G, meta, rows, inputs)
+            png, present = contact_sheet(G, meta, rows, _stack(inputs, rows["image_id"]))
             path = f"report/{name}.png"
             write_bytes(_join(store, path), png)
             ids = ", ".join(html.escape(i) for i in rows["image_id"])
@@ -230,11 +257,7 @@ def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, ge
     if charts:
         sections.append("<h2>Metrics</h2><div class='charts'>" + "".join(charts) + "</div>")
 
-    curve_rows = ok.head(0)
-    if not ok.empty:
-        pick = np.random.default_rng(1).choice(len(ok), size=min(curve_images, len(ok)), replace=False)
-        curve_rows = ok.iloc[np.sort(pick)]
-    chart, points = _curve(G, meta, store, curve_rows, device)
+    chart, points = _curve(G, meta, curve_rows, inputs, device)
     table = ""
     if points:
         table = "<table><tr><th>method</th><th>tau / psi</th><th>prior NLL / w_dim</th><th>identity cosine</th>" \
@@ -246,9 +269,11 @@ def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, ge
                     "truncation scales all of w - w_avg by psi, compression log-compresses only the PCA "
                     "components beyond tau sigma. Higher and further left is better.</p>" + chart + table)
 
-    for extra in (_curation_section(store, G, meta, ok, sheet_size), _rebalance_section(store)):
-        if extra:
-            sections.append(extra)
+    if curated is not None:
+        sections.append(_curation_section(store, G, meta, ok, *curated, inputs, sheet_size))
+    rebalanced = _rebalance_section(store)
+    if rebalanced:
+        sections.append(rebalanced)
 
     if not errors.empty:
         reasons = errors["error"].fillna("?").str.split(":", n=1).str[0].value_counts()

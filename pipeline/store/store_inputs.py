@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import fsspec
-import numpy as np
 import torch
 
 from pipeline.data.decode import decode_image
@@ -26,8 +25,10 @@ def _plan(store: str) -> dict[str, ShardSpec]:
     return {s["shard_id"]: ShardSpec(**s) for s in json.loads(fs.cat_file(path))["shards"]}
 
 
-def load_store_inputs(store: str, meta: dict[str, Any], shards: Sequence[str], image_ids: Sequence[str]) -> torch.Tensor:
-    """The decoded inputs [N, C, R, R] in [-1, 1] of rows given by (shard, image_id), in that order."""
+def load_store_inputs_by_id(store: str, meta: dict[str, Any], shards: Sequence[str],
+                            image_ids: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The decoded inputs ([C, R, R] in [-1, 1]) of rows given by (shard, image_id), by image_id;
+    each input shard involved is read once."""
     plan = _plan(store)
     settings = meta.get("settings", {})
     aligner = None
@@ -38,7 +39,7 @@ def load_store_inputs(store: str, meta: dict[str, Any], shards: Sequence[str], i
     wanted: dict[str, set[str]] = {}
     for shard, image_id in zip(shards, image_ids):
         wanted.setdefault(shard, set()).add(image_id)
-    found: dict[str, np.ndarray] = {}
+    found: dict[str, torch.Tensor] = {}
     for shard, ids in wanted.items():
         if shard not in plan:
             raise KeyError(f"{store}: shard {shard!r} is not in plan.json")
@@ -47,8 +48,14 @@ def load_store_inputs(store: str, meta: dict[str, Any], shards: Sequence[str], i
                 decoded = decode_image(record.data, resolution=meta["img_resolution"], channels=meta["img_channels"],
                                        policy=settings.get("resize_policy", "center-crop"), aligner=aligner)
                 if decoded.ok:
-                    found[record.image_id] = decoded.image
+                    found[record.image_id] = torch.from_numpy(decoded.image)
     missing = [i for i in image_ids if i not in found]
     if missing:
         raise FileNotFoundError(f"{store}: inputs no longer readable: {missing[:5]}")
-    return torch.from_numpy(np.stack([found[i] for i in image_ids]))
+    return found
+
+
+def load_store_inputs(store: str, meta: dict[str, Any], shards: Sequence[str], image_ids: Sequence[str]) -> torch.Tensor:
+    """The decoded inputs [N, C, R, R] in [-1, 1] of rows given by (shard, image_id), in that order."""
+    found = load_store_inputs_by_id(store, meta, shards, image_ids)
+    return torch.stack([found[i] for i in image_ids])
