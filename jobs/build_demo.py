@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import platform
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.data.webdataset import add_sample, read_samples
 from pipeline.demo import DEMO_DIR, DEMO_FILES
 
 
@@ -42,10 +42,7 @@ def write_sample(data: Path, bundle: Path, *, per_shard: int, shards: int) -> li
     """An even spread of the data set (faces kept in proportion) as `shards` tar shards in bundle/sample."""
     samples: dict[str, dict[str, bytes]] = {}
     for shard in sorted(data.glob("*.tar")):
-        with tarfile.open(shard) as src:
-            for member in src.getmembers():
-                key, ext = member.name.split(".", 1)
-                samples.setdefault(key, {})[ext] = src.extractfile(member).read()
+        samples.update(read_samples(shard))
     keys = sorted(samples)
     count = per_shard * shards
     chosen = [keys[round(i * (len(keys) - 1) / (count - 1))] for i in range(count)]
@@ -55,10 +52,7 @@ def write_sample(data: Path, bundle: Path, *, per_shard: int, shards: int) -> li
     for s in range(shards):
         with tarfile.open(out / f"demo-{s:05d}.tar", "w") as tar:
             for key in chosen[s * per_shard : (s + 1) * per_shard]:
-                for ext, payload in sorted(samples[key].items()):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mtime = len(payload), 0
-                    tar.addfile(info, io.BytesIO(payload))
+                add_sample(tar, key, dict(sorted(samples[key].items())))
     return chosen
 
 

@@ -7,7 +7,6 @@ them. One process: the duplicate search is a blockwise matrix product, on the GP
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -15,13 +14,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.stages.curate import above_percentile, duplicate_groups, near_duplicate_pairs, percentile_rank
 from pipeline.store.flags_schema import FLAGS_VERSION, flags_schema
-from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
+from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata, write_parquet
 from pipeline.uris import write_bytes
 
 DUPLICATE_FEATURES = ("latent", "identity")
@@ -129,10 +127,8 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
         "bad_reasons": [",".join(r) or None for r in reasons],
         "flagged": outlier | duplicate | bad, "schema_version": np.full(len(ok), FLAGS_VERSION, dtype=np.int16),
     }, schema=flags_schema({"store": cfg.store, "settings": asdict(cfg)}))
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
     root = cfg.store.rstrip("/") + "/curation"
-    write_bytes(root + "/flags.parquet", buffer.getvalue())
+    write_parquet(root + "/flags.parquet", table)
     summary = {"rows": len(ok), "outliers": int(outlier.sum()), "duplicate_pairs": len(pairs.first),
                "duplicates": int(duplicate.sum()), "duplicate_groups": int(len(set(groups[duplicate]))),
                "bad_reconstructions": int(bad.sum()), "flagged": int((outlier | duplicate | bad).sum()),

@@ -9,7 +9,6 @@ centred on white with a margin, resized to `--resolution`, and written as webdat
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import tarfile
@@ -17,6 +16,9 @@ import unicodedata
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.data.webdataset import add_sample
+from pipeline.imaging import png_bytes
 
 DEFAULT_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 FONT_SIZE = 109  # the only size the font's CBDT bitmaps come in
@@ -58,12 +60,6 @@ def emoji_catalog(font: ImageFont.FreeTypeFont) -> list[tuple[int, str]]:
     return found
 
 
-def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    archive.addfile(info, io.BytesIO(data))
-
-
 def run(output: str, *, font_path: str = DEFAULT_FONT, resolution: int = 64, shard_size: int = 500,
         limit: int | None = None) -> list[Path]:
     """Write the tar shards; returns their paths."""
@@ -77,13 +73,10 @@ def run(output: str, *, font_path: str = DEFAULT_FONT, resolution: int = 64, sha
         tmp = path.with_suffix(".tar.tmp")
         with tarfile.open(tmp, "w") as archive:
             for cp, name in catalog[start : start + shard_size]:
-                image = render_emoji(chr(cp), font, resolution)
-                buffer = io.BytesIO()
-                image.save(buffer, "PNG", optimize=True)
-                key = f"u{cp:x}"
-                _add(archive, f"{key}.png", buffer.getvalue())
                 meta = {"codepoint": f"U+{cp:04X}", "name": name, "group": "face" if "FACE" in name else "other"}
-                _add(archive, f"{key}.json", json.dumps(meta).encode())
+                add_sample(archive, f"u{cp:x}", {"png": png_bytes(render_emoji(chr(cp), font, resolution),
+                                                                  optimize=True),
+                                                 "json": json.dumps(meta).encode()})
         tmp.replace(path)
         shards.append(path)
     faces = sum("FACE" in name for _, name in catalog)

@@ -25,18 +25,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.imaging import grid_image, to_uint8
+from pipeline.data.webdataset import add_sample
+from pipeline.imaging import grid_image, png_bytes, to_uint8
 from pipeline.models.checkpoints import load_generator
 from pipeline.models.encoder import load_encoder
 from pipeline.models.fingerprint import fingerprint
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.stages.chain import image_seed
 from pipeline.stages.rebalance import compose, kmeans, masked_l1, nll_cut, part_masks, sample_near, target_counts
-from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
+from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata, write_parquet
 from pipeline.store.samples_schema import SAMPLES
 from pipeline.store.store_inputs import load_store_inputs_by_id
 from pipeline.uris import read_bytes, write_bytes
@@ -140,10 +140,7 @@ class _ShardWriter:
         if self.tar is None:
             self.buffer = io.BytesIO()
             self.tar = tarfile.open(fileobj=self.buffer, mode="w")
-        for name, data in ((f"{sample_id}.png", png), (f"{sample_id}.json", json.dumps(provenance).encode())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            self.tar.addfile(info, io.BytesIO(data))
+        add_sample(self.tar, sample_id, {"png": png, "json": json.dumps(provenance).encode()})
         shard = self.shard_name
         self.count += 1
         if self.count == self.shard_size:
@@ -156,14 +153,6 @@ class _ShardWriter:
             write_bytes(f"{self.output}/images/{self.shard_name}.tar", self.buffer.getvalue())
             self.tar, self.buffer, self.count = None, None, 0
             self.index += 1
-
-
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def run(cfg: RebalanceConfig) -> dict[str, Any]:
@@ -292,9 +281,8 @@ def run(cfg: RebalanceConfig) -> dict[str, Any]:
                 if reason is None:
                     provenance = {key: row[key] for key in ("sample_id", "group", "method", "source_ids", "mask_kind",
                                                             "seed", "prior_nll", "identity_to_sources", "part_l1")}
-                    row["shard"] = writer.add(sample_id, _png(pixels[k].squeeze(-1) if pixels.shape[-1] == 1
-                                                              else pixels[k]), {**provenance,
-                                                                                 "generator_fingerprint": gen_fp})
+                    row["shard"] = writer.add(sample_id, png_bytes(pixels[k]),
+                                              {**provenance, "generator_fingerprint": gen_fp})
                     accepted += 1
                     bar.update(1)
                     if len(preview) < 8 * preview_columns:
@@ -307,9 +295,7 @@ def run(cfg: RebalanceConfig) -> dict[str, Any]:
 
     table = pa.Table.from_pylist(rows, schema=SAMPLES.schema({"store": cfg.store, "settings": asdict(cfg),
                                                               "latent_shape": meta["latent_shape"]}))
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    write_bytes(cfg.output.rstrip("/") + "/samples.parquet", buffer.getvalue())
+    write_parquet(cfg.output.rstrip("/") + "/samples.parquet", table)
     added = {g: sum(1 for r in rows if r["group"] == g and r["accepted"]) for g in counts}
     summary = {"store": cfg.store, "output": cfg.output, "groups_spec": cfg.groups, "target": cfg.target,
                "method": cfg.method, "before": counts, "target_counts": targets, "added": added,
@@ -323,10 +309,9 @@ def run(cfg: RebalanceConfig) -> dict[str, Any]:
     write_bytes(cfg.output.rstrip("/") + "/summary.json", text)
     write_bytes(cfg.store.rstrip("/") + "/rebalance/summary.json", text)
     if preview:
-        png = io.BytesIO()
-        grid_image(torch.stack(preview), nrow=preview_columns).save(png, format="PNG")
-        write_bytes(cfg.output.rstrip("/") + "/preview.png", png.getvalue())
-        write_bytes(cfg.store.rstrip("/") + "/rebalance/preview.png", png.getvalue())
+        png = png_bytes(grid_image(torch.stack(preview), nrow=preview_columns))
+        write_bytes(cfg.output.rstrip("/") + "/preview.png", png)
+        write_bytes(cfg.store.rstrip("/") + "/rebalance/preview.png", png)
     return summary
 
 

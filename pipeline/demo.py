@@ -8,12 +8,12 @@ perceptual loss, compress, identity with the bundled emoji embedding) and writes
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.data.webdataset import add_sample, read_samples
 from pipeline.runtime.config import InvertConfig
 
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
@@ -44,23 +44,15 @@ def subset_tar(sample: str, limit: int, destination: Path) -> str:
     target = destination / f"demo-first-{limit}.tar"
     if target.exists():
         return str(destination)
-    keys: list[str] = []
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in sorted(Path(sample).glob("*.tar")):
+        for key, parts in read_samples(shard).items():
+            if len(samples) < limit:
+                samples[key] = parts
     tmp = target.with_suffix(".tmp")
     with tarfile.open(tmp, "w") as out:
-        for shard in sorted(Path(sample).glob("*.tar")):
-            with tarfile.open(shard) as src:
-                for member in src.getmembers():
-                    key = member.name.split(".", 1)[0]
-                    if key not in keys:
-                        if len(keys) == limit:
-                            break
-                        keys.append(key)
-                    data = src.extractfile(member).read()
-                    info = tarfile.TarInfo(member.name)
-                    info.size = len(data)
-                    out.addfile(info, io.BytesIO(data))
-            if len(keys) == limit:
-                break
+        for key, parts in samples.items():
+            add_sample(out, key, parts)
     tmp.rename(target)
     return str(destination)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -28,3 +29,12 @@ def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     grid_image(images, nrow=nrow).save(path)
     return path
+
+
+def png_bytes(image: Image.Image | np.ndarray, **save_options: object) -> bytes:
+    """PNG file bytes of a Pillow image or a uint8 [H, W, C] array (C = 1 is saved as grayscale)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **save_options)
+    return buffer.getvalue()

@@ -9,7 +9,6 @@ against truncation. Written to STORE/report.html and STORE/report/*.png; works f
 from __future__ import annotations
 
 import html
-import io
 import json
 from dataclasses import asdict
 from typing import Any
@@ -19,7 +18,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from pipeline.imaging import grid_image
+from pipeline.imaging import grid_image, png_bytes
 from pipeline.models.checkpoints import load_generator
 from pipeline.models.fingerprint import fingerprint
 from pipeline.priors.gaussian import GaussianizedPrior
@@ -38,12 +37,6 @@ def _join(store: str, name: str) -> str:
     return store.rstrip("/") + "/" + name
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def contact_sheet(G: Any, meta: dict[str, Any], rows: pd.DataFrame, inputs: torch.Tensor) -> tuple[bytes, list[str]]:
     """PNG of one line per image: the input, then G of each latent column present (gray where absent)."""
     tiles, present = [], ["input"]
@@ -57,7 +50,7 @@ def contact_sheet(G: Any, meta: dict[str, Any], rows: pd.DataFrame, inputs: torc
     for i in range(len(rows)):
         tiles.append(inputs[i].float())
         tiles += [rendered[c][i] for c in columns]
-    return _png(_upscaled(grid_image(torch.stack(tiles), nrow=len(present)), meta["img_resolution"])), present
+    return png_bytes(_upscaled(grid_image(torch.stack(tiles), nrow=len(present)), meta["img_resolution"])), present
 
 
 def _upscaled(grid: Image.Image, resolution: int) -> Image.Image:
@@ -158,7 +151,7 @@ def _curation_section(store: str, G: Any, meta: dict[str, Any], ok: pd.DataFrame
     if not duplicates.empty:
         ids = [i for pair in zip(duplicates["duplicate_of"], duplicates["image_id"]) for i in pair]
         grid = _upscaled(grid_image(_stack(inputs, ids).float(), nrow=2), meta["img_resolution"])
-        write_bytes(_join(store, "report/duplicates.png"), _png(grid))
+        write_bytes(_join(store, "report/duplicates.png"), png_bytes(grid))
         listing = ", ".join(f"{html.escape(a)} ~ {html.escape(b)}" for a, b in zip(duplicates["duplicate_of"],
                                                                                  duplicates["image_id"]))
         parts.append(f"<h3>Near-duplicates (first member | duplicate)</h3><p>{listing}</p>"

@@ -39,11 +39,16 @@ def manifest_file(store: str, shard: str, *, failed: bool = False) -> str:
     return _join(store, "manifest", f"{shard}{'.failed' if failed else ''}.json")
 
 
+def write_parquet(uri: str, table: pa.Table, *, compression: str = "snappy") -> None:
+    """One Parquet file at any fsspec URI, appearing atomically where the filesystem allows."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression=compression)
+    write_bytes(uri, buffer.getvalue())
+
+
 def write_shard(store: str, shard: str, table: pa.Table, entry: dict[str, Any]) -> None:
     """Data first, manifest entry last: a crash between them leaves the shard unfinished, not half-done."""
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    write_bytes(shard_file(store, shard), buffer.getvalue())
+    write_parquet(shard_file(store, shard), table, compression="zstd")
     write_bytes(manifest_file(store, shard), json.dumps(entry, indent=2, default=str).encode())
     fs, path = fsspec.core.url_to_fs(manifest_file(store, shard, failed=True))
     if fs.exists(path):
