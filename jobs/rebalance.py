@@ -181,9 +181,9 @@ def run(cfg: RebalanceConfig) -> dict[str, Any]:
         scale = min(1.0, cfg.max_new / max(sum(needs.values()), 1))
         needs = {g: int(n * scale) for g, n in needs.items()}
 
-    E = load_encoder(meta["encoder"], generator=G, device=device) if cfg.method == "compose" else None
     if cfg.method == "compose" and not meta.get("encoder"):
         raise ValueError(f"{cfg.store} was made without --encoder; use --method sample, or invert with an encoder")
+    E = load_encoder(meta["encoder"], generator=G, device=device) if cfg.method == "compose" else None
     identity = None
     settings = meta.get("settings", {})
     if cfg.min_identity is not None and "identity" in settings.get("stages", []):

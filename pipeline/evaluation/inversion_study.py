@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipeline.evaluation.models import EvalModels
+from pipeline.evaluation.models import EvalModels, initial_latents
 from pipeline.models.encoder import encode
 from pipeline.stages.identity import identity_cosine
 from pipeline.stages.refine import refine
@@ -96,7 +96,7 @@ def prior_effect(models: EvalModels, images: torch.Tensor, *, steps: int, frames
     midpoint prior NLL / w_dim and midpoint realism (KID to the real images)."""
     G, n = models.G, len(images) - len(images) % 2
     images = images[:n].to(models.device)
-    init = encode(models.E, images).float().detach() if models.E is not None else G.w_avg.expand(n, G.num_ws, -1).clone()
+    init = initial_latents(models, images)
     distance = models.perceptual or (lambda a, b: (a - b).square().mean(dim=(1, 2, 3)))
     rows = []
     for label, weight in (("with prior", prior_weight), ("without prior", 0.0)):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pipeline.models.encoder import Encoder
+from pipeline.models.encoder import Encoder, encode
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.stages.identity import IdentityModel
@@ -26,3 +26,11 @@ class EvalModels:
     @property
     def device(self) -> torch.device:
         return self.G.w_avg.device
+
+
+def initial_latents(models: EvalModels, images: torch.Tensor) -> torch.Tensor:
+    """Where refinement starts: the encoder's prediction, or w_avg without an encoder."""
+    if models.E is not None:
+        with torch.no_grad():
+            return encode(models.E, images).float()
+    return models.G.w_avg.expand(len(images), models.G.num_ws, -1).clone()

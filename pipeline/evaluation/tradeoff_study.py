@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.evaluation.models import EvalModels
+from pipeline.evaluation.models import EvalModels, initial_latents
 from pipeline.models.encoder import encode
 from pipeline.report.tradeoff import DEFAULT_PSIS, DEFAULT_TAUS, compression_truncation_curve
 from pipeline.stages.rebalance import masked_l1, part_masks
@@ -23,7 +23,7 @@ def compression_vs_truncation(models: EvalModels, images: torch.Tensor, *, steps
     """
     G, n = models.G, len(images)
     images = images.to(models.device)
-    init = encode(models.E, images).float().detach() if models.E is not None else G.w_avg.expand(n, G.num_ws, -1).clone()
+    init = initial_latents(models, images)
     ws = refine(G, images, init, steps=steps, perceptual=models.perceptual, prior=models.prior,
                 seeds=list(range(n))).ws.detach()
     points = compression_truncation_curve(G, models.prior, models.identity, images, ws, taus=DEFAULT_TAUS,
