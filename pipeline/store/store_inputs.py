@@ -1,7 +1,7 @@
 """Re-reading the input images behind rows of a latent store, decoded as the run decoded them.
 
 The store records, per row, its input shard and id, and in its metadata the settings of the run
-(resolution, resize policy, face alignment). plan.json maps shard ids to input files, so the
+(resolution, resize policy, pixel limit, face alignment). plan.json maps shard ids to input files, so the
 exact pixels a latent was fitted to can be recovered for reports and evaluations.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import fsspec
 import torch
 
-from pipeline.data.decode import decode_image
+from pipeline.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from pipeline.data.sources import ShardSpec, read_shard
 
 
@@ -46,7 +46,8 @@ def load_store_inputs_by_id(store: str, meta: dict[str, Any], shards: Sequence[s
         for record in read_shard(plan[shard]):
             if record.image_id in ids and record.data is not None:
                 decoded = decode_image(record.data, resolution=meta["img_resolution"], channels=meta["img_channels"],
-                                       policy=settings.get("resize_policy", "center-crop"), aligner=aligner)
+                                       policy=settings.get("resize_policy", "center-crop"),
+                                       max_pixels=settings.get("max_pixels", DEFAULT_MAX_PIXELS), aligner=aligner)
                 if decoded.ok:
                     found[record.image_id] = torch.from_numpy(decoded.image)
     missing = [i for i in image_ids if i not in found]
