@@ -61,7 +61,7 @@ def inspect(uri: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(desc, indent=2, default=str))
         return
-    click.echo(f"uri:     {desc['uri']}\nformat:  {desc['format']}")
+    click.echo(f"uri:     {desc['uri']}\nformat:  {desc['format']}\nsource:  {desc['layout']}")
     for name, net in desc["networks"].items():
         kw = net["init_kwargs"]
         click.echo(f"\n{name}: {net['class']}, {net['parameters']:,} parameters")

@@ -196,15 +196,6 @@ def test_generator_and_discriminator_bundle_loads_both(tmp_path):
     assert torch.equal(nets["D"](img), D(img))
 
 
-def test_stylegan3_networks_are_refused_with_a_clear_message():
-    from pipeline.models.checkpoints import build_network
-    from pipeline.models.network_record import NetworkRecord
-
-    record = NetworkRecord("training.networks_stylegan3.Generator", {}, {})
-    with pytest.raises(CheckpointError, match="StyleGAN3"):
-        build_network(record, source="sg3.pkl")
-
-
 def test_bundle_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     write_bundle(str(tmp_path / "g.safetensors"), {"G_ema": tiny_generator()})
     assert [p.name for p in tmp_path.iterdir()] == ["g.safetensors"]

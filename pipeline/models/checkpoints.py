@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import pickle
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -31,8 +30,9 @@ from pipeline.models.fingerprint import fingerprint
 from pipeline.models.network_record import NetworkRecord
 from pipeline.models.nvlabs_pickle import load_nvlabs_pickle, network_records
 from pipeline.models.pickle_globals import pickle_globals
-from pipeline.models.stylegan2 import Discriminator, Generator
-from pipeline.uris import local_path, read_bytes
+from pipeline.models.stylegan2 import Discriminator, Generator, uninitialized_weights
+from pipeline.models.torch_weights import load_weights
+from pipeline.uris import local_path
 
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {"Generator": Generator, "Discriminator": Discriminator,
                                                "Encoder": Encoder, "EmbeddingNet": EmbeddingNet}
@@ -49,6 +49,7 @@ class Checkpoint:
     format: str  # 'nvlabs-pickle' | 'rosinality' | 'latentmill-bundle'
     records: dict[str, NetworkRecord]
     info: dict[str, Any] = field(default_factory=dict)
+    layout: str = ""  # the code base and layout that wrote the file, as detected
 
 
 def _looks_like_safetensors(data: bytes) -> bool:
@@ -103,17 +104,7 @@ def _refuse_unlisted_globals(data: bytes, *, source: str) -> None:
 
 def _torch_load_restricted(data: bytes, *, source: str) -> Any:
     _refuse_unlisted_globals(data, source=source)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's weights-only unpickler names the refused global in its message.
-        detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line),
-                      str(exc).splitlines()[0])
-        raise UnsafeCheckpointError(f"{source}: refused to load: {detail}") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError, OSError) as exc:
-        raise CheckpointError(f"{source}: truncated or corrupt torch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return load_weights(data, source=source, safe_globals=[argparse.Namespace])
 
 
 def _rosinality_records(obj: Any, *, source: str) -> tuple[dict[str, NetworkRecord], dict[str, Any]]:
@@ -139,6 +130,12 @@ def _rosinality_records(obj: Any, *, source: str) -> tuple[dict[str, NetworkReco
             mapped["mapping.w_avg"] = _estimate_w_avg(kwargs, mapped)
             info["w_avg_source"] = f"estimated from {W_AVG_SAMPLES} samples"
         records[ours] = NetworkRecord("Generator", kwargs, mapped)
+    if isinstance(args, argparse.Namespace):
+        info["layout"] = "rosinality/stylegan2-pytorch, train.py checkpoint"
+    elif set(obj) <= {"g_ema", "g", "d", "latent_avg"}:
+        info["layout"] = "rosinality/stylegan2-pytorch, convert_weight.py output (weights converted from TensorFlow)"
+    else:
+        info["layout"] = "rosinality/stylegan2-pytorch state dicts"
     skipped = sorted(k for k in ("d", "g_optim", "d_optim") if k in obj)
     if skipped:
         info["not_loaded"] = skipped  # rosinality's discriminator layout is not supported
@@ -160,46 +157,64 @@ def read_state_dict(uri: str, *, setting: str, cache_dir: str | Path | None = No
     """A plain `torch.save`d state dict (torchvision, facenet-pytorch weights) behind a weights URI,
     loaded with weights_only=True; errors name the setting."""
     path = local_path(uri, setting=setting, cache_dir=cache_dir)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{setting} {uri}: not a readable torch state dict ({exc})") from None
+    state = load_weights(path, source=f"{setting} {uri}")
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{setting} {uri}: expected a state dict, found {type(state).__name__}")
     return dict(state)
 
 
+def _nvlabs_checkpoint(stream: BinaryIO, uri: str) -> Checkpoint:
+    snapshot = load_nvlabs_pickle(stream, source=uri)
+    info = {k: v for k, v in snapshot.items() if isinstance(v, (dict, str, int, float)) and k != "augment_pipe"}
+    records = network_records(snapshot, source=uri)
+    main = records.get("G_ema") or next(iter(records.values()))
+    return Checkpoint(uri, "nvlabs-pickle", records, info, main.layout or "")
+
+
 def read_checkpoint(uri: str, *, setting: str = "checkpoint", cache_dir: str | Path | None = None) -> Checkpoint:
-    """Read a checkpoint's networks as records, without building modules."""
-    data = read_bytes(uri, setting=setting, cache_dir=cache_dir)
+    """Read a checkpoint's networks as records, without building modules.
+
+    NVlabs pickles are unpickled from the open file (streamed, as the official loader does), so
+    a large pickle is never held in memory twice; other formats are read whole.
+    """
+    path = local_path(uri, setting=setting, cache_dir=cache_dir)
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if head[:1] == b"\x80" and head[8:9] != b"{" and _TORCH_LEGACY_MAGIC not in head:
+            f.seek(0)
+            return _nvlabs_checkpoint(f, uri)
+        data = head + f.read()
     kind = sniff_format(data, source=uri)
+    if kind == "pickle":
+        return _nvlabs_checkpoint(io.BytesIO(data), uri)
     if kind == "safetensors":
         records, info = read_bundle(data, source=uri)
-        return Checkpoint(uri, "latentmill-bundle", records, info)
-    if kind == "pickle":
-        snapshot = load_nvlabs_pickle(data, source=uri)
-        info = {k: v for k, v in snapshot.items() if isinstance(v, (dict, str, int, float)) and k != "augment_pipe"}
-        return Checkpoint(uri, "nvlabs-pickle", network_records(snapshot, source=uri), info)
+        origin = info.get("converted_from")
+        return Checkpoint(uri, "latentmill-bundle", records, info,
+                          "latentmill bundle" + (f" (converted from {origin})" if origin else ""))
     records, info = _rosinality_records(_torch_load_restricted(data, source=uri), source=uri)
-    return Checkpoint(uri, "rosinality", records, info)
+    return Checkpoint(uri, "rosinality", records, info, info["layout"])
 
 
 def build_network(record: NetworkRecord, *, source: str, name: str = "network") -> nn.Module:
-    """Construct a latentmill module from a record and load its weights strictly."""
-    if "stylegan3" in record.class_name:
-        raise CheckpointError(f"{source}: {name} is a StyleGAN3 ({record.class_name}) network; latentmill "
-                              "supports StyleGAN2 architectures only")
+    """Construct a latentmill module from a record and load its weights strictly.
+
+    The module is built without drawing random weights and takes the record's tensors as its
+    parameters (`assign=True`): no initialisation to overwrite and no second copy of the weights,
+    which was most of the time a large pickle took to load.
+    """
     cls = NETWORK_CLASSES.get(record.short_class_name)
     if cls is None:
         raise CheckpointError(f"{source}: {name} has unsupported class {record.class_name!r}")
     try:
-        module = cls(**record.init_kwargs)
+        with uninitialized_weights():
+            module = cls(**record.init_kwargs)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: cannot build {name} from its recorded arguments: {exc}") from None
-    state = dict(record.state_dict)
-    fixed = dict(module.named_buffers())  # includes non-persistent FIR filters
     own = module.state_dict()
-    for key in [k for k in state if k not in own and k in fixed]:
+    fixed = {k: v for k, v in module.named_buffers() if k not in own}  # non-persistent FIR filters
+    state = dict(record.state_dict)
+    for key in [k for k in state if k in fixed]:
         if state[key].shape != fixed[key].shape or not torch.allclose(state[key].float(), fixed[key], atol=1e-6):
             raise CheckpointError(f"{source}: {name}.{key} differs from the filter its arguments imply")
         del state[key]
@@ -211,9 +226,13 @@ def build_network(record: NetworkRecord, *, source: str, name: str = "network") 
         if tuple(tensor.shape) != tuple(own[key].shape):
             raise CheckpointError(f"{source}: {name}.{key} has shape {list(tensor.shape)}, expected "
                                   f"{list(own[key].shape)}")
-        if not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{source}: {name}.{key} contains NaN or infinite values")
-    module.load_state_dict(state, strict=True)
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{source}: {name}.{key} holds {tensor.dtype} values, expected floating point")
+        state[key] = tensor.to(own[key].dtype).contiguous()
+    if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+        bad = next(k for k, t in state.items() if not torch.isfinite(t).all())
+        raise CheckpointError(f"{source}: {name}.{bad} contains NaN or infinite values")
+    module.load_state_dict(state, strict=True, assign=True)
     if record.expected_fingerprint and fingerprint(module) != record.expected_fingerprint:
         raise CheckpointError(f"{source}: {name} weights do not match the fingerprint recorded in the file")
     return module.eval().requires_grad_(False)
@@ -252,7 +271,8 @@ def describe_checkpoint(uri: str, *, cache_dir: str | Path | None = None) -> dic
     networks = {}
     for name, rec in ckpt.records.items():
         module = build_network(rec, source=uri, name=name)
-        entry: dict[str, Any] = {"class": type(module).__name__, "init_kwargs": module.init_kwargs,
+        entry: dict[str, Any] = {"class": type(module).__name__, "layout": rec.layout or ckpt.layout,
+                                 "init_kwargs": module.init_kwargs,
                                  "parameters": sum(p.numel() for p in module.parameters()),
                                  "fingerprint": fingerprint(module)}
         if isinstance(module, Generator):
@@ -260,7 +280,7 @@ def describe_checkpoint(uri: str, *, cache_dir: str | Path | None = None) -> dic
                          img_resolution=module.img_resolution, img_channels=module.img_channels,
                          stylespace_channels=sum(a.weight.shape[0] for a in module.synthesis.affine_layers().values()))
         networks[name] = entry
-    return {"uri": uri, "format": ckpt.format, "networks": networks, "info": ckpt.info}
+    return {"uri": uri, "format": ckpt.format, "layout": ckpt.layout, "networks": networks, "info": ckpt.info}
 
 
 def convert_checkpoint(src: str, dst: str, *, cache_dir: str | Path | None = None) -> dict[str, str]:

@@ -14,6 +14,7 @@ class NetworkRecord:
     init_kwargs: dict[str, Any]
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     expected_fingerprint: str | None = None  # recorded by the writer; checked after loading
+    layout: str | None = None  # where the file came from, e.g. 'NVlabs/stylegan2-ada-pytorch, training.networks.Generator'
 
     @property
     def short_class_name(self) -> str:

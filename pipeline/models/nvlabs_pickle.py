@@ -4,7 +4,7 @@ An official pickle rebuilds each network by calling
 `torch_utils.persistence._reconstruct_persistent_obj(meta)`, whose `meta["module_src"]` is Python
 source that the official loader executes. Here a restricted `pickle.Unpickler` resolves only an
 allow-list of globals: that function becomes one returning the meta as a `PersistentRecord`, tensors
-are rebuilt through `torch.load(weights_only=True)`, and any other global (os.system, builtins.eval,
+are rebuilt from their raw bytes (torch_legacy_storage), and any other global (os.system, builtins.eval,
 subprocess, importlib, ...) stops unpickling with `UnsafeCheckpointError` before it can be called.
 """
 
@@ -14,13 +14,17 @@ import collections
 import io
 import pickle
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from pipeline.errors import CheckpointError, UnsafeCheckpointError
 from pipeline.models.network_record import NetworkRecord
+from pipeline.models.torch_legacy_storage import read_legacy_storage, rebuild_tensor
+from pipeline.models.nvlabs_layouts import (ADA, STYLEGAN3, STYLEGAN3_REPO_SG2, describe_layout, detect_code_base,
+                                            latentmill_kwargs, stylegan3_error)
 
 
 @dataclass
@@ -39,6 +43,13 @@ class PersistentRecord:
     @property
     def short_class_name(self) -> str:
         return self.class_name.rsplit(".", 1)[-1]
+
+    def walk(self) -> Iterator[PersistentRecord]:
+        """This module and every submodule, depth first."""
+        yield self
+        for child in (self.state.get("_modules") or {}).values():
+            if isinstance(child, PersistentRecord):
+                yield from child.walk()
 
     @property
     def init_kwargs(self) -> dict[str, Any]:
@@ -70,12 +81,10 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentRecord:
                             module_src_chars=len(meta.get("module_src") or ""))
 
 
-def _load_tensor_storage(blob: bytes) -> Any:
-    # The blob is a small legacy `torch.save` stream; weights_only refuses anything but storages.
-    try:
-        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt streams
-        raise CheckpointError(f"a tensor storage inside the pickle is corrupt ({exc})") from None
+def _load_tensor_storage(blob: bytes) -> torch.Tensor:
+    if not isinstance(blob, bytes):
+        raise UnsafeCheckpointError(f"a tensor storage inside the pickle is a {type(blob).__name__}, not bytes")
+    return read_legacy_storage(blob)
 
 
 def _rebuild_parameter(data: torch.Tensor, requires_grad: bool, backward_hooks: Any, *_: Any) -> torch.Tensor:
@@ -86,6 +95,39 @@ def _numpy_scalar(dtype: np.dtype, data: bytes | None = None) -> Any:
     if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
         raise UnsafeCheckpointError(f"refusing numpy scalar of dtype {dtype!r}: only plain numeric scalars are allowed")
     return np.frombuffer(data, dtype=dtype)[0].item()
+
+
+class _NumpyArray:
+    """Stands in for `numpy.ndarray` in a pickle: only plain numeric arrays are rebuilt, from raw bytes.
+
+    StyleGAN3 layers keep sizes and sampling rates as small numpy arrays; a pickled array is
+    `_reconstruct(ndarray, shape, dtype)` followed by a state of (version, shape, dtype, fortran, bytes).
+    """
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise UnsafeCheckpointError("refusing a numpy array with an unexpected pickled state")
+        _, shape, dtype, fortran, raw = state
+        if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(raw, bytes) \
+                or not all(isinstance(n, int) for n in shape):
+            raise UnsafeCheckpointError("refusing a numpy array that is not plain numeric data")
+        self.array = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _numpy_reconstruct(cls: Any, shape: Any, dtype_code: Any) -> _NumpyArray:
+    if cls is not _NumpyArray:
+        raise UnsafeCheckpointError(f"refusing to rebuild numpy subclass {cls!r}")
+    return _NumpyArray()
+
+
+def _refuse_tensorflow(module: str, name: str) -> None:
+    raise CheckpointError(
+        f"an original TensorFlow StyleGAN2 pickle ({module}.{name}); convert it to the PyTorch format first, with "
+        "the official converter of NVlabs/stylegan2-ada-pytorch or NVlabs/stylegan3: "
+        "python legacy.py --source=IN.pkl --dest=OUT.pkl (it runs the repository's own code), then load OUT.pkl")
 
 
 def _numpy_dtype(spec: Any, *args: Any) -> np.dtype:
@@ -102,11 +144,14 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("dnnlib.util", "EasyDict"): _PlainDict,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
     ("torch.storage", "_load_from_bytes"): _load_tensor_storage,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy", "dtype"): _numpy_dtype,
+    ("numpy", "ndarray"): _NumpyArray,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
 }
 
 
@@ -114,6 +159,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     """Resolves only `ALLOWED_GLOBALS`; everything else is refused by name."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("dnnlib.tflib"):
+            _refuse_tensorflow(module, name)
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -127,10 +174,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafeCheckpointError(f"refusing persistent id {pid!r} in a plain pickle")
 
 
-def load_nvlabs_pickle(data: bytes, *, source: str) -> dict[str, Any]:
+def load_nvlabs_pickle(data: bytes | BinaryIO, *, source: str) -> dict[str, Any]:
     """Unpickle an NVlabs snapshot (a dict of networks and settings) without running its code."""
     try:
-        obj = RestrictedUnpickler(io.BytesIO(data)).load()
+        obj = RestrictedUnpickler(io.BytesIO(data) if isinstance(data, bytes) else data).load()
     except (UnsafeCheckpointError, CheckpointError) as exc:
         raise type(exc)(f"{source}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
@@ -149,17 +196,29 @@ def to_plain(value: Any) -> Any:
         return [to_plain(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, _NumpyArray):
+        return value.array.tolist() if value.array is not None else None
     return value
 
 
 def network_records(snapshot: dict[str, Any], *, source: str) -> dict[str, NetworkRecord]:
-    """The persistent networks of an unpickled snapshot (G, G_ema, D, ...), by key."""
+    """The persistent networks of an unpickled snapshot (G, G_ema, D, ...), by key, with their
+    constructor arguments rearranged into latentmill's layout (see nvlabs_layouts)."""
+    networks = {str(k): v for k, v in snapshot.items() if isinstance(v, PersistentRecord)}
+    bases = {key: detect_code_base(value) for key, value in networks.items()}
+    for key, base in bases.items():
+        if base == STYLEGAN3:
+            raise stylegan3_error(key, networks[key].init_kwargs, source=source)
+    # One snapshot comes from one code base: a D without the telling attributes follows its G.
+    base = STYLEGAN3_REPO_SG2 if STYLEGAN3_REPO_SG2 in bases.values() else ADA
+    info = {k: to_plain(v) for k, v in snapshot.items() if not isinstance(v, PersistentRecord)}
     records = {}
-    for key, value in snapshot.items():
-        if isinstance(value, PersistentRecord):
-            if value.state.get("_init_args"):
-                raise CheckpointError(f"{source}: network {key} was built with positional arguments; unsupported")
-            records[str(key)] = NetworkRecord(value.class_name, value.init_kwargs, value.state_dict())
+    for key, value in networks.items():
+        if value.state.get("_init_args"):
+            raise CheckpointError(f"{source}: network {key} was built with positional arguments; unsupported")
+        kind = value.short_class_name
+        records[key] = NetworkRecord(f"{base.module}.{kind}", latentmill_kwargs(kind, value.init_kwargs, base),
+                                     value.state_dict(), layout=describe_layout(kind, value.init_kwargs, base, info))
     if not records:
         raise CheckpointError(f"{source}: the pickle holds no networks (keys: {sorted(map(str, snapshot))})")
     return records

@@ -13,8 +13,10 @@ Notation: N batch, C channels, num_ws the number of w vectors the synthesis netw
 
 from __future__ import annotations
 
+import contextvars
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -31,6 +33,28 @@ NOISE_MODES = ("const", "random", "none")
 # Keyword arguments that official checkpoints may record but that only affect training speed or
 # memory layout, never the function the network computes; accepted and ignored.
 _PERFORMANCE_ONLY_KWARGS = {"fp16_channels_last", "fused_modconv_default", "freeze_layers"}
+
+
+_WEIGHTS_WILL_BE_LOADED = contextvars.ContextVar("weights_will_be_loaded", default=False)
+
+
+@contextmanager
+def uninitialized_weights() -> Iterator[None]:
+    """Build networks whose weights are about to be loaded: random draws become bare allocations.
+
+    A 1024 px generator draws 30M random numbers at construction; a loader that replaces them all
+    at once (load_state_dict(assign=True)) need not pay for them, in time or in touched memory.
+    """
+    token = _WEIGHTS_WILL_BE_LOADED.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_WILL_BE_LOADED.reset(token)
+
+
+def _randn(*shape: int) -> torch.Tensor:
+    """Initial weights ~ N(0, 1), or uninitialized memory inside `uninitialized_weights()`."""
+    return torch.empty(shape) if _WEIGHTS_WILL_BE_LOADED.get() else torch.randn(shape)
 
 
 def bias_act(
@@ -127,7 +151,7 @@ class FullyConnectedLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.activation = activation
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.weight = nn.Parameter(_randn(out_features, in_features) / lr_multiplier)
         self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
@@ -165,7 +189,7 @@ class Conv2dLayer(nn.Module):
         self.padding = kernel_size // 2
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
         self.act_gain = ACTIVATION_GAINS[activation]
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight = nn.Parameter(_randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
@@ -264,9 +288,9 @@ class SynthesisLayer(nn.Module):
         self.padding = kernel_size // 2
         self.act_gain = ACTIVATION_GAINS[activation]
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight = nn.Parameter(_randn(out_channels, in_channels, kernel_size, kernel_size))
         if use_noise:
-            self.register_buffer("noise_const", torch.randn(resolution, resolution))
+            self.register_buffer("noise_const", _randn(resolution, resolution))
             self.noise_strength = nn.Parameter(torch.zeros([]))
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
@@ -294,7 +318,7 @@ class ToRGBLayer(nn.Module):
         super().__init__()
         self.conv_clamp = conv_clamp
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight = nn.Parameter(_randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
 
@@ -330,7 +354,7 @@ class SynthesisBlock(nn.Module):
         self.register_buffer("resample_filter", make_filter(resample_filter), persistent=False)
         self.layer_names: list[str] = []  # execution order; each reads one w of the block's window
         if in_channels == 0:
-            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+            self.const = nn.Parameter(_randn(out_channels, resolution, resolution))
         else:
             self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
                                         resample_filter=resample_filter, conv_clamp=conv_clamp, **layer_kwargs)
