@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.data.webdataset import add_sample
+from pipeline.store.file_names import safe_file_name
 from pipeline.imaging import grid_image, png_bytes, to_uint8
 from pipeline.models.checkpoints import load_generator
 from pipeline.models.encoder import load_encoder
@@ -140,7 +141,7 @@ class _ShardWriter:
         if self.tar is None:
             self.buffer = io.BytesIO()
             self.tar = tarfile.open(fileobj=self.buffer, mode="w")
-        add_sample(self.tar, sample_id, {"png": png, "json": json.dumps(provenance).encode()})
+        add_sample(self.tar, safe_file_name(sample_id.replace(".", "_")), {"png": png, "json": json.dumps(provenance).encode()})
         shard = self.shard_name
         self.count += 1
         if self.count == self.shard_size:

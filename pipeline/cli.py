@@ -230,6 +230,9 @@ def train_encoder(**options: object) -> None:
 @click.option("--shard-size", default=1000, show_default=True, help="Images per shard for folder inputs.")
 @click.option("--image-column", default="image", show_default=True, help="Parquet column holding image bytes.")
 @click.option("--id-column", default=None, help="Parquet column holding image ids (default: <file>/<row>).")
+@click.option("--on-duplicate-id", type=click.Choice(["suffix", "error"]), default="suffix", show_default=True,
+              help="An id seen again (Parquet id column, repeated tar key): suffix keeps it as 'id~1', 'id~2', ... in "
+              "plan order; error refuses the input before any work.")
 @click.option("--resize-policy", type=click.Choice(["center-crop", "pad", "stretch"]), default="center-crop",
               show_default=True, help="How images become the generator's square resolution (pad marks the border "
               "as unknown pixels).")
@@ -247,7 +250,9 @@ def train_encoder(**options: object) -> None:
 @click.option("--decode-threads", default=4, show_default=True, help="Decoding threads inside each actor.")
 @click.option("--max-retries", default=2, show_default=True, help="Retries of a failed shard before it is recorded "
               "as failed in the manifest.")
-@click.option("--overwrite", is_flag=True, help="Redo finished shards instead of skipping them.")
+@click.option("--overwrite", is_flag=True, help="Redo every row of --output, with this run's settings (the only way "
+              "to change the recipe of an existing store).")
+@click.option("--wait", is_flag=True, help="If another run is writing --output, wait for it instead of exiting.")
 @click.option("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else an embedded Ray).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def invert(input_uri: str, stages: str, no_progress: bool, **options: object) -> None:
@@ -274,6 +279,38 @@ def invert(input_uri: str, stages: str, no_progress: bool, **options: object) ->
     if summary.shards_failed:
         click.echo(f"error: {len(summary.shards_failed)} shards failed after retries: {summary.shards_failed}; "
                    "see manifest/*.failed.json, then rerun to retry them", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--repair", is_flag=True, help="Move damaged shard files to STORE/quarantine/ and drop their manifest "
+              "entries, so the next invert redoes them.")
+@click.option("--quick", is_flag=True, help="Only the cheap checks (files present, footers, row counts).")
+def verify(store: str, repair: bool, quick: bool) -> None:
+    """Check every shard file of STORE against its manifest, recipe and plan; exit 1 on a problem.
+
+    Checks: each finished shard's file exists, its Parquet footer reads, its rows are the manifest's;
+    schema version, and the generator fingerprint is the recipe's; ids unique across the store;
+    every planned shard finished, failed or still to run.
+
+    \b
+    Example:
+      latentmill verify out/faces-latents
+      latentmill verify out/faces-latents --repair && latentmill invert ...   # redo what was damaged
+    """
+    from pipeline.store.store_lock import claim_store
+    from pipeline.store.verify import repair_store, verify_store
+
+    report = verify_store(store, full=not quick)
+    for line in report.lines():
+        click.echo(line)
+    if repair and report.damaged:
+        with claim_store(store):
+            moved = repair_store(store, report)
+        click.echo(f"repaired: moved {len(moved)} damaged shard file(s) aside; the next invert redoes them")
+        return
+    if not report.ok:
         sys.exit(1)
 
 
@@ -505,9 +542,11 @@ def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str 
 
     from PIL import Image
 
+    from pipeline.data.sources import IMAGE_SUFFIXES
     from pipeline.imaging import to_uint8
     from pipeline.models.checkpoints import load_generator
     from pipeline.models.fingerprint import fingerprint
+    from pipeline.store.file_names import safe_file_name
     from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
 
     wanted = parse_ids(ids)
@@ -527,7 +566,8 @@ def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for image_id, array in zip(frame["image_id"], images):
-        name = image_id.replace("/", "__").rsplit(".", 1)[0] + f".{column}.png"
+        stem = image_id.rsplit(".", 1)[0] if image_id.lower().endswith(IMAGE_SUFFIXES) else image_id
+        name = safe_file_name(stem, f".{column}.png")
         Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(out / name)
     click.echo(f"wrote {len(frame)} images to {out}")
 

@@ -3,13 +3,15 @@
 Reading: remote files are copied once into a cache directory through fsspec's `filecache`, so a
 cluster of workers reads a bucket once per machine. A missing file is a `WeightsNotFoundError` that
 names the setting the user must change, never a silent fallback to random weights.
-Writing: local files appear atomically (temp file + rename), so a killed job leaves no half file.
+Writing: local files appear atomically (temp file + rename), so a killed job leaves no half file,
+with the permissions the umask gives (teammates on a shared disk can read a store); other
+backends get one whole-object put (`pipe_file`), which object stores apply atomically.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import fsspec
@@ -55,14 +57,18 @@ def write_bytes(uri: str, data: bytes) -> None:
     if is_local(uri):
         path = Path(uri.removeprefix("file://")).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
         try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() gives
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
     else:
-        with fsspec.open(uri, "wb") as f:
-            f.write(data)
+        fs, path = fsspec.core.url_to_fs(uri)
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        fs.pipe_file(path, data)

@@ -9,13 +9,21 @@ Layouts:
 - parquet  each `.parquet` file is a shard; one input per row: an image-bytes column (raw bytes, or a
            struct with a `bytes` field as Hugging Face datasets write) and an optional id column.
 A shard that cannot be read at all (a corrupt tar, say) yields one error record for itself.
+
+Ids: shard ids are unique by construction (two files whose names flatten to one id both get a hash
+of their path appended). Input ids are unique within a plan: a repeated tar key or Parquet id
+becomes `id~1`, `id~2`, ... in plan order (`on_duplicate_id="suffix"`, the default), or the plan
+is refused (`"error"`). A sidecar without its image (`x.mask.png`, `x.json`) is an input of its
+own whose row says so, so every file of a folder is accounted for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -23,6 +31,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 INPUT_FORMATS = ("auto", "folder", "tar", "parquet")
+DUPLICATE_ID_POLICIES = ("suffix", "error")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MASK_SUFFIX = ".mask.png"
 
@@ -45,7 +54,7 @@ class ShardSpec:
     layout: str  # folder | tar | parquet
     uri: str  # the tar or parquet file; the folder root for folder shards
     members: list[str] = field(default_factory=list)  # folder shards: file paths under the root
-    options: dict = field(default_factory=dict)  # parquet: image_column, id_column
+    options: dict = field(default_factory=dict)  # parquet: image_column, id_column, renamed_ids {row: new id}
 
 
 def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -77,7 +86,7 @@ def detect_layout(uri: str) -> str:
 
 
 def plan_shards(uri: str, *, layout: str = "auto", shard_size: int = 1000, image_column: str = "image",
-                id_column: str | None = None) -> list[ShardSpec]:
+                id_column: str | None = None, on_duplicate_id: str = "suffix") -> list[ShardSpec]:
     """The shards of an input dataset, in a deterministic order."""
     if layout not in INPUT_FORMATS:
         raise ValueError(f"--input-format must be one of {INPUT_FORMATS}, got {layout!r}")
@@ -88,24 +97,73 @@ def plan_shards(uri: str, *, layout: str = "auto", shard_size: int = 1000, image
         files = [root] if root.endswith(suffix) else sorted(p for p in fs.find(root) if p.endswith(suffix)
                                                             and not _is_hidden(posixpath.relpath(p, root)))
         base = posixpath.dirname(root) if root.endswith(suffix) else root
-        return [ShardSpec(posixpath.relpath(p, base).removesuffix(suffix).replace("/", "_"), layout,
-                          _full_uri(fs, p), options={"image_column": image_column, "id_column": id_column})
-                for p in files]
+        relative = [posixpath.relpath(p, base) for p in files]
+        shards = [ShardSpec(shard_id, layout, _full_uri(fs, p),
+                            options={"image_column": image_column, "id_column": id_column})
+                  for shard_id, p in zip(_unique_shard_ids(relative, suffix), files)]
+        if layout == "parquet" and id_column:
+            _rename_duplicate_ids(shards, id_column, on_duplicate_id)
+        return shards
     files = sorted(posixpath.relpath(p, root) for p in fs.find(root))
     files = [f for f in files if not _is_hidden(f)]
-    present = set(files)
-    inputs = [f for f in files if not _is_sidecar(f, present)]
+    image_stems = {_stem(f) for f in files if _sidecar_stem(f) is None}
+    inputs = [f for f in files if not _is_sidecar(f, image_stems)]
     return [ShardSpec(f"folder-{i // shard_size:05d}", "folder", _full_uri(fs, root), inputs[i : i + shard_size])
             for i in range(0, len(inputs), shard_size)]
 
 
-def _is_sidecar(relative: str, present: set[str]) -> bool:
-    if relative.endswith(MASK_SUFFIX):
-        return True
-    if relative.endswith(".json"):
-        stem = relative[: -len(".json")]
-        return any(stem + suffix in present for suffix in IMAGE_SUFFIXES)
-    return False
+def _unique_shard_ids(relative: list[str], suffix: str) -> list[str]:
+    """'sub/a.tar' -> 'sub_a'; where two paths flatten to one id, each gets 8 hex of its path's hash."""
+    flat = [r.removesuffix(suffix).replace("/", "_") for r in relative]
+    counts = Counter(flat)
+    return [f"{f}-{hashlib.sha256(r.encode()).hexdigest()[:8]}" if counts[f] > 1 else f
+            for f, r in zip(flat, relative)]
+
+
+def _rename_duplicate_ids(shards: list[ShardSpec], id_column: str, policy: str) -> None:
+    """Find ids that repeat across the plan; the n-th repeat becomes 'id~n' (recorded per shard)."""
+    seen: Counter[str] = Counter()
+    repeated: Counter[str] = Counter()
+    for spec in shards:
+        fs, path = _fs(spec.uri)
+        try:
+            with fs.open(path, "rb") as f:
+                ids = pq.read_table(f, columns=[id_column]).column(id_column).to_pylist()
+        except (OSError, ValueError, KeyError):  # unreadable or without the column: its reader says so
+            continue
+        renamed = {}
+        for row, value in enumerate(ids):
+            if value is None:
+                continue
+            value = str(value)
+            if seen[value]:
+                repeated[value] += 1
+                renamed[str(row)] = f"{value}~{seen[value]}"
+            seen[value] += 1
+        if renamed:
+            spec.options["renamed_ids"] = renamed
+    if repeated and policy == "error":
+        sample = ", ".join(sorted(repeated)[:5])
+        raise ValueError(f"--id-column {id_column}: {len(repeated)} ids appear more than once ({sample}); "
+                         "rerun with --on-duplicate-id suffix to keep every row (repeats become 'id~1', 'id~2', ...)")
+
+
+def _sidecar_stem(relative: str) -> str | None:
+    """The image stem a sidecar file belongs to ('x' for 'x.mask.png' and 'x.json'), else None."""
+    for suffix in (MASK_SUFFIX, ".json"):
+        if relative.endswith(suffix):
+            return relative[: -len(suffix)]
+    return None
+
+
+def _stem(relative: str) -> str:
+    return relative.rsplit(".", 1)[0] if "." in posixpath.basename(relative) else relative
+
+
+def _is_sidecar(relative: str, image_stems: set[str]) -> bool:
+    """A sidecar with its image beside it; an orphan sidecar is planned as an input (its row says so)."""
+    stem = _sidecar_stem(relative)
+    return stem is not None and stem in image_stems
 
 
 def read_shard(spec: ShardSpec) -> Iterator[InputRecord]:
@@ -128,18 +186,22 @@ def _read_folder(spec: ShardSpec) -> Iterator[InputRecord]:
         return fs.cat_file(path) if fs.exists(path) else None
 
     for relative in spec.members:
-        stem = relative.rsplit(".", 1)[0] if "." in posixpath.basename(relative) else relative
+        stem = _stem(relative)
         source = _full_uri(fs, posixpath.join(root, relative))
+        orphan = _sidecar_stem(relative)
+        if orphan is not None:
+            yield InputRecord(relative, source, error=f"orphan sidecar: no image {posixpath.basename(orphan)}.* "
+                                                      f"beside {posixpath.basename(relative)}")
+            continue
         try:
             data = read(relative)
-        except OSError as exc:
-            yield InputRecord(relative, source, error=f"unreadable: {exc}")
-            continue
-        if data is None:
-            yield InputRecord(relative, source, error="missing: the file disappeared after planning")
-            continue
-        meta = read(stem + ".json")
-        yield InputRecord(relative, source, data, mask=read(stem + MASK_SUFFIX), meta=_parse_json(meta))
+            if data is None:
+                yield InputRecord(relative, source, error="missing: the file disappeared after planning")
+                continue
+            record = InputRecord(relative, source, data, mask=read(stem + MASK_SUFFIX), meta=_parse_json(read(stem + ".json")))
+        except Exception as exc:  # one unreadable file is that file's row, whatever the storage raised
+            record = InputRecord(relative, source, error=f"unreadable: {type(exc).__name__}: {exc}")
+        yield record
 
 
 def _parse_json(data: bytes | None) -> dict | None:
@@ -166,11 +228,15 @@ def _read_tar(spec: ShardSpec) -> Iterator[InputRecord]:
                 if name.startswith("."):
                     continue
                 key, _, suffix = name.partition(".")
-                key = posixpath.join(directory, key)
-                if key not in samples:
-                    samples[key] = {}
-                    order.append(key)
-                samples[key][suffix.lower()] = archive.extractfile(member).read()
+                key, ext = posixpath.join(directory, key), suffix.lower()
+                repeat, unique = 0, key
+                while unique in samples and ext in samples[unique]:  # a repeated member: sample key~n
+                    repeat += 1
+                    unique = f"{key}~{repeat}"
+                if unique not in samples:
+                    samples[unique] = {}
+                    order.append(unique)
+                samples[unique][ext] = archive.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         failure = f"unreadable tar: {exc}"
     for key in order:
@@ -204,8 +270,9 @@ def _read_parquet(spec: ShardSpec) -> Iterator[InputRecord]:
         raise ValueError(f"--id-column {id_column!r} is not a column of {spec.uri}")
     images = table.column(image_column).to_pylist()
     ids = table.column(id_column).to_pylist() if id_column else [None] * len(images)
+    renamed = spec.options.get("renamed_ids") or {}
     for row, (value, image_id) in enumerate(zip(images, ids)):
-        image_id = f"{spec.shard_id}/{row}" if image_id is None else str(image_id)
+        image_id = f"{spec.shard_id}/{row}" if image_id is None else renamed.get(str(row), str(image_id))
         source = f"{spec.uri}#row={row}"
         if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
             value = value.get("bytes")

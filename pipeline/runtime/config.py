@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.data.align import ALIGN_MODES
-from pipeline.data.decode import RESIZE_POLICIES
-from pipeline.data.sources import INPUT_FORMATS
+from pipeline.data.decode import MIN_SIDE, RESIZE_POLICIES
+from pipeline.data.sources import DUPLICATE_ID_POLICIES, INPUT_FORMATS
 from pipeline.losses.perceptual import PERCEPTUAL_KINDS
 from pipeline.stages.chain import STAGES, InversionSettings
 from pipeline.store.schema import LATENT_DTYPES
@@ -43,6 +43,7 @@ class InvertConfig:
     shard_size: int = 1000
     image_column: str = "image"
     id_column: str | None = None
+    on_duplicate_id: str = "suffix"  # 'suffix': the n-th repeat of an id becomes 'id~n'; 'error': refuse the input
     resize_policy: str = "center-crop"
     align: str = "none"  # 'faces': crop the most confident MTCNN face first
     max_pixels: int = 64_000_000
@@ -58,6 +59,7 @@ class InvertConfig:
     max_retries: int = 2  # per shard, after the first attempt
     address: str | None = None
     progress: bool = True
+    wait: bool = False  # wait for another run holding the store instead of exiting
     # Testing aid: a worker process exits abruptly the first time it starts one of these shards,
     # to exercise actor replacement and retries on a real Ray (see tests/test_invert_job.py).
     crash_once_on_shards: list[str] = field(default_factory=list)
@@ -88,6 +90,13 @@ class InvertConfig:
             (self.concurrency >= 1, "--concurrency must be at least 1"),
             (self.tau > 0, "--tau must be positive"),
             (self.max_retries >= 0, "--max-retries must be 0 or more"),
+            (self.decode_threads >= 1, "--decode-threads must be at least 1"),
+            (self.max_pixels >= MIN_SIDE**2, f"--max-pixels must be at least {MIN_SIDE**2} (images have sides of "
+                                              f"{MIN_SIDE} pixels or more)"),
+            (self.cpus_per_actor > 0, "--cpus-per-actor must be positive"),
+            (self.num_gpus >= 0, "--num-gpus must be 0 or more"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.on_duplicate_id in DUPLICATE_ID_POLICIES, f"--on-duplicate-id must be one of {DUPLICATE_ID_POLICIES}"),
             ("compress" not in self.stages or self.prior is not None, "--stages compress needs --prior"),
             ("encode" not in self.stages or self.encoder is not None or "refine" in self.stages,
              "--stages encode needs --encoder (or add refine, which then starts from w_avg)"),

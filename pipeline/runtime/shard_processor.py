@@ -4,6 +4,10 @@
 unit of work. Ray makes it an actor at the edge (pipeline/runtime/ray_runner.py); tests and
 single-process runs call it directly. Decoding runs in a thread pool ahead of the batches (Pillow
 and torch release the GIL), so the CPU decodes the next images while the accelerator works.
+
+Isolation: any exception while reading or decoding one input becomes that input's error row; a
+batch whose stages fail is bisected until the failing inputs are alone, and only they become
+error rows. A shard fails only for infrastructure reasons (its worker dies, storage fails).
 """
 
 from __future__ import annotations
@@ -89,6 +93,14 @@ class ShardProcessor:
         self.aligner = FaceAligner() if config.align == "faces" else None
 
     def _decode(self, record: InputRecord) -> _Row:
+        """One input's decode; anything it raises (a Pillow plugin's NotImplementedError, a
+        MemoryError, ...) is that input's error row, never the shard's failure."""
+        try:
+            return self._decode_unguarded(record)
+        except Exception as exc:  # the per-input boundary: see the module docstring
+            return _Row(record, Decoded(None, f"decoder failed: {type(exc).__name__}: {exc}"), None)
+
+    def _decode_unguarded(self, record: InputRecord) -> _Row:
         if record.error is not None:
             return _Row(record, None, None)
         G = self.models.G
@@ -168,9 +180,14 @@ class ShardProcessor:
         ids = [rows[i].record.image_id for i in index]
         try:
             out = invert_batch(self.models, self.config.settings(), images, masks, ids)
-        except (RuntimeError, ValueError) as exc:  # e.g. NaNs or out-of-memory: the batch's rows say so
-            for i in index:
-                columns["status"][i], columns["error"][i] = "error", f"stage failed: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # NaNs, out of memory, a model error: find the inputs that cause it
+            if len(index) > 1:  # results do not depend on batching, so halves give the same rows
+                half = len(index) // 2
+                self._run_batch(index[:half], rows, columns)
+                self._run_batch(index[half:], rows, columns)
+                return
+            columns["status"][index[0]] = "error"
+            columns["error"][index[0]] = f"stage failed: {type(exc).__name__}: {exc}"
             return
         seconds = (time.perf_counter() - t0) / len(index)
         for key, values in out.items():

@@ -1,0 +1,148 @@
+"""How a run of `latentmill invert` takes its store: arguments checked, plan, recipe, resume checks.
+
+Order (each step before any shard work): the arguments and paths are checked (`check_arguments`);
+the run claims the store (store_lock); `prepare_store` then reuses the saved plan (so a folder's
+shard membership cannot shift between a crash and its resume), compares this run's recipe with the
+store's and refuses a different one, and checks each finished shard's file cheaply, moving damaged
+ones aside so this run redoes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import posixpath
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from pipeline.data.sources import ShardSpec, plan_shards
+from pipeline.models.fingerprint import fingerprint
+from pipeline.runtime.config import InvertConfig
+from pipeline.stages.chain import InversionModels
+from pipeline.store.latent_store import failed_entries, manifest_entries, remove_shard
+from pipeline.store.store_recipe import RECIPE_FILE, make_recipe, mismatch_error, recipe_differences
+from pipeline.store.verify import ShardProblem, VerifyReport, check_shard, repair_store
+from pipeline.uris import is_local, write_bytes
+
+
+@dataclass
+class PreparedStore:
+    shards: list[ShardSpec]
+    todo: list[ShardSpec]
+    finished: int = 0  # shards already done by earlier runs
+    redone: list[str] = field(default_factory=list)  # finished shards whose files were damaged: redone now
+
+    def describe(self) -> str:
+        if not self.finished and not self.redone:
+            return f"{len(self.shards)} shards to run"
+        line = f"found {self.finished} of {len(self.shards)} shards done; resuming with {len(self.todo)}"
+        if self.redone:
+            line += f" (redoing {len(self.redone)} whose files were damaged: {', '.join(self.redone[:5])})"
+        return line
+
+
+def _plan(config: InvertConfig) -> list[ShardSpec]:
+    return plan_shards(config.input, layout=config.input_format, shard_size=config.shard_size,
+                       image_column=config.image_column, id_column=config.id_column,
+                       on_duplicate_id=config.on_duplicate_id)
+
+
+def check_arguments(config: InvertConfig) -> list[ShardSpec]:
+    """Every setting, the input and the output, before Ray starts; returns the input's fresh plan."""
+    config.validate()
+    try:
+        shards = _plan(config)
+    except FileNotFoundError:
+        raise ValueError(f"--input {config.input}: no such file or directory") from None
+    if not shards or all(s.layout == "folder" and not s.members for s in shards):
+        raise ValueError(f"--input {config.input} holds no inputs (no files, .tar shards or .parquet files)")
+    _check_output(config.output)
+    return shards
+
+
+def _check_output(output: str) -> None:
+    if not is_local(output):
+        return
+    path = Path(output.removeprefix("file://")).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output {output} is a file; give a directory (new or an existing store)")
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {output} is not writable (checked {existing}); choose another --output")
+
+
+def model_fingerprints(models: InversionModels) -> dict[str, str | None]:
+    """The fingerprint of every model that shapes a row (None where a stage does not use one)."""
+    def fp(module: Any, name: str | None = None) -> str | None:
+        if module is None:
+            return None
+        return fingerprint(module) if name is None else f"{name}:{fingerprint(module)}"
+
+    return {"generator": fp(models.G), "encoder": fp(models.E), "prior": fp(models.prior),
+            "perceptual": fp(models.perceptual, models.names.get("perceptual")),
+            "identity": fp(models.identity, models.names.get("identity"))}
+
+
+def _read_json(uri: str) -> Any:
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+
+
+def _forget_everything(store: str) -> None:
+    """--overwrite: every shard of the store goes (manifest entries first), whatever its recipe."""
+    for shard in sorted(set(manifest_entries(store)) | set(failed_entries(store))):
+        remove_shard(store, shard)
+    fs, root = fsspec.core.url_to_fs(store)
+    latents = posixpath.join(root, "latents")
+    if fs.isdir(latents):
+        fs.rm(latents, recursive=True)
+
+
+def prepare_store(config: InvertConfig, models: InversionModels, *,
+                  fresh_plan: list[ShardSpec] | None = None) -> PreparedStore:
+    """Plan, recipe and resume checks for a run that holds the store's claim."""
+    store = config.output.rstrip("/")
+    saved = _read_json(f"{store}/plan.json")
+    if config.overwrite or saved is None:
+        if config.overwrite:
+            _forget_everything(store)
+        shards = fresh_plan if fresh_plan is not None else _plan(config)
+        plan = [dataclasses.asdict(s) for s in shards]
+        recipe = make_recipe(config.to_dict(), plan, model_fingerprints(models))
+        if not config.overwrite and manifest_entries(store):
+            raise mismatch_error(config.output, ["the store has finished shards but no plan.json: it was not made "
+                                                 "by this version of latentmill"])
+        write_bytes(f"{store}/plan.json", json.dumps({"input": config.input, "shards": plan}, indent=1).encode())
+        write_bytes(f"{store}/{RECIPE_FILE}", json.dumps(recipe, indent=2).encode())
+        return PreparedStore(shards, list(shards))
+    plan = saved["shards"]
+    shards = [ShardSpec(**spec) for spec in plan]
+    recipe = make_recipe(config.to_dict(), plan, model_fingerprints(models))
+    stored = _read_json(f"{store}/{RECIPE_FILE}")
+    if stored is None:
+        raise mismatch_error(config.output, [f"no {RECIPE_FILE}: the store does not record its recipe"])
+    differences = recipe_differences(stored, recipe)
+    if differences:
+        raise mismatch_error(config.output, differences)
+    finished = manifest_entries(store)
+    damaged = VerifyReport(config.output)
+    for shard, entry in finished.items():
+        problem, _ = check_shard(config.output, shard, entry, full=False)
+        if problem:
+            damaged.damaged.append(ShardProblem(shard, problem))
+    if damaged.damaged:
+        for item in damaged.damaged:
+            print(f"latentmill: shard {item.shard} is damaged ({item.problem}); moving it aside to redo it",
+                  file=sys.stderr)
+        repair_store(config.output, damaged)
+        finished = manifest_entries(store)
+    todo = [spec for spec in shards if spec.shard_id not in finished]
+    return PreparedStore(shards, todo, finished=len(finished), redone=[p.shard for p in damaged.damaged])
