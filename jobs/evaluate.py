@@ -4,10 +4,15 @@ Five studies (pipeline/evaluation): inversion quality against cost, the prior's 
 interpolation, compression against truncation, composition, StyleSpace detection. Writes
 OUTPUT/eval.json (every figure with its settings and the model fingerprints) and OUTPUT/eval.html.
 Defaults evaluate the bundled demo model on its bundled sample.
+
+Each study's result is written (eval.json, eval.html, eval.md) as soon as it finishes, so a killed
+run keeps every finished study; a rerun with the same settings, models and images reuses them and
+runs only the rest (`--overwrite` redoes them, `--studies` picks some).
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import platform
@@ -44,7 +49,36 @@ class EvaluateConfig:
     positives: tuple[int, ...] = (10, 20, 30)
     device: str = "cpu"
     seed: int = 0
+    overwrite: bool = False  # redo studies that an earlier run with the same inputs finished
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# Settings that choose which studies run or where results go, not what a study computes.
+_NOT_STUDY_INPUTS = ("output", "studies", "overwrite")
+
+
+def inputs_key(cfg: EvaluateConfig, fingerprints: dict[str, str | None], image_count: int) -> str:
+    """What every study's result depends on: settings, model fingerprints and the images used."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_STUDY_INPUTS}
+    blob = json.dumps({"settings": settings, "models": fingerprints, "images": [cfg.images, image_count]},
+                      sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _earlier_results(out: Path, key: str) -> dict[str, Any]:
+    """Studies a previous run finished with the same inputs (none if the inputs differ)."""
+    path = out / "eval.json"
+    if not path.exists():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    if earlier.get("inputs_key") != key:
+        print(f"evaluate: {path} holds results of other settings or models; running every study again",
+              file=sys.stderr)
+        return {}
+    return dict(earlier.get("studies", {}))
 
 
 def _resolve(cfg: EvaluateConfig) -> EvaluateConfig:
@@ -101,7 +135,15 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         raise ValueError(f"--studies: unknown {sorted(unknown)}; choose from {','.join(STUDIES)}")
     torch.manual_seed(cfg.seed)
     models, images = load(cfg)
-    results: dict[str, Any] = {}
+    fingerprints = {"generator": fingerprint(models.G),
+                    "encoder": fingerprint(models.E) if models.E is not None else None,
+                    "prior": fingerprint(models.prior)}
+    key = inputs_key(cfg, fingerprints, len(images))
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    results = _earlier_results(out, key)
+    if cfg.overwrite:  # redo the selected studies; keep the others' results
+        results = {name: study for name, study in results.items() if name not in cfg.studies}
     runners = {
         "inversion": lambda: inversion_cost(models, images, step_counts=cfg.refine_steps,
                                             baseline_steps=cfg.baseline_steps, baseline_images=cfg.baseline_images),
@@ -110,14 +152,9 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         "composition": lambda: composition(models, images, steps=cfg.study_steps, seed=cfg.seed),
         "stylespace": lambda: detection_accuracy(models, positives=cfg.positives, trials=cfg.trials, seed=cfg.seed),
     }
-    for name in cfg.studies:
-        start = time.perf_counter()
-        print(f"study {name} ...", file=sys.stderr, flush=True)
-        results[name] = runners[name]()
-        results[name]["seconds"] = round(time.perf_counter() - start, 1)
     report = {
-        "model": {"generator": cfg.generator, "generator_fingerprint": fingerprint(models.G), "encoder": cfg.encoder,
-                  "encoder_fingerprint": fingerprint(models.E) if models.E is not None else None,
+        "model": {"generator": cfg.generator, "generator_fingerprint": fingerprints["generator"], "encoder": cfg.encoder,
+                  "encoder_fingerprint": fingerprints["encoder"],
                   "prior": cfg.prior, "identity_model": models.names["identity"],
                   "perceptual_metric": models.names["perceptual"], "realism": models.names["features"]},
         "data": {"images": cfg.images, "count": len(images), "resolution": models.G.img_resolution},
@@ -125,14 +162,34 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         "machine": {"device": str(models.device), "torch": torch.__version__, "platform": platform.platform(),
                     "threads": torch.get_num_threads()},
         "date": time.strftime("%Y-%m-%d"),
+        "inputs_key": key,
         "studies": results,
     }
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=2, default=float))
-    (out / "eval.html").write_text(eval_html(report))
-    (out / "eval.md").write_text(eval_markdown(report))
+    todo = [name for name in cfg.studies if name not in results]
+    reused = [name for name in cfg.studies if name in results]
+    if reused:
+        print(f"evaluate: reusing {', '.join(reused)} from {out / 'eval.json'} (same settings, models and images; "
+              "--overwrite redoes them)", file=sys.stderr, flush=True)
+    durations = [float(results[n].get("seconds", 0)) for n in reused]
+    for i, name in enumerate(todo, 1):
+        eta = f", about {sum(durations) / len(durations) * (len(todo) - i + 1):.0f} s left" if durations else ""
+        print(f"evaluate: study {i}/{len(todo)} {name} ...{eta}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        results[name] = runners[name]()
+        results[name]["seconds"] = round(time.perf_counter() - start, 1)
+        durations.append(results[name]["seconds"])
+        _write_report(out, report)  # each study is kept the moment it finishes
+    report["studies"] = {name: results[name] for name in STUDIES if name in results}
+    _write_report(out, report)
     return report
+
+
+def _write_report(out: Path, report: dict[str, Any]) -> None:
+    from pipeline.uris import write_bytes
+
+    write_bytes(str(out / "eval.json"), json.dumps(report, indent=2, default=float).encode())
+    write_bytes(str(out / "eval.html"), eval_html(report).encode())
+    write_bytes(str(out / "eval.md"), eval_markdown(report).encode())
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> str:

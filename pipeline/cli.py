@@ -346,16 +346,21 @@ def demo(output: str, limit: int | None, steps: int, batch_size: int, num_gpus: 
                          num_gpus=num_gpus, progress=not no_progress)
     device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
     summary = run(config)
-    click.echo(f"inverted {summary.rows} images ({summary.ok} ok, {summary.errors} errors) in "
-               f"{summary.seconds:.0f} s; latents: {config.output}/latents/")
+    if summary.shards_done == 0 and summary.shards_skipped:
+        click.echo(f"invert: reused: all {summary.shards_skipped} shards were already done; latents: "
+                   f"{config.output}/latents/")
+    else:
+        click.echo(f"inverted {summary.rows} images ({summary.ok} ok, {summary.errors} errors) in "
+                   f"{summary.seconds:.0f} s; latents: {config.output}/latents/")
     flags = curate_store(CurateConfig(store=config.output, device=device))
-    click.echo(f"curate: {flags['outliers']} outliers, {flags['duplicates']} near-duplicates, "
+    click.echo(("curate: reused: " if flags.get("reused") else "curate: ") +
+               f"{flags['outliers']} outliers, {flags['duplicates']} near-duplicates, "
                f"{flags['bad_reconstructions']} bad reconstructions")
     try:
         counts = rebalance_store(RebalanceConfig(store=config.output, output=f"{output.rstrip('/')}/rebalanced",
                                                  groups="meta:group", device=device, progress=not no_progress))
-        click.echo("rebalance: " + ", ".join(f"{g} {counts['before'][g]} -> {counts['after'][g]}"
-                                             for g in counts["before"]))
+        click.echo(("rebalance: reused: " if counts.get("reused") else "rebalance: ") +
+                   ", ".join(f"{g} {counts['before'][g]} -> {counts['after'][g]}" for g in counts["before"]))
     except ValueError as exc:  # e.g. a --limit subset with a single group
         click.echo(f"rebalance skipped: {exc}")
     report = build_report(config.output, device=device)
@@ -506,6 +511,8 @@ def rebalance(store: str, device: str, no_progress: bool, **options: object) -> 
 @click.option("--positives", default="10,20,30", show_default=True, help="Positive counts of study 5.")
 @click.option("--device", default="auto", show_default=True, help="'auto' (CUDA if present), 'cpu', 'cuda:0', ...")
 @click.option("--seed", default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--overwrite", is_flag=True, help="Redo studies that an earlier run with the same settings, models "
+              "and images already finished (by default they are reused from OUTPUT/eval.json).")
 def evaluate(output: str, studies: str, refine_steps: str, positives: str, device: str, **options: object) -> None:
     """Measure the papers' claims on a model: inversion quality against cost (with the official
     projector recipe as baseline), the prior's effect on interpolation, compression against
@@ -522,7 +529,8 @@ def evaluate(output: str, studies: str, refine_steps: str, positives: str, devic
         report = run(config)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-    for name, study in report["studies"].items():
+    for name in config.studies:
+        study = report["studies"][name]
         click.echo(f"{name}: {study.get('claim', '')}: {'holds' if study.get('holds') else 'does not hold here'} "
                    f"({study['seconds']} s)")
     click.echo(f"wrote {output}/eval.json and {output}/eval.html")

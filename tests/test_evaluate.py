@@ -40,3 +40,37 @@ def test_detection_finds_planted_channels_from_their_styles(G, prior):
     rows = {r["positives"]: r for r in study["rows"]}
     assert set(r["mode"] for r in study["rows"]) == {"styles"}, "no encoder: no 'through E' rows"
     assert rows[30]["top5"] >= 0.8 and study["holds"] == (min(r["top5"] for r in rows.values()) >= 0.8)
+
+
+def test_a_killed_evaluate_keeps_finished_studies_and_the_rerun_does_only_the_rest(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    command = [sys.executable, "-m", "jobs.evaluate", "--output", str(tmp_path), "--num-images", "6",
+               "--refine-steps", "2", "--baseline-steps", "3", "--baseline-images", "1", "--study-steps", "2",
+               "--trials", "1", "--positives", "10", "--device", "cpu", "--studies", "inversion,prior,stylespace"]
+    repo = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(command, cwd=repo, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    report = tmp_path / "eval.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (report.exists() and json.loads(report.read_text())["studies"]):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    first = json.loads(report.read_text())["studies"]
+    assert 1 <= len(first) < 3, "killed after its first study"
+    rerun = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"reusing {', '.join(first)}" in rerun.stderr
+    assert f"study 1/{3 - len(first)}" in rerun.stderr
+    final = json.loads(report.read_text())["studies"]
+    assert set(final) == {"inversion", "prior", "stylespace"}
+    assert all(final[name] == first[name] for name in first), "finished studies are kept, not recomputed"
+    overwrite = subprocess.run(command + ["--studies", "stylespace", "--overwrite"], cwd=repo, capture_output=True,
+                               text=True, timeout=600)
+    assert overwrite.returncode == 0 and "reusing" not in overwrite.stderr

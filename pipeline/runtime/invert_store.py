@@ -40,6 +40,8 @@ class PreparedStore:
     def describe(self) -> str:
         if not self.finished and not self.redone:
             return f"{len(self.shards)} shards to run"
+        if not self.todo:
+            return f"all {len(self.shards)} shards already done; nothing to run"
         line = f"found {self.finished} of {len(self.shards)} shards done; resuming with {len(self.todo)}"
         if self.redone:
             line += f" (redoing {len(self.redone)} whose files were damaged: {', '.join(self.redone[:5])})"
