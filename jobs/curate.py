@@ -19,7 +19,7 @@ import torch
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.stages.curate import above_percentile, duplicate_groups, near_duplicate_pairs, percentile_rank
 from pipeline.store.flags_schema import FLAGS_VERSION, flags_schema
-from pipeline.store.derived_outputs import forget_inputs, inputs_key, is_current, record_inputs
+from pipeline.store.derived_outputs import inputs_key, reuse_or_compute
 from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata, write_parquet
 from pipeline.uris import read_bytes, write_bytes
 
@@ -72,14 +72,10 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     cfg.validate()
     root = cfg.store.rstrip("/") + "/curation"
     key = inputs_key(cfg.store, {k: v for k, v in asdict(cfg).items() if k != "device"})
-    if is_current(root, key, outputs=[root + "/flags.parquet", root + "/summary.json"]):
-        print(f"curate: the store's rows and the settings are unchanged since the last run; reusing {root}",
-              file=sys.stderr)
-        return {**json.loads(read_bytes(root + "/summary.json", setting="curation")), "reused": True}
-    forget_inputs(root)
-    summary = _curate(cfg)
-    record_inputs(root, key)
-    return summary
+    return reuse_or_compute(
+        root, key, outputs=[root + "/flags.parquet", root + "/summary.json"], compute=lambda: _curate(cfg),
+        reuse=lambda: {**json.loads(read_bytes(root + "/summary.json", setting="curation")), "reused": True},
+        what="curate (the store's rows and the settings)")
 
 
 def _curate(cfg: CurateConfig) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.data.webdataset import add_sample
-from pipeline.store.derived_outputs import forget_inputs, inputs_key, is_current, record_inputs
+from pipeline.store.derived_outputs import inputs_key, reuse_or_compute
 from pipeline.store.file_names import safe_file_name
 from pipeline.imaging import grid_image, png_bytes, to_uint8
 from pipeline.models.checkpoints import load_generator
@@ -165,14 +165,11 @@ def run(cfg: RebalanceConfig) -> dict[str, Any]:
     labels = [cfg.groups.split(":", 2)[2]] if cfg.groups.startswith("labels:") and cfg.groups.count(":") >= 2 else []
     key = inputs_key(cfg.store, {k: v for k, v in asdict(cfg).items() if k not in ("device", "progress")},
                      depends_on=labels)
-    if is_current(out, key, outputs=[out + "/summary.json", cfg.store.rstrip("/") + "/rebalance/summary.json"]):
-        print(f"rebalance: the store's rows, the settings and the labels are unchanged since the last run; "
-              f"reusing {out}", file=sys.stderr)
-        return {**json.loads(read_bytes(out + "/summary.json", setting="--output")), "reused": True}
-    forget_inputs(out)
-    summary = _rebalance(cfg)
-    record_inputs(out, key)
-    return summary
+    return reuse_or_compute(
+        out, key, outputs=[out + "/summary.json", cfg.store.rstrip("/") + "/rebalance/summary.json"],
+        compute=lambda: _rebalance(cfg),
+        reuse=lambda: {**json.loads(read_bytes(out + "/summary.json", setting="--output")), "reused": True},
+        what="rebalance (the store's rows, the settings and the labels)")
 
 
 def _rebalance(cfg: RebalanceConfig) -> dict[str, Any]:

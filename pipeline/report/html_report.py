@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -26,7 +25,7 @@ from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.report.svg_charts import histogram_svg, line_chart_svg
 from pipeline.report.tradeoff import TradeoffPoint, compression_truncation_curve
 from pipeline.stages.identity import load_identity_model
-from pipeline.store.derived_outputs import forget_inputs, inputs_key, is_current, record_inputs
+from pipeline.store.derived_outputs import inputs_key, reuse_or_compute
 from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
 from pipeline.store.store_inputs import load_store_inputs_by_id
 from pipeline.uris import write_bytes
@@ -204,14 +203,10 @@ def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, ge
                                              "rebalance/summary.json", "rebalance/preview.png")]
     key = inputs_key(store, {"sheet_size": sheet_size, "curve_images": curve_images, "generator": generator},
                      depends_on=reads)
-    if is_current(folder, key, outputs=[uri]):
-        print(f"report: the store, its curation and rebalancing are unchanged since the last report; reusing {uri}",
-              file=sys.stderr)
-        return uri
-    forget_inputs(folder)
-    _build_report(store, sheet_size=sheet_size, curve_images=curve_images, generator=generator, device=device)
-    record_inputs(folder, key)
-    return uri
+    return reuse_or_compute(
+        folder, key, outputs=[uri], reuse=lambda: uri, what="report (the store, its curation and rebalancing)",
+        compute=lambda: _build_report(store, sheet_size=sheet_size, curve_images=curve_images, generator=generator,
+                                      device=device))
 
 
 def _build_report(store: str, *, sheet_size: int, curve_images: int, generator: str | None,

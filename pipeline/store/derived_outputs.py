@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 
@@ -20,6 +22,7 @@ from pipeline.store.store_recipe import RECIPE_FILE
 from pipeline.uris import write_bytes
 
 RECORD_FILE = "inputs.json"
+T = TypeVar("T")
 
 
 def _read(uri: str) -> bytes | None:
@@ -63,3 +66,15 @@ def forget_inputs(directory: str) -> None:
 
 def record_inputs(directory: str, key: str) -> None:
     write_bytes(posixpath.join(directory.rstrip("/"), RECORD_FILE), json.dumps({"inputs_key": key}).encode())
+
+
+def reuse_or_compute(directory: str, key: str, *, outputs: list[str], compute: Callable[[], T],
+                     reuse: Callable[[], T], what: str) -> T:
+    """`reuse()` if `directory` holds results of these inputs (said on stderr), else `compute()` and record."""
+    if is_current(directory, key, outputs=outputs):
+        print(f"{what}: its inputs are unchanged since the last run; reusing {directory}", file=sys.stderr)
+        return reuse()
+    forget_inputs(directory)
+    result = compute()
+    record_inputs(directory, key)
+    return result
