@@ -7,17 +7,20 @@ them. One process: the duplicate search is a blockwise matrix product, on the GP
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import torch
 
 from pipeline.priors.gaussian import GaussianizedPrior
-from pipeline.stages.curate import above_percentile, duplicate_groups, near_duplicate_pairs, percentile_rank
+from pipeline.stages.curate import (DuplicatePairs, SearchProgress, above_percentile, duplicate_groups,
+                                   near_duplicate_pairs, percentile_rank)
 from pipeline.store.flags_schema import FLAGS_VERSION, flags_schema
 from pipeline.store.derived_outputs import inputs_key, reuse_or_compute
 from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata, write_parquet
@@ -73,12 +76,36 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     root = cfg.store.rstrip("/") + "/curation"
     key = inputs_key(cfg.store, {k: v for k, v in asdict(cfg).items() if k != "device"})
     return reuse_or_compute(
-        root, key, outputs=[root + "/flags.parquet", root + "/summary.json"], compute=lambda: _curate(cfg),
+        root, key, outputs=[root + "/flags.parquet", root + "/summary.json"], compute=lambda: _curate(cfg, key),
         reuse=lambda: {**json.loads(read_bytes(root + "/summary.json", setting="curation")), "reused": True},
         what="curate (the store's rows and the settings)")
 
 
-def _curate(cfg: CurateConfig) -> dict[str, Any]:
+SEARCH_PROGRESS = "search-progress.npz"  # a partial near-duplicate search, kept across a kill
+
+
+def _load_search(uri: str, key: str, rows: int) -> SearchProgress | None:
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        return None
+    with np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) as saved:
+        if str(saved["key"]) != key or int(saved["rows"]) != rows:
+            return None
+        progress = SearchProgress(int(saved["next_row"]),
+                                  DuplicatePairs(saved["first"], saved["second"], saved["cosine"]))
+    print(f"curate: resuming the near-duplicate search at row {progress.next_row:,} of {rows:,} (an earlier run "
+          "was interrupted)", file=sys.stderr)
+    return progress
+
+
+def _save_search(uri: str, key: str, rows: int, progress: SearchProgress) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, key=np.array(key), rows=np.array(rows), next_row=np.array(progress.next_row),
+             first=progress.pairs.first, second=progress.pairs.second, cosine=progress.pairs.cosine)
+    write_bytes(uri, buffer.getvalue())
+
+
+def _curate(cfg: CurateConfig, key: str) -> dict[str, Any]:
     device = torch.device(cfg.device)
     meta = read_store_metadata(cfg.store)
     frame = read_latents(cfg.store)
@@ -108,7 +135,10 @@ def _curate(cfg: CurateConfig) -> dict[str, Any]:
         features = prior.whiten(ws).flatten(1)  # independent samples are near-orthogonal here
     else:
         features = (ws - ws.mean(dim=0)).flatten(1)
-    pairs = near_duplicate_pairs(features, cfg.duplicate_threshold, block_size=cfg.block_size)
+    progress_uri = cfg.store.rstrip("/") + "/curation/" + SEARCH_PROGRESS
+    pairs = near_duplicate_pairs(features, cfg.duplicate_threshold, block_size=cfg.block_size,
+                                 resume=_load_search(progress_uri, key, len(ok)),
+                                 on_progress=lambda p: _save_search(progress_uri, key, len(ok), p))
     groups = duplicate_groups(len(ok), pairs)
     best = np.full(len(ok), np.nan, dtype=np.float32)  # each row's highest cosine to another group member
     np.fmax.at(best, pairs.first, pairs.cosine)
@@ -145,6 +175,9 @@ def _curate(cfg: CurateConfig) -> dict[str, Any]:
                "bad_reconstructions": int(bad.sum()), "flagged": int((outlier | duplicate | bad).sum()),
                "duplicates_by": cfg.duplicates_by, "settings": asdict(cfg)}
     write_bytes(root + "/summary.json", json.dumps(summary, indent=2).encode())
+    fs, path = fsspec.core.url_to_fs(progress_uri)
+    if fs.exists(path):
+        fs.rm(path)
     return summary
 
 

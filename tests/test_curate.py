@@ -68,3 +68,50 @@ def test_curate_flags_planted_duplicates_and_outliers(planted_store):
     assert flags.loc["img007", "bad_reasons"] == "mse"
     summary = json.loads((Path(planted_store) / "curation" / "summary.json").read_text())
     assert summary["flagged"] == 5 and summary["duplicate_groups"] == 2
+
+
+def test_a_search_resumed_from_its_progress_finds_the_same_pairs():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(500, 16, generator=g)
+    x[400] = x[5] + 0.01 * torch.randn(16, generator=g)
+    x[300] = x[299] * 3
+    full = near_duplicate_pairs(x, 0.9, block_size=50)
+    reports = []
+    near_duplicate_pairs(x, 0.9, block_size=50, on_progress=reports.append, progress_every_s=0)
+    midway = reports[3]  # rows 0-199 done: holds the (5, 400) pair, not yet (299, 300)
+    assert midway.next_row == 200 and (5, 400) in set(zip(midway.pairs.first.tolist(), midway.pairs.second.tolist()))
+    resumed = near_duplicate_pairs(x, 0.9, block_size=64, resume=midway)  # another block size is fine
+    as_set = lambda p: set(zip(p.first.tolist(), p.second.tolist()))  # noqa: E731
+    assert as_set(resumed) == as_set(full) == {(5, 400), (299, 300)}
+
+
+def test_curate_resumes_an_interrupted_search_and_reuses_unchanged_results(planted_store, monkeypatch):
+    import jobs.curate as curate_job
+    from jobs.curate import CurateConfig
+
+    cfg = CurateConfig(store=planted_store, block_size=16)
+    saved = {}
+    real_save = curate_job._save_search
+
+    def save_then_die(uri, key, rows, progress):  # the first checkpoint is the last thing this run does
+        real_save(uri, key, rows, progress)
+        saved["next_row"] = progress.next_row
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(curate_job, "near_duplicate_pairs",
+                        lambda *a, **k: near_duplicate_pairs(*a, **{**k, "progress_every_s": 0}))
+    monkeypatch.setattr(curate_job, "_save_search", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        curate_job.run(cfg)
+    assert saved["next_row"] == 16 and (Path(planted_store) / "curation" / curate_job.SEARCH_PROGRESS).exists()
+    monkeypatch.setattr(curate_job, "_save_search", real_save)
+    result = CliRunner().invoke(main, ["curate", planted_store, "--block-size", "16", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "resuming the near-duplicate search at row 16 of 200" in result.output
+    assert not (Path(planted_store) / "curation" / curate_job.SEARCH_PROGRESS).exists()
+    import pandas as pd
+
+    flags = pd.read_parquet(Path(planted_store) / "curation" / "flags.parquet").set_index("image_id")
+    assert set(flags.index[flags["duplicate"]]) == {"img050", "img150"}
+    again = CliRunner().invoke(main, ["curate", planted_store, "--block-size", "16", "--device", "cpu"])
+    assert "its inputs are unchanged since the last run; reusing" in again.output

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,22 +29,45 @@ class DuplicatePairs:
 BLOCK_ELEMENTS = 2**28  # similarities held at once by default: 1 GiB of float32
 
 
+@dataclass
+class SearchProgress:
+    """A partial near-duplicate search: every pair (i, j) with i < next_row is in `pairs`."""
+
+    next_row: int
+    pairs: DuplicatePairs
+
+
 def near_duplicate_pairs(features: torch.Tensor, threshold: float, *, block_size: int | None = None,
-                         max_pairs: int = 10_000_000) -> DuplicatePairs:
+                         max_pairs: int = 10_000_000, resume: SearchProgress | None = None,
+                         on_progress: Callable[[SearchProgress], None] | None = None,
+                         progress_every_s: float = 60.0) -> DuplicatePairs:
     """All pairs of rows of features [N, D] whose cosine is at least `threshold`.
 
     Rows are normalized once; each block of `block_size` rows is compared with the rows after its
     start (upper triangle only), so memory is block_size x N and work is N^2 D / 2 multiply-adds.
     The default block holds about 2^28 similarities (4,096 rows at 65k, 256 at 1M). Runs on the
-    tensor's device (a GPU for large N).
+    tensor's device (a GPU for large N). A long search reports `SearchProgress` to `on_progress`
+    every `progress_every_s` seconds; passing one back as `resume` continues from it (rows before
+    its `next_row` are done, whatever block size found them).
     """
     x = F.normalize(features.float(), dim=1)
     n = x.shape[0]
     if block_size is None:
         block_size = max(64, min(4096, BLOCK_ELEMENTS // max(n, 1)))
     firsts, seconds, cosines = [], [], []
-    count = 0
-    for start in range(0, n, block_size):
+    first_row = 0
+    if resume is not None:
+        first_row = resume.next_row
+        firsts, seconds = [torch.from_numpy(resume.pairs.first)], [torch.from_numpy(resume.pairs.second)]
+        cosines = [torch.from_numpy(resume.pairs.cosine)]
+    count = sum(len(f) for f in firsts)
+    cat = (lambda parts, dtype: torch.cat(parts).numpy().astype(dtype) if parts else np.zeros(0, dtype))
+    last_report = time.monotonic()
+    for start in range(first_row, n, block_size):
+        if on_progress is not None and start > first_row and time.monotonic() - last_report >= progress_every_s:
+            on_progress(SearchProgress(start, DuplicatePairs(cat(firsts, np.int64), cat(seconds, np.int64),
+                                                             cat(cosines, np.float32))))
+            last_report = time.monotonic()
         block = x[start : start + block_size]
         sims = block @ x[start:].T  # [b, n - start]
         b = block.shape[0]
@@ -55,7 +80,6 @@ def near_duplicate_pairs(features: torch.Tensor, threshold: float, *, block_size
         firsts.append((i + start).cpu())
         seconds.append((j + start).cpu())
         cosines.append(sims[i, j].cpu())
-    cat = (lambda parts, dtype: torch.cat(parts).numpy().astype(dtype) if parts else np.zeros(0, dtype))
     return DuplicatePairs(cat(firsts, np.int64), cat(seconds, np.int64), cat(cosines, np.float32))
 
 
