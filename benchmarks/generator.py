@@ -28,6 +28,7 @@ import torch
 
 from benchmarks.timing import autocast, machine_description, median_seconds, write_results
 from pipeline.models.stylegan2 import Generator
+from pipeline.models.stylegan3 import StyleGAN3Generator
 
 OFFICIAL_CONFIGS = {
     256: dict(channel_base=16384, channel_max=512, num_fp16_res=4, conv_clamp=256),
@@ -36,8 +37,18 @@ OFFICIAL_CONFIGS = {
 }
 
 
-def official_generator(resolution: int) -> Generator:
+# NVlabs/stylegan3 train.py --cfg=stylegan3-t / -r (the ffhqu, afhqv2 and metfacesu models).
+STYLEGAN3_CONFIGS = {
+    "stylegan3-t": dict(channel_base=32768, channel_max=512),
+    "stylegan3-r": dict(channel_base=65536, channel_max=1024, conv_kernel=1, use_radial_filters=True),
+}
+
+
+def official_generator(resolution: int, arch: str = "stylegan2") -> Generator | StyleGAN3Generator:
     torch.manual_seed(0)
+    if arch in STYLEGAN3_CONFIGS:
+        return StyleGAN3Generator(z_dim=512, w_dim=512, img_resolution=resolution, img_channels=3,
+                                  **STYLEGAN3_CONFIGS[arch]).eval()
     return Generator(z_dim=512, w_dim=512, img_resolution=resolution, img_channels=3,
                      mapping_kwargs={"num_layers": 8}, synthesis_kwargs=OFFICIAL_CONFIGS[resolution]).eval()
 
@@ -124,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resolutions", default="256,1024", help="comma-separated, from 256/512/1024")
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
     parser.add_argument("--dtypes", default="fp32,bf16", help="fp32, bf16 and/or fp16 (autocast)")
-    parser.add_argument("--modes", default="fused,unfused", help="modulated-conv implementations to compare")
+    parser.add_argument("--modes", default="fused,unfused", help="modulated-conv implementations to compare "
+                        "(StyleGAN3 has one: its rows say 'fused')")
+    parser.add_argument("--archs", default="stylegan2", help="comma-separated: stylegan2, stylegan3-t, stylegan3-r")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median reported)")
     parser.add_argument("--max-images", type=int, default=10**9,
@@ -148,21 +161,28 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = []
     print(f"# {machine_description(device)}", file=sys.stderr)
-    print("| resolution | batch | dtype | modconv | forward img/s | fwd+bwd img/s |")
-    print("|---|---|---|---|---|---|")
-    for res in map(int, args.resolutions.split(",")):
-        G = official_generator(res).to(device).requires_grad_(False)
-        for batch in map(int, args.batch_sizes.split(",")):
-            if batch > args.max_images:
-                continue
-            for dtype in args.dtypes.split(","):
-                for mode in args.modes.split(","):
-                    fused = mode == "fused"
-                    fwd = measure(G, batch, dtype, fused, False, device, args.repeats)
-                    bwd = measure(G, batch, dtype, fused, True, device, args.repeats)
-                    rows.append(dict(resolution=res, batch=batch, dtype=dtype, modconv=mode,
-                                     forward_img_per_s=fwd, forward_backward_img_per_s=bwd))
-                    print(f"| {res} | {batch} | {dtype} | {mode} | {fwd:.2f} | {bwd:.2f} |", flush=True)
+    print("| arch | resolution | batch | dtype | modconv | forward img/s | fwd+bwd img/s |")
+    print("|---|---|---|---|---|---|---|")
+    for arch in args.archs.split(","):
+        for res in map(int, args.resolutions.split(",")):
+            G = official_generator(res, arch).to(device).requires_grad_(False)
+            modes = args.modes.split(",") if arch == "stylegan2" else ["fused"]
+            for batch in map(int, args.batch_sizes.split(",")):
+                if batch > args.max_images:
+                    continue
+                for dtype in args.dtypes.split(","):
+                    for mode in modes:
+                        fused = mode == "fused"
+                        try:
+                            fwd = measure(G, batch, dtype, fused, False, device, args.repeats)
+                            bwd = measure(G, batch, dtype, fused, True, device, args.repeats)
+                        except torch.OutOfMemoryError:  # a figure in itself: this batch does not fit
+                            torch.cuda.empty_cache()
+                            print(f"| {arch} | {res} | {batch} | {dtype} | {mode} | out of memory | |", flush=True)
+                            continue
+                        rows.append(dict(arch=arch, resolution=res, batch=batch, dtype=dtype, modconv=mode,
+                                         forward_img_per_s=fwd, forward_backward_img_per_s=bwd))
+                        print(f"| {arch} | {res} | {batch} | {dtype} | {mode} | {fwd:.2f} | {bwd:.2f} |", flush=True)
     write_results(args.json_path, device, rows)
 
 

@@ -22,7 +22,7 @@ import torch
 from pipeline.errors import CheckpointError, UnsafeCheckpointError
 from pipeline.models.checkpoints import build_network, describe_checkpoint, load_generator, load_networks, read_checkpoint
 from pipeline.models.network_record import NetworkRecord
-from pipeline.models.nvlabs_layouts import ADA, STYLEGAN3_REPO_SG2, StyleGAN3CheckpointError, latentmill_kwargs
+from pipeline.models.nvlabs_layouts import ADA, STYLEGAN3_REPO_SG2, latentmill_kwargs
 from pipeline.models.rosinality import _expected_fixed_kernel
 from pipeline.models.stylegan2 import Discriminator, Generator, uninitialized_weights
 from tests.conftest import IMAGE_TOL, LATENT_TOL, max_diff
@@ -135,14 +135,11 @@ def test_conditional_generator_uses_its_labels():
 
 
 @pytest.mark.parametrize("config", ["t", "r"])
-def test_stylegan3_pickles_are_recognised_and_named_never_called_unsafe(config):
-    with pytest.raises(StyleGAN3CheckpointError) as info:
-        load_generator(str(FIXTURES / f"stylegan3_{config}_16px.pkl"))
-    message = str(info.value)
-    assert f"StyleGAN3 generator: G is an alias-free StyleGAN3-{config.upper()} network" in message
-    assert "stylegan2-ffhq-1024x1024.pkl" in message
-    assert not isinstance(info.value, UnsafeCheckpointError)
-    assert not any(word in message.lower() for word in ("unsafe", "malicious", "arbitrary code", "refusing"))
+def test_stylegan3_pickles_load_as_stylegan3_and_inspect_names_them(config):
+    desc = describe_checkpoint(str(FIXTURES / f"stylegan3_{config}_16px.pkl"))
+    assert desc["layout"] == f"NVlabs/stylegan3, training.networks_stylegan3.Generator (StyleGAN3-{config.upper()})"
+    assert desc["networks"]["G_ema"]["class"] == "StyleGAN3Generator"
+    assert desc["networks"]["D"]["class"] == "Discriminator"
 
 
 def _tensorflow_pickle(path: Path) -> None:

@@ -351,6 +351,9 @@ def test_an_empty_input_and_an_unusable_output_are_errors_before_work(generator,
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="--output .* is a file"):
         check_arguments(config(generator, folder(tmp_path / "in", good(1)), tmp_path / "afile"))
+
+
+def test_an_output_without_write_permission_is_an_error_before_work(generator, tmp_path):
     readonly = tmp_path / "readonly"
     readonly.mkdir()
     readonly.chmod(0o500)

@@ -9,7 +9,8 @@ import torch
 
 from pipeline.evaluation.models import EvalModels
 from pipeline.models.encoder import encode
-from pipeline.stages.stylespace import Channel, detect_channels, edit_styles, population_stats, styles_of
+from pipeline.stages.stylespace import (Channel, detect_channels, edit_styles, is_convolution_style, population_stats,
+                                       styles_of)
 
 
 @torch.no_grad()
@@ -21,7 +22,7 @@ def detection_accuracy(models: EvalModels, *, positives: Sequence[int] = (10, 20
     ranked first (top-1) or among the first top_k."""
     G = models.G
     stats = population_stats(G, num_samples=population, seed=seed)
-    layers = [k for k in stats.mean if not k.endswith("torgb")]
+    layers = [k for k in stats.mean if is_convolution_style(k)]
     g = torch.Generator().manual_seed(seed + 1)
     rows = []
     for n in positives:

@@ -31,11 +31,14 @@ from pipeline.models.network_record import NetworkRecord
 from pipeline.models.nvlabs_pickle import load_nvlabs_pickle, network_records
 from pipeline.models.pickle_globals import pickle_globals
 from pipeline.models.stylegan2 import Discriminator, Generator, uninitialized_weights
+from pipeline.models.stylegan3 import StyleGAN3Generator
 from pipeline.models.torch_weights import load_weights
 from pipeline.uris import local_path
 
-NETWORK_CLASSES: dict[str, type[nn.Module]] = {"Generator": Generator, "Discriminator": Discriminator,
-                                               "Encoder": Encoder, "EmbeddingNet": EmbeddingNet}
+NETWORK_CLASSES: dict[str, type[nn.Module]] = {"Generator": Generator, "StyleGAN3Generator": StyleGAN3Generator,
+                                               "Discriminator": Discriminator, "Encoder": Encoder,
+                                               "EmbeddingNet": EmbeddingNet}
+GENERATORS = (Generator, StyleGAN3Generator)
 
 # torch.save writes this number first in its legacy (non-zip) format.
 _TORCH_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
@@ -247,8 +250,8 @@ def load_networks(uri: str, *, device: str | torch.device = "cpu", setting: str 
 
 def generator_of(networks: Mapping[str, nn.Module], *, source: str, setting: str = "--generator") -> Generator:
     """The generator to use from a checkpoint's networks: G_ema when present, else its one Generator."""
-    G = networks.get("G_ema") or next((n for n in networks.values() if isinstance(n, Generator)), None)
-    if not isinstance(G, Generator):
+    G = networks.get("G_ema") or next((n for n in networks.values() if isinstance(n, GENERATORS)), None)
+    if not isinstance(G, GENERATORS):
         raise ValueError(f"{setting} {source}: the checkpoint holds no generator")
     return G
 
@@ -260,7 +263,7 @@ def load_generator(uri: str, *, which: str = "G_ema", device: str | torch.device
     if which not in ckpt.records:
         raise CheckpointError(f"{uri}: no network {which!r}; the file holds {sorted(ckpt.records)}")
     module = build_network(ckpt.records[which], source=uri, name=which)
-    if not isinstance(module, Generator):
+    if not isinstance(module, GENERATORS):
         raise CheckpointError(f"{uri}: {which} is a {type(module).__name__}, not a Generator")
     return module.to(device)
 
@@ -275,7 +278,7 @@ def describe_checkpoint(uri: str, *, cache_dir: str | Path | None = None) -> dic
                                  "init_kwargs": module.init_kwargs,
                                  "parameters": sum(p.numel() for p in module.parameters()),
                                  "fingerprint": fingerprint(module)}
-        if isinstance(module, Generator):
+        if isinstance(module, GENERATORS):
             entry.update(num_ws=module.num_ws, w_dim=module.w_dim, z_dim=module.z_dim, c_dim=module.c_dim,
                          img_resolution=module.img_resolution, img_channels=module.img_channels,
                          stylespace_channels=sum(a.weight.shape[0] for a in module.synthesis.affine_layers().values()))

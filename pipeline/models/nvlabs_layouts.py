@@ -11,7 +11,7 @@ structure itself: attributes that one code base's layers keep and the other's do
   and Discriminator alike. Its layers keep `in_channels`/`in_features` and its synthesis blocks
   `fused_modconv_default` as attributes; ada's do not.
 - the alias-free StyleGAN3-T/R (`training.networks_stylegan3`): a `SynthesisInput` layer and
-  `magnitude_ema` buffers; recognised and named, not run.
+  `magnitude_ema` buffers; loaded into pipeline/models/stylegan3.py with its arguments as they are.
 A missing argument always takes the default of the code base that wrote the file, never another's:
 with activations beyond 256 the two conv_clamp defaults give different images.
 """
@@ -22,11 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pipeline.errors import CheckpointError
-
-
-class StyleGAN3CheckpointError(CheckpointError):
-    """The checkpoint holds an alias-free StyleGAN3 generator, which latentmill does not run."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +45,6 @@ STYLEGAN3_REPO_SG2 = CodeBase("NVlabs/stylegan3 (StyleGAN2 networks)", "training
 
 # Generator arguments that are not synthesis arguments, in every code base.
 _GENERATOR_OWN = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs"}
-_SUPPORTED = ("StyleGAN2 networks of NVlabs/stylegan2-ada-pytorch and of NVlabs/stylegan3 (e.g. "
-              "stylegan2-ffhq-1024x1024.pkl), TensorFlow StyleGAN2 pickles converted by either repository's "
-              "legacy.py, rosinality/stylegan2-pytorch checkpoints and latentmill bundles")
-
-
 STYLEGAN3 = "stylegan3"  # the alias-free generators (training.networks_stylegan3)
 
 
@@ -80,14 +70,9 @@ def detect_code_base(network: PickledModule) -> CodeBase | str:
     return base
 
 
-def stylegan3_error(name: str, init_kwargs: dict[str, Any], *, source: str) -> StyleGAN3CheckpointError:
-    """The message for an alias-free generator: what it is, and what latentmill loads instead."""
+def describe_stylegan3(init_kwargs: dict[str, Any]) -> str:
     config = "R" if init_kwargs.get("conv_kernel") == 1 or init_kwargs.get("use_radial_filters") else "T"
-    shape = ", ".join(f"{k} {init_kwargs[k]}" for k in ("img_resolution", "z_dim", "w_dim", "c_dim") if k in init_kwargs)
-    return StyleGAN3CheckpointError(
-        f"{source}: StyleGAN3 generator: {name} is an alias-free StyleGAN3-{config} network ({shape}). latentmill "
-        f"inverts StyleGAN2 generators only: the {_SUPPORTED}. The NVlabs model zoo has StyleGAN2 networks for the "
-        "same data sets (stylegan2-ffhq-1024x1024.pkl, stylegan2-afhqv2-512x512.pkl, ...).")
+    return f"NVlabs/stylegan3, training.networks_stylegan3.Generator (StyleGAN3-{config})"
 
 
 def latentmill_kwargs(kind: str, init_kwargs: dict[str, Any], base: CodeBase) -> dict[str, Any]:

@@ -23,8 +23,8 @@ import torch
 from pipeline.errors import CheckpointError, UnsafeCheckpointError
 from pipeline.models.network_record import NetworkRecord
 from pipeline.models.torch_legacy_storage import read_legacy_storage, rebuild_tensor
-from pipeline.models.nvlabs_layouts import (ADA, STYLEGAN3, STYLEGAN3_REPO_SG2, describe_layout, detect_code_base,
-                                            latentmill_kwargs, stylegan3_error)
+from pipeline.models.nvlabs_layouts import (ADA, STYLEGAN3, STYLEGAN3_REPO_SG2, describe_layout, describe_stylegan3,
+                                            detect_code_base, latentmill_kwargs)
 
 
 @dataclass
@@ -206,17 +206,18 @@ def network_records(snapshot: dict[str, Any], *, source: str) -> dict[str, Netwo
     constructor arguments rearranged into latentmill's layout (see nvlabs_layouts)."""
     networks = {str(k): v for k, v in snapshot.items() if isinstance(v, PersistentRecord)}
     bases = {key: detect_code_base(value) for key, value in networks.items()}
-    for key, base in bases.items():
-        if base == STYLEGAN3:
-            raise stylegan3_error(key, networks[key].init_kwargs, source=source)
     # One snapshot comes from one code base: a D without the telling attributes follows its G.
-    base = STYLEGAN3_REPO_SG2 if STYLEGAN3_REPO_SG2 in bases.values() else ADA
+    base = STYLEGAN3_REPO_SG2 if any(b is STYLEGAN3_REPO_SG2 or b == STYLEGAN3 for b in bases.values()) else ADA
     info = {k: to_plain(v) for k, v in snapshot.items() if not isinstance(v, PersistentRecord)}
     records = {}
     for key, value in networks.items():
         if value.state.get("_init_args"):
             raise CheckpointError(f"{source}: network {key} was built with positional arguments; unsupported")
         kind = value.short_class_name
+        if bases[key] == STYLEGAN3:
+            records[key] = NetworkRecord("StyleGAN3Generator", value.init_kwargs, value.state_dict(),
+                                         layout=describe_stylegan3(value.init_kwargs))
+            continue
         records[key] = NetworkRecord(f"{base.module}.{kind}", latentmill_kwargs(kind, value.init_kwargs, base),
                                      value.state_dict(), layout=describe_layout(kind, value.init_kwargs, base, info))
     if not records:

@@ -38,8 +38,9 @@ def upfirdn2d(
 ) -> torch.Tensor:
     """Upsample by zero insertion, pad (negative pads crop), filter with `f`, then decimate.
 
-    The filter is applied as a true convolution (flipped), as in the reference op; for the
-    symmetric StyleGAN filters this equals correlation.
+    `f` is a 2-D kernel [fh, fw] or 1-D separable taps [k] (applied along x, then y). The filter is
+    applied as a true convolution (flipped), as in the reference op; for the symmetric StyleGAN
+    filters this equals correlation.
     """
     n, c, h, w = x.shape
     px0, px1, py0, py1 = padding
@@ -49,9 +50,14 @@ def upfirdn2d(
         x = x.reshape(n, c, h * up, w * up)
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
     x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
-    kernel = (f * (gain ** (f.ndim / 2))).to(x.dtype).flip([0, 1])
-    kernel = kernel[None, None].repeat(c, 1, 1, 1)  # [C, 1, fh, fw], depthwise
-    x = F.conv2d(x, kernel, groups=c)
+    kernel = (f * (gain ** (f.ndim / 2))).to(x.dtype).flip(list(range(f.ndim)))
+    if f.ndim == 1:  # separable: the same taps along x, then along y
+        kernel = kernel[None, None].repeat(c, 1, 1)  # [C, 1, k]
+        x = F.conv2d(x, kernel.unsqueeze(2), groups=c)  # [C, 1, 1, k]
+        x = F.conv2d(x, kernel.unsqueeze(3), groups=c)  # [C, 1, k, 1]
+    else:
+        kernel = kernel[None, None].repeat(c, 1, 1, 1)  # [C, 1, fh, fw], depthwise
+        x = F.conv2d(x, kernel, groups=c)
     if down > 1:
         x = x[:, :, ::down, ::down]
     return x

@@ -484,7 +484,36 @@ class SynthesisNetwork(nn.Module):
         return self.synthesis_from_styles(self.styles(ws), noise_mode, fused_modconv, noise_inputs)
 
 
-class Generator(nn.Module):
+class MappedGenerator(nn.Module):
+    """What every generator shares: `mapping` (z, c -> ws [N, num_ws, w_dim]) feeding `synthesis`."""
+
+    def _assemble(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int,
+                  synthesis: nn.Module, mapping_kwargs: Mapping[str, Any]) -> None:
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.synthesis = synthesis
+        self.num_ws = synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **mapping_kwargs)
+
+    @property
+    def w_avg(self) -> torch.Tensor:
+        return self.mapping.w_avg
+
+    def styles(self, ws: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.synthesis.styles(ws)
+
+    def synthesis_from_styles(self, styles: Mapping[str, torch.Tensor], noise_mode: str = "const",
+                              fused_modconv: bool | None = None,
+                              noise_inputs: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.synthesis.synthesis_from_styles(styles, noise_mode, fused_modconv, noise_inputs)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None, noise_mode: str = "const") -> torch.Tensor:
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(ws, noise_mode=noise_mode)
+
+
+class Generator(MappedGenerator):
     """StyleGAN2 generator: `mapping` (z, c -> ws) and `synthesis` (ws -> image in about [-1, 1])."""
 
     def __init__(
@@ -505,28 +534,8 @@ class Generator(nn.Module):
         self.init_kwargs = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
                                 img_channels=img_channels, mapping_kwargs=mapping_kwargs,
                                 synthesis_kwargs=synthesis_kwargs)
-        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
-        self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **mapping_kwargs)
-
-    @property
-    def w_avg(self) -> torch.Tensor:
-        return self.mapping.w_avg
-
-    def styles(self, ws: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.synthesis.styles(ws)
-
-    def synthesis_from_styles(self, styles: Mapping[str, torch.Tensor], noise_mode: str = "const",
-                              fused_modconv: bool | None = None,
-                              noise_inputs: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        return self.synthesis.synthesis_from_styles(styles, noise_mode, fused_modconv, noise_inputs)
-
-    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
-                truncation_cutoff: int | None = None, noise_mode: str = "const") -> torch.Tensor:
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        return self.synthesis(ws, noise_mode=noise_mode)
+        self._assemble(z_dim, c_dim, w_dim, img_resolution, img_channels,
+                       SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs), mapping_kwargs)
 
 
 class DiscriminatorBlock(nn.Module):

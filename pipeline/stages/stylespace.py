@@ -53,6 +53,12 @@ def population_stats(G: Generator, num_samples: int = 10_000, seed: int = 0) -> 
     return stats_of(styles_of(G, ws))
 
 
+def is_convolution_style(layer: str) -> bool:
+    """Channels of a convolution's style; toRGB styles and StyleGAN3's input transform ('input', four
+    rotation/translation numbers rather than channels) are left out of rankings by default."""
+    return not layer.endswith("torgb") and layer != "input"
+
+
 def detect_channels(styles_pos: Styles, stats: StyleStats, top_k: int = 10, *,
                     layers: Sequence[str] | None = None, include_torgb: bool = False) -> list[Channel]:
     """The `top_k` channels that best separate the positives (10-30 examples suffice) from the population."""
@@ -60,7 +66,7 @@ def detect_channels(styles_pos: Styles, stats: StyleStats, top_k: int = 10, *,
     for layer, values in styles_pos.items():
         if layers is not None and layer not in layers:
             continue
-        if layers is None and not include_torgb and layer.endswith("torgb"):
+        if layers is None and not (is_convolution_style(layer) or (include_torgb and layer.endswith("torgb"))):
             continue
         diff = (values.float().mean(0) - stats.mean[layer]) / stats.std[layer]  # [C]
         candidates += [(layer, c, d) for c, d in enumerate(diff.tolist())]
