@@ -114,7 +114,8 @@ def test_refinement_gradients_flow_to_the_latents():
 @pytest.mark.slow
 def test_every_stage_runs_on_a_stylegan3_generator(tmp_path):
     """generate, fit-prior, train-encoder, invert (encode, refine, compress), curate, channels,
-    report, reconstruct and evaluate, through the command line, on the StyleGAN3-T fixture."""
+    report, reconstruct and evaluate, through the command line, on the StyleGAN3-T fixture; then
+    invert in W on the -R fixture."""
     import subprocess
     import sys
 
@@ -155,3 +156,8 @@ def test_every_stage_runs_on_a_stylegan3_generator(tmp_path):
         "facenet", "--facenet-weights", facenet, "--num-images", "6", "--refine-steps", "2", "--baseline-steps", "2",
         "--baseline-images", "1", "--study-steps", "2", "--trials", "1", "--positives", "10", "--device", "cpu")
     assert (tmp_path / "store" / "report.html").exists() and (tmp_path / "eval" / "eval.json").exists()
+    cli("invert", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "store_r"), "--generator",
+        str(FIXTURES / "stylegan3_r_16px.pkl"), "--stages", "refine", "--perceptual", "discriminator", "--steps", "2",
+        "--latent-space", "w", "--no-progress")
+    rows_r = pd.read_parquet(tmp_path / "store_r" / "latents")
+    assert len(rows_r) == 6 and (rows_r["status"] == "ok").all()

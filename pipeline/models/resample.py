@@ -51,16 +51,14 @@ def upfirdn2d(
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
     x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
     kernel = (f * (gain ** (f.ndim / 2))).to(x.dtype).flip(list(range(f.ndim)))
+    # Decimation is the convolution's stride: the same outputs as filtering everything and then
+    # keeping every `down`-th sample, without computing the ones thrown away.
     if f.ndim == 1:  # separable: the same taps along x, then along y
         kernel = kernel[None, None].repeat(c, 1, 1)  # [C, 1, k]
-        x = F.conv2d(x, kernel.unsqueeze(2), groups=c)  # [C, 1, 1, k]
-        x = F.conv2d(x, kernel.unsqueeze(3), groups=c)  # [C, 1, k, 1]
-    else:
-        kernel = kernel[None, None].repeat(c, 1, 1, 1)  # [C, 1, fh, fw], depthwise
-        x = F.conv2d(x, kernel, groups=c)
-    if down > 1:
-        x = x[:, :, ::down, ::down]
-    return x
+        x = F.conv2d(x, kernel.unsqueeze(2), groups=c, stride=(1, down))  # [C, 1, 1, k]
+        return F.conv2d(x, kernel.unsqueeze(3), groups=c, stride=(down, 1))  # [C, 1, k, 1]
+    kernel = kernel[None, None].repeat(c, 1, 1, 1)  # [C, 1, fh, fw], depthwise
+    return F.conv2d(x, kernel, groups=c, stride=down)
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
