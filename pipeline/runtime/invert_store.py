@@ -122,8 +122,10 @@ def prepare_store(config: InvertConfig, models: InversionModels, *,
         if not config.overwrite and manifest_entries(store):
             raise mismatch_error(config.output, ["the store has finished shards but no plan.json: it was not made "
                                                  "by this version of latentmill"])
-        write_bytes(f"{store}/plan.json", json.dumps({"input": config.input, "shards": plan}, indent=1).encode())
+        # The recipe first, the plan last: the plan marks a created store, so a kill between the two
+        # leaves a store that the rerun simply creates again.
         write_bytes(f"{store}/{RECIPE_FILE}", json.dumps(recipe, indent=2).encode())
+        write_bytes(f"{store}/plan.json", json.dumps({"input": config.input, "shards": plan}, indent=1).encode())
         return PreparedStore(shards, list(shards))
     plan = saved["shards"]
     shards = [ShardSpec(**spec) for spec in plan]
