@@ -90,7 +90,7 @@ def assemble(work: Path, bundle: Path, *, timings: dict[str, float], per_shard: 
     card = f"""# latentmill demo bundle: model card
 
 Made by `python -m jobs.build_demo` (latentmill's own jobs, in this order) on {time.strftime('%Y-%m-%d')},
-hardware: {hardware} (no GPU was lent to the session that trained it). Everything here loads through the
+hardware: {hardware} (trained on the CPU alone). Everything here loads through the
 public loaders (`load_generator`, `load_networks`, `load_encoder`, `GaussianizedPrior.load`,
 `load_identity_model`); weights are safetensors, nothing is pickled.
 Times below are wall-clock on that machine, which other jobs of the session shared at times.
