@@ -10,9 +10,11 @@ backends get one whole-object put (`pipe_file`), which object stores apply atomi
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import fsspec
 
@@ -50,6 +52,21 @@ def local_path(uri: str, *, setting: str, cache_dir: str | Path | None = None) -
 
 def read_bytes(uri: str, *, setting: str, cache_dir: str | Path | None = None) -> bytes:
     return local_path(uri, setting=setting, cache_dir=cache_dir).read_bytes()
+
+
+def read_if_exists(uri: str) -> bytes | None:
+    """The bytes at `uri` (any fsspec URI, no cache), or None where there is no such file."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def read_json_if_exists(uri: str) -> Any:
+    """The JSON document at `uri`, or None where there is no such file (a corrupt one raises ValueError)."""
+    data = read_if_exists(uri)
+    return None if data is None else json.loads(data)
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -27,7 +27,7 @@ from pipeline.stages.chain import InversionModels
 from pipeline.store.latent_store import failed_entries, manifest_entries, remove_shard
 from pipeline.store.store_recipe import RECIPE_FILE, make_recipe, mismatch_error, recipe_differences
 from pipeline.store.verify import ShardProblem, VerifyReport, check_shard, repair_store
-from pipeline.uris import is_local, write_bytes
+from pipeline.uris import is_local, read_json_if_exists, write_bytes
 
 
 @dataclass
@@ -90,14 +90,6 @@ def model_fingerprints(models: InversionModels) -> dict[str, str | None]:
             "identity": fp(models.identity, models.names.get("identity"))}
 
 
-def _read_json(uri: str) -> Any:
-    fs, path = fsspec.core.url_to_fs(uri)
-    try:
-        return json.loads(fs.cat_file(path))
-    except FileNotFoundError:
-        return None
-
-
 def _forget_everything(store: str) -> None:
     """--overwrite: every shard of the store goes (manifest entries first), whatever its recipe."""
     for shard in sorted(set(manifest_entries(store)) | set(failed_entries(store))):
@@ -112,7 +104,7 @@ def prepare_store(config: InvertConfig, models: InversionModels, *,
                   fresh_plan: list[ShardSpec] | None = None) -> PreparedStore:
     """Plan, recipe and resume checks for a run that holds the store's claim."""
     store = config.output.rstrip("/")
-    saved = _read_json(f"{store}/plan.json")
+    saved = read_json_if_exists(f"{store}/plan.json")
     if config.overwrite or saved is None:
         if config.overwrite:
             _forget_everything(store)
@@ -130,7 +122,7 @@ def prepare_store(config: InvertConfig, models: InversionModels, *,
     plan = saved["shards"]
     shards = [ShardSpec(**spec) for spec in plan]
     recipe = make_recipe(config.to_dict(), plan, model_fingerprints(models))
-    stored = _read_json(f"{store}/{RECIPE_FILE}")
+    stored = read_json_if_exists(f"{store}/{RECIPE_FILE}")
     if stored is None:
         raise mismatch_error(config.output, [f"no {RECIPE_FILE}: the store does not record its recipe"])
     differences = recipe_differences(stored, recipe)

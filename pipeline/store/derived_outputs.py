@@ -19,30 +19,22 @@ import fsspec
 
 from pipeline.store.latent_store import manifest_entries
 from pipeline.store.store_recipe import RECIPE_FILE
-from pipeline.uris import write_bytes
+from pipeline.uris import read_if_exists, write_bytes
 
 RECORD_FILE = "inputs.json"
 T = TypeVar("T")
 
 
-def _read(uri: str) -> bytes | None:
-    fs, path = fsspec.core.url_to_fs(uri)
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        return None
-
-
 def store_state(store: str) -> dict[str, Any]:
     """The recipe and every finished shard's entry: they change whenever a row can have changed."""
-    recipe = _read(posixpath.join(store.rstrip("/"), RECIPE_FILE))
+    recipe = read_if_exists(posixpath.join(store.rstrip("/"), RECIPE_FILE))
     return {"recipe": hashlib.sha256(recipe).hexdigest() if recipe else None,
             "shards": {k: [v.get("rows"), v.get("finished_at")] for k, v in sorted(manifest_entries(store).items())}}
 
 
 def inputs_key(store: str, settings: dict[str, Any], depends_on: list[str] = ()) -> str:
     """Digest of the store's state, `settings`, and the bytes of each file in `depends_on` (if present)."""
-    others = {uri: hashlib.sha256(data).hexdigest() if (data := _read(uri)) is not None else None
+    others = {uri: hashlib.sha256(data).hexdigest() if (data := read_if_exists(uri)) is not None else None
               for uri in depends_on}
     blob = json.dumps({"store": store_state(store), "settings": settings, "depends_on": others}, sort_keys=True,
                       default=str)
@@ -51,10 +43,10 @@ def inputs_key(store: str, settings: dict[str, Any], depends_on: list[str] = ())
 
 def is_current(directory: str, key: str, *, outputs: list[str] = ()) -> bool:
     """True if `directory` was computed from these inputs and the `outputs` (URIs) are all there."""
-    record = _read(posixpath.join(directory.rstrip("/"), RECORD_FILE))
+    record = read_if_exists(posixpath.join(directory.rstrip("/"), RECORD_FILE))
     if record is None or json.loads(record).get("inputs_key") != key:
         return False
-    return all(_read(uri) is not None for uri in outputs)
+    return all(read_if_exists(uri) is not None for uri in outputs)
 
 
 def forget_inputs(directory: str) -> None:

@@ -9,7 +9,6 @@ files aside (STORE/quarantine/) and drops their manifest entries, so the next in
 
 from __future__ import annotations
 
-import json
 import posixpath
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 from pipeline.store.latent_store import failed_entries, manifest_entries, manifest_file, shard_file
 from pipeline.store.schema import SCHEMA_VERSION, store_metadata
 from pipeline.store.store_recipe import RECIPE_FILE
+from pipeline.uris import read_json_if_exists
 
 
 @dataclass
@@ -65,10 +65,11 @@ class VerifyReport:
         return out
 
 
-def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+def _read_json(uri: str) -> Any:
+    """A store's JSON file, or None where it is missing or unreadable (verify reports that, not raises)."""
     try:
-        return json.loads(fs.cat_file(path))
-    except (FileNotFoundError, ValueError):
+        return read_json_if_exists(uri)
+    except ValueError:
         return None
 
 
@@ -101,8 +102,8 @@ def check_shard(store: str, shard: str, entry: dict[str, Any], *, full: bool,
 def verify_store(store: str, *, full: bool = True) -> VerifyReport:
     fs, root = fsspec.core.url_to_fs(store)
     report = VerifyReport(store)
-    plan = _read_json(fs, posixpath.join(root, "plan.json"))
-    recipe = _read_json(fs, posixpath.join(root, RECIPE_FILE))
+    plan = _read_json(posixpath.join(store.rstrip("/"), "plan.json"))
+    recipe = _read_json(posixpath.join(store.rstrip("/"), RECIPE_FILE))
     entries = manifest_entries(store)
     failed = failed_entries(store)
     if plan is None and not entries:
