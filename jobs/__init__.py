@@ -1,2 +1,3 @@
-"""Job entry points. Each runs unchanged from `latentmill <command>` or `python -m jobs.<module>`
-(e.g. as the entrypoint of `ray job submit -- python -m jobs.fit_prior ...`)."""
+"""Job entry points: each takes its settings dataclass, calls the library (pipeline/) and writes
+its outputs. The command line (latentmill/) is the layer above; from a shell or as the entrypoint
+of `ray job submit`, run them as `python -m latentmill <command> ...`."""

@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         use_gpu=args.use_gpu)))
     generator = str(work / "generator" / "generator.safetensors")
     if not (work / "prior.safetensors").exists():
-        timed("fit-prior", lambda: fit_prior.run(generator, str(work / "prior.safetensors")))
+        timed("fit-prior", lambda: fit_prior.run(fit_prior.FitPriorConfig(generator=generator,
+                                                                          output=str(work / "prior.safetensors"))))
     timed("train-encoder", lambda: train_encoder.run(train_encoder.EncoderTrainingConfig(
         generator=generator, output=str(work / "encoder"), steps=args.encoder_steps, base_channels=32,
         max_channels=128, use_gpu=args.use_gpu)))

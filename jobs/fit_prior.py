@@ -1,4 +1,4 @@
-"""Fit the gaussianized prior of a generator: `latentmill fit-prior` / `python -m jobs.fit_prior`.
+"""Fit the gaussianized prior of a generator: `latentmill fit-prior`.
 
 One process on one device: 1e6 mapping-network passes take seconds on a GPU and about a minute
 per 1e5 samples at 512-d on a 2-core CPU; the streaming float64 moments need no Ray.
@@ -6,25 +6,19 @@ per 1e5 samples at 512-d on a 2-core CPU; the streaming float64 moments need no 
 
 from __future__ import annotations
 
-import sys
 import time
 
-import torch
-
+from pipeline.devices import resolve_device
 from pipeline.priors.gaussian import GaussianizedPrior, fit_prior_file
+from pipeline.priors.prior_settings import FitPriorConfig
+
+__all__ = ["FitPriorConfig", "run"]
 
 
-def run(generator: str, output: str, *, num_samples: int = 1_000_000, batch_size: int = 10_000,
-        device: str | torch.device = "cpu", seed: int = 0) -> GaussianizedPrior:
+def run(cfg: FitPriorConfig) -> GaussianizedPrior:
     start = time.perf_counter()
-    prior = fit_prior_file(generator, output, num_samples=num_samples, batch_size=batch_size, device=device,
-                           seed=seed)
-    print(f"fitted on {num_samples:,} samples in {time.perf_counter() - start:.1f}s; largest sigma "
-          f"{prior.sigma.max().item():.3f}, smallest {prior.sigma.min().item():.3g}; wrote {output}")
+    prior = fit_prior_file(cfg.generator, cfg.output, num_samples=cfg.num_samples, batch_size=cfg.batch_size,
+                           device=resolve_device(cfg.device), seed=cfg.seed)
+    print(f"fitted on {cfg.num_samples:,} samples in {time.perf_counter() - start:.1f}s; largest sigma "
+          f"{prior.sigma.max().item():.3f}, smallest {prior.sigma.min().item():.3g}; wrote {cfg.output}")
     return prior
-
-
-if __name__ == "__main__":
-    from pipeline.cli import main
-
-    main(["fit-prior", *sys.argv[1:]])

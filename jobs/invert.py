@@ -25,7 +25,8 @@ from pipeline.store.store_lock import claim_store
 from pipeline.uris import write_bytes
 
 
-def run(config: InvertConfig) -> RunSummary:
+def run(config: InvertConfig, *, processor_class: type | None = None) -> RunSummary:
+    """Invert config.input into the store config.output; processor_class: see run_shards."""
     fresh_plan = check_arguments(config)
     models = load_models(config, torch.device("cpu"))  # fail fast on any weight or compatibility problem
     with claim_store(config.output, wait=config.wait):
@@ -34,7 +35,7 @@ def run(config: InvertConfig) -> RunSummary:
             print(f"latentmill: {prepared.describe()}", file=sys.stderr)
         summary = RunSummary(shards_skipped=len(prepared.shards) - len(prepared.todo))
         if prepared.todo:
-            run_shards(config, prepared.todo, summary)
+            run_shards(config, prepared.todo, summary, processor_class)
         entries = manifest_entries(config.output)
         totals = {"rows": sum(e["rows"] for e in entries.values()), "ok": sum(e["ok"] for e in entries.values()),
                   "errors": sum(e["errors"] for e in entries.values())}
@@ -48,8 +49,3 @@ def run(config: InvertConfig) -> RunSummary:
         }, indent=2).encode())
     return summary
 
-
-if __name__ == "__main__":
-    from pipeline.cli import main
-
-    main(["invert", *sys.argv[1:]])

@@ -10,7 +10,6 @@ centred on white with a margin, resized to `--resolution`, and written as webdat
 from __future__ import annotations
 
 import json
-import sys
 import tarfile
 import unicodedata
 from pathlib import Path
@@ -83,8 +82,3 @@ def run(output: str, *, font_path: str = DEFAULT_FONT, resolution: int = 64, sha
     print(f"wrote {len(catalog)} emoji ({faces} faces) at {resolution} px in {len(shards)} shards to {out}")
     return shards
 
-
-if __name__ == "__main__":
-    from pipeline.cli import main
-
-    main(["make-demo-data", *sys.argv[1:]])

@@ -2,7 +2,8 @@
 
 The same command trains on a laptop CPU (one worker, embedded Ray) or on a GPU cluster
 (`--num-workers N --use-gpu`, with RAY_ADDRESS or `--address`): Ray Train's TorchTrainer runs
-`train_loop_per_worker` on each worker with DDP. Output directory:
+`train_loop_per_worker` on each worker; gradients are averaged across workers after each backward
+(pipeline/training/distributed.py, the same as every latentmill training job). Output directory:
   encoder.safetensors          the latest encoder bundle (loads with pipeline.models.encoder.load_encoder)
   checkpoints/step-XXXXXXXX/   model.safetensors (E), optimizer.pt, state.json: the resume points
   train_log.csv, eval_log.csv  per-step losses, held-out figures at each checkpoint (+ TensorBoard if installed)
@@ -12,46 +13,14 @@ A rerun with the same --output resumes from the newest checkpoint: same step, sa
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.masks import DEFAULT_KIND_WEIGHTS
+from pipeline.training.settings import EncoderTrainingConfig
+
 from pipeline.training.checkpointing import TrainingLogs, checkpoint_step
-
-@dataclass
-class EncoderTrainingConfig:
-    generator: str  # generator checkpoint URI (its G_ema is used, frozen)
-    output: str  # output directory (local path)
-    steps: int = 5000
-    batch_size: int = 16  # per worker
-    lr: float = 1e-3
-    mode: str = "w+"
-    backbone: str = "convnet"
-    base_channels: int = 32
-    max_channels: int = 256
-    pixel_weight: float = 1.0
-    perceptual: str = "discriminator"  # 'lpips' | 'discriminator' | 'none'
-    perceptual_weight: float = 1.0
-    latent_weight: float = 1.0
-    lpips_weights: str | None = None
-    backbone_weights: str | None = None  # torchvision ImageNet weights for resnet backbones
-    style_mixing_prob: float = 0.9
-    real_images: str | None = None  # dataset URI of real images (pixel + perceptual terms only)
-    real_fraction: float = 0.25  # share of each batch drawn from real_images
-    real_max: int = 10_000  # real images decoded into memory per worker
-    mask_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
-    checkpoint_every: int = 500
-    eval_size: int = 64
-    keep_checkpoints: int = 2
-    num_workers: int = 1
-    use_gpu: bool = False
-    seed: int = 0
-    progress: bool = True
-
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
@@ -63,6 +32,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pipeline.models.checkpoints import generator_of, load_networks, read_state_dict
     from pipeline.models.encoder import Encoder, TorchvisionBackbone, load_encoder
     from pipeline.runtime.ray_train import report_checkpoint, resume_directory, worker_setup
+    from pipeline.training.distributed import average_gradients, broadcast_parameters
     from pipeline.training.encoder_training import LossWeights, encoder_losses, evaluate, sample_training_batch
 
     cfg, rank, world, device = worker_setup(config, EncoderTrainingConfig)
@@ -83,8 +53,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             E.load_state_dict(load_encoder(str(directory / "model.safetensors"), generator=G).state_dict())
             optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
             start = checkpoint_step(directory)
-    model = ray.train.torch.prepare_model(E) if world > 1 else E.to(device)
-    E_plain = model.module if hasattr(model, "module") else model
+    E.to(device)
+    broadcast_parameters(E)
     weights = LossWeights(cfg.pixel_weight, cfg.perceptual_weight, cfg.latent_weight)
     real = None
     if cfg.real_images:
@@ -99,16 +69,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     output = Path(cfg.output)
     logs = TrainingLogs(output) if rank == 0 else None
     bar = tqdm(total=cfg.steps, initial=start, desc="train encoder", disable=not (cfg.progress and rank == 0))
-    model.train()
+    E.train()
     for step in range(start, cfg.steps):
         # Each (step, rank) has its own random stream: a resumed run draws exactly what it would have.
         rng = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
         batch = sample_training_batch(G, cfg.batch_size, rng, style_mixing_prob=cfg.style_mixing_prob,
                                       mask_weights=cfg.mask_weights, real_images=real,
                                       real_fraction=cfg.real_fraction if real is not None else 0.0)
-        losses = encoder_losses(model, G, batch, perceptual=perceptual, weights=weights)
+        losses = encoder_losses(E, G, batch, perceptual=perceptual, weights=weights)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
+        average_gradients(E)
         optimizer.step()
         bar.update(1)
         done = step + 1
@@ -116,10 +87,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logs.write("train_log.csv", done, {k: round(v.item(), 6) for k, v in losses.items()})
             bar.set_postfix(loss=f"{losses['total'].item():.4f}")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            metrics = evaluate(E_plain, G, eval_batch, perceptual=perceptual) if rank == 0 else {}
+            metrics = evaluate(E, G, eval_batch, perceptual=perceptual) if rank == 0 else {}
             if rank == 0:
                 logs.write("eval_log.csv", done, metrics)
-                report_checkpoint(done, metrics, networks={"E": E_plain}, optimizers={"optimizer": optimizer},
+                report_checkpoint(done, metrics, networks={"E": E}, optimizers={"optimizer": optimizer},
                                   info={"step": done, "generator": cfg.generator, "config": config}, output=output,
                                   keep=cfg.keep_checkpoints, final_name="encoder.safetensors")
             else:
@@ -128,13 +99,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def run(config: EncoderTrainingConfig, *, address: str | None = None) -> Path:
+    """Train into config.output (resuming from its newest checkpoint); `address` overrides config.address."""
     """Train (or resume) and return the path of the latest encoder bundle."""
     from pipeline.runtime.ray_train import fit_resumable
 
-    return fit_resumable(train_loop_per_worker, config, name="train-encoder", address=address) / "encoder.safetensors"
+    return fit_resumable(train_loop_per_worker, config, name="train-encoder", address=address or config.address) / "encoder.safetensors"
 
-
-if __name__ == "__main__":
-    from pipeline.cli import main
-
-    main(["train-encoder", *sys.argv[1:]])

@@ -11,43 +11,14 @@ A rerun with the same --output resumes from the newest checkpoint at the same st
 
 from __future__ import annotations
 
-import json
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.training.checkpointing import TrainingLogs
+from pipeline.training.settings import GeneratorTrainingConfig
 
-
-@dataclass
-class GeneratorTrainingConfig:
-    data: str  # dataset URI (folder, tar shards or Parquet)
-    output: str
-    resolution: int = 32
-    steps: int = 20_000
-    batch_size: int = 16  # per worker
-    z_dim: int = 128
-    w_dim: int = 128
-    mapping_layers: int = 4
-    channel_base: int = 4096  # channels at resolution r: min(channel_base // r, channel_max)
-    channel_max: int = 256
-    lr: float = 0.0025
-    r1_gamma: float = 1.0
-    r1_interval: int = 16
-    pl_weight: float = 0.0
-    style_mixing_prob: float = 0.9
-    augment: str = "color,translation,cutout"
-    ema_images: float = 10_000  # EMA half-life, in images
-    checkpoint_every: int = 1000
-    kid_samples: int = 1000
-    keep_checkpoints: int = 2
-    num_workers: int = 1
-    use_gpu: bool = False
-    seed: int = 0
-    progress: bool = True
+from pipeline.training.checkpointing import TrainingLogs, checkpoint_state
 
 
 def build_networks(cfg: GeneratorTrainingConfig):
@@ -98,7 +69,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 mine.load_state_dict(saved.state_dict())
             opt_G.load_state_dict(torch.load(directory / "opt_G.pt", map_location=device, weights_only=True))
             opt_D.load_state_dict(torch.load(directory / "opt_D.pt", map_location=device, weights_only=True))
-            state = json.loads((directory / "state.json").read_text())
+            state = checkpoint_state(directory)
             start, pl_mean = state["step"], torch.tensor(state.get("pl_mean", 0.0), device=device)
     for network in (G, D, G_ema):
         broadcast_parameters(network)
@@ -165,13 +136,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def run(config: GeneratorTrainingConfig, *, address: str | None = None) -> Path:
+    """Train into config.output (resuming from its newest checkpoint); `address` overrides config.address."""
     """Train (or resume) and return the path of the latest generator bundle."""
     from pipeline.runtime.ray_train import fit_resumable
 
-    return fit_resumable(train_loop_per_worker, config, name="train-generator", address=address) / "generator.safetensors"
+    return fit_resumable(train_loop_per_worker, config, name="train-generator", address=address or config.address) / "generator.safetensors"
 
-
-if __name__ == "__main__":
-    from pipeline.cli import main
-
-    main(["train-generator", *sys.argv[1:]])

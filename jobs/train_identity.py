@@ -10,37 +10,15 @@ identity_training.py). Runs on Ray Train like the other training jobs. Output di
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-@dataclass
-class IdentityTrainingConfig:
-    data: str  # dataset URI (folder, tar shards or Parquet)
-    output: str
-    resolution: int = 32
-    steps: int = 2000
-    batch_size: int = 128  # images per step per worker (each seen in two views)
-    lr: float = 1e-3
-    temperature: float = 0.1
-    strength: float = 1.0  # degradation strength of the views
-    base_channels: int = 32
-    max_channels: int = 128
-    embedding_dim: int = 64
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    num_workers: int = 1
-    use_gpu: bool = False
-    seed: int = 0
-    progress: bool = True
+from pipeline.training.settings import IdentityTrainingConfig
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import json
 
     import ray.train
     from tqdm.auto import tqdm
@@ -49,7 +27,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pipeline.models.checkpoints import load_networks
     from pipeline.models.embedding import EmbeddingNet
     from pipeline.runtime.ray_train import report_checkpoint, resume_directory, worker_setup
-    from pipeline.training.checkpointing import TrainingLogs
+    from pipeline.training.checkpointing import TrainingLogs, checkpoint_step
     from pipeline.training.distributed import average_gradients, broadcast_parameters
     from pipeline.training.identity_training import degrade, info_nce, retrieval_accuracy
 
@@ -64,7 +42,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             model.load_state_dict(load_networks(str(directory / "model.safetensors"), device=device)["identity"]
                                   .state_dict())
             opt.load_state_dict(torch.load(directory / "opt.pt", map_location=device, weights_only=True))
-            start = json.loads((directory / "state.json").read_text())["step"]
+            start = checkpoint_step(directory)
     broadcast_parameters(model)
     output = Path(cfg.output)
     logs = TrainingLogs(output) if rank == 0 else None
@@ -98,13 +76,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def run(config: IdentityTrainingConfig, *, address: str | None = None) -> Path:
+    """Train into config.output (resuming from its newest checkpoint); `address` overrides config.address."""
     """Train (or resume) and return the path of the latest identity bundle."""
     from pipeline.runtime.ray_train import fit_resumable
 
-    return fit_resumable(train_loop_per_worker, config, name="train-identity", address=address) / "identity.safetensors"
+    return fit_resumable(train_loop_per_worker, config, name="train-identity", address=address or config.address) / "identity.safetensors"
 
-
-if __name__ == "__main__":
-    from pipeline.cli import main
-
-    main(["train-identity", *sys.argv[1:]])

@@ -36,3 +36,16 @@ def synthetic_store(root: Path, G: Generator, prior: GaussianizedPrior, ws: torc
     store = str(root / "store")
     write_shard(store, "s0", table, {"shard": "s0", "rows": n, "ok": n, "errors": 0})
     return store
+
+
+def invert_in_process(config) -> None:
+    """What `jobs.invert.run` does, in this process and without Ray: for tests of what reads a store
+    made by a real inversion (Ray itself is tested in test_invert_job.py)."""
+    from pipeline.runtime.invert_store import check_arguments, prepare_store
+    from pipeline.runtime.shard_processor import ShardProcessor, load_models
+
+    plan = check_arguments(config)
+    prepared = prepare_store(config, load_models(config, torch.device("cpu")), fresh_plan=plan)
+    processor = ShardProcessor(config)
+    for spec in prepared.todo:
+        processor.process(spec)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 from benchmarks import generator, refine
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end runs (Ray, subprocesses, training): minutes on 2 cores
 
 
 def test_generator_benchmark_runs_and_reports_every_setting(tmp_path, capsys):

@@ -245,7 +245,7 @@ def test_a_stylegan3_repo_stylegan2_pickle_inverts_end_to_end_with_the_cli(tmp_p
     for i, img in enumerate(images):
         pixels = ((img.permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()
         Image.fromarray(pixels).save(tmp_path / "in" / f"{i}.png")
-    cli = [sys.executable, "-m", "pipeline.cli"]
+    cli = [sys.executable, "-m", "latentmill"]
     run = dict(check=True, capture_output=True, text=True, timeout=600)
     subprocess.run([*cli, "fit-prior", "--generator", generator, "--output", str(tmp_path / "prior.safetensors"),
                     "--num-samples", "5000", "--batch-size", "5000"], **run)

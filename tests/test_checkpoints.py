@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import json
 from pathlib import Path
 
@@ -196,9 +197,32 @@ def test_generator_and_discriminator_bundle_loads_both(tmp_path):
     assert torch.equal(nets["D"](img), D(img))
 
 
-def test_bundle_write_is_atomic_and_leaves_no_temp_files(tmp_path):
-    write_bundle(str(tmp_path / "g.safetensors"), {"G_ema": tiny_generator()})
-    assert [p.name for p in tmp_path.iterdir()] == ["g.safetensors"]
+def test_a_bundle_write_that_dies_midway_leaves_the_old_bundle_and_no_temp_files(tmp_path, monkeypatch):
+    target = tmp_path / "g.safetensors"
+    write_bundle(str(target), {"G_ema": tiny_generator()})
+    before = target.read_bytes()
+
+    class DiskFull(OSError):
+        pass
+
+    real_fdopen = os.fdopen
+
+    def fdopen_that_fails_after_half(fd, mode="r", *args, **kwargs):
+        file = real_fdopen(fd, mode, *args, **kwargs)
+        real_write = file.write
+
+        def write(data):
+            real_write(data[: len(data) // 2])
+            raise DiskFull("no space left on device")
+        file.write = write
+        return file
+
+    monkeypatch.setattr(os, "fdopen", fdopen_that_fails_after_half)
+    with pytest.raises(DiskFull):
+        write_bundle(str(target), {"G_ema": tiny_generator(seed=1)})
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["g.safetensors"], "the half-written temp file is removed"
+    assert target.read_bytes() == before, "readers never see a half-written bundle"
 
 
 def test_converted_bundle_is_plain_safetensors(tmp_path, fixture_dir):

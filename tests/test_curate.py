@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from latentmill.cli import main
 from pipeline.stages.curate import duplicate_groups, near_duplicate_pairs, percentile_rank
 from tests.stores import synthetic_store
 
@@ -87,28 +87,29 @@ def test_a_search_resumed_from_its_progress_finds_the_same_pairs():
 
 def test_curate_resumes_an_interrupted_search_and_reuses_unchanged_results(planted_store, monkeypatch):
     import jobs.curate as curate_job
+    import pipeline.stages.store_curation as curation
     from jobs.curate import CurateConfig
 
     cfg = CurateConfig(store=planted_store, block_size=16)
     saved = {}
-    real_save = curate_job._save_search
+    real_save = curation._save_search
 
     def save_then_die(uri, key, rows, progress):  # the first checkpoint is the last thing this run does
         real_save(uri, key, rows, progress)
         saved["next_row"] = progress.next_row
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(curate_job, "near_duplicate_pairs",
+    monkeypatch.setattr(curation, "near_duplicate_pairs",
                         lambda *a, **k: near_duplicate_pairs(*a, **{**k, "progress_every_s": 0}))
-    monkeypatch.setattr(curate_job, "_save_search", save_then_die)
+    monkeypatch.setattr(curation, "_save_search", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         curate_job.run(cfg)
-    assert saved["next_row"] == 16 and (Path(planted_store) / "curation" / curate_job.SEARCH_PROGRESS).exists()
-    monkeypatch.setattr(curate_job, "_save_search", real_save)
+    assert saved["next_row"] == 16 and (Path(planted_store) / "curation" / curation.SEARCH_PROGRESS).exists()
+    monkeypatch.setattr(curation, "_save_search", real_save)
     result = CliRunner().invoke(main, ["curate", planted_store, "--block-size", "16", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "resuming the near-duplicate search at row 16 of 200" in result.output
-    assert not (Path(planted_store) / "curation" / curate_job.SEARCH_PROGRESS).exists()
+    assert not (Path(planted_store) / "curation" / curation.SEARCH_PROGRESS).exists()
     import pandas as pd
 
     flags = pd.read_parquet(Path(planted_store) / "curation" / "flags.parquet").set_index("image_id")

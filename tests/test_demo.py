@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from latentmill.cli import main
 from pipeline.data.decode import decode_image
 from pipeline.demo import DEMO_DIR, DemoBundle
 from pipeline.models.checkpoints import load_generator, load_networks
@@ -18,7 +18,9 @@ from pipeline.models.encoder import encode, load_encoder
 from pipeline.models.stylegan2 import Discriminator
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.stages.identity import load_identity_model
-from pipeline.store.latent_store import read_latents
+from pipeline.store.store import read_latents
+
+pytestmark = pytest.mark.slow  # end-to-end runs (Ray, subprocesses, training): minutes on 2 cores
 
 
 @pytest.fixture(scope="module")

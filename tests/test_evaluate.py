@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from latentmill.cli import main
 from pipeline.evaluation.detection_study import detection_accuracy
 from pipeline.evaluation.models import EvalModels
 from pipeline.evaluation.realism import feature_extractor, kid_to
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_five_studies_for_the_demo_model(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", "--output", str(tmp_path), "--num-images", "6", "--refine-steps",
                                        "2,4", "--baseline-steps", "3", "--baseline-images", "1", "--study-steps", "2",
@@ -35,13 +37,14 @@ def test_evaluate_writes_the_five_studies_for_the_demo_model(tmp_path):
 def test_detection_finds_planted_channels_from_their_styles(G, prior):
     identity = type("Pixels", (), {"embed": staticmethod(lambda x: torch.nn.functional.normalize(x.flatten(1), dim=1))})
     extractor = feature_extractor("random")
-    models = EvalModels(G, None, prior, None, identity, kid_to(torch.zeros(4, 3, 16, 16), extractor))
+    models = EvalModels(G=G, prior=prior, identity=identity, realism=kid_to(torch.zeros(4, 3, 16, 16), extractor))
     study = detection_accuracy(models, positives=(10, 30), trials=5, population=2000)
     rows = {r["positives"]: r for r in study["rows"]}
     assert set(r["mode"] for r in study["rows"]) == {"styles"}, "no encoder: no 'through E' rows"
     assert rows[30]["top5"] >= 0.8 and study["holds"] == (min(r["top5"] for r in rows.values()) >= 0.8)
 
 
+@pytest.mark.slow
 def test_a_killed_evaluate_keeps_finished_studies_and_the_rerun_does_only_the_rest(tmp_path):
     import os
     import signal
@@ -50,7 +53,7 @@ def test_a_killed_evaluate_keeps_finished_studies_and_the_rerun_does_only_the_re
     import time
     from pathlib import Path
 
-    command = [sys.executable, "-m", "jobs.evaluate", "--output", str(tmp_path), "--num-images", "6",
+    command = [sys.executable, "-m", "latentmill", "evaluate", "--output", str(tmp_path), "--num-images", "6",
                "--refine-steps", "2", "--baseline-steps", "3", "--baseline-images", "1", "--study-steps", "2",
                "--trials", "1", "--positives", "10", "--device", "cpu", "--studies", "inversion,prior,stylespace"]
     repo = Path(__file__).resolve().parents[1]
@@ -58,7 +61,8 @@ def test_a_killed_evaluate_keeps_finished_studies_and_the_rerun_does_only_the_re
                                stderr=subprocess.DEVNULL)
     report = tmp_path / "eval.json"
     deadline = time.time() + 300
-    while time.time() < deadline and not (report.exists() and json.loads(report.read_text())["studies"]):
+    while time.time() < deadline and process.poll() is None and not (
+            report.exists() and json.loads(report.read_text())["studies"]):
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

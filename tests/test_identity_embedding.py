@@ -76,6 +76,7 @@ def test_contrastive_training_makes_degraded_views_recognizable():
     assert after["cosine_same"] > after["cosine_other"] + 0.5
 
 
+@pytest.mark.slow
 def test_the_training_job_writes_a_bundle_that_identity_model_loads(ray_local, tmp_path):
     from jobs.train_identity import IdentityTrainingConfig, run
     from pipeline.imaging import save_grid

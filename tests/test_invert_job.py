@@ -18,8 +18,12 @@ from pipeline.errors import WeightsNotFoundError
 from pipeline.priors.gaussian import fit_prior_file
 from pipeline.runtime.config import InvertConfig
 from pipeline.stages.identity import save_random_facenet
-from pipeline.store.latent_store import manifest_entries, read_latents, read_store_metadata
+from pipeline.store.latent_store import manifest_entries
+from pipeline.store.store import read_latents, read_store_metadata
 from tests.datasets import messy_folder, parquet_files, tar_shards
+from tests.fault_injection import crashing_once_on
+
+pytestmark = pytest.mark.slow  # end-to-end runs (Ray, subprocesses, training): minutes on 2 cores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +80,7 @@ def test_the_store_reads_back_with_pandas_and_ray_data(ray_local, assets, tmp_pa
 
 def test_a_worker_dying_mid_shard_is_replaced_and_the_shard_retried(ray_local, assets, tmp_path):
     output = tmp_path / "store"
-    summary = run(config(assets, output, crash_once_on_shards=["folder-00001"]))
+    summary = run(config(assets, output), processor_class=crashing_once_on(["folder-00001"]))
     assert summary.retries == 1 and not summary.shards_failed
     assert manifest_entries(str(output))["folder-00001"]["attempt"] == 2
     frame = read_latents(str(output))
@@ -85,7 +89,7 @@ def test_a_worker_dying_mid_shard_is_replaced_and_the_shard_retried(ray_local, a
 
 def test_a_shard_failing_every_attempt_is_recorded_not_dropped(ray_local, assets, tmp_path):
     output = tmp_path / "store"
-    summary = run(config(assets, output, max_retries=0, crash_once_on_shards=["folder-00000"]))
+    summary = run(config(assets, output, max_retries=0), processor_class=crashing_once_on(["folder-00000"]))
     assert summary.shards_failed == ["folder-00000"]
     failure = json.loads((output / "manifest" / "folder-00000.failed.json").read_text())
     assert failure["worker_died"] and failure["attempts"] == 1
@@ -108,7 +112,7 @@ def test_rerun_skips_finished_shards_and_overwrite_redoes_them(ray_local, assets
 
 def test_killed_run_resumes_without_duplicates_or_gaps(assets, tmp_path):
     output = tmp_path / "store"
-    command = [sys.executable, "-m", "jobs.invert", "--input", assets["messy_dir"], "--output", str(output),
+    command = [sys.executable, "-m", "latentmill", "invert", "--input", assets["messy_dir"], "--output", str(output),
                "--generator", assets["generator"], "--prior", assets["prior"], "--stages", "refine,compress",
                "--perceptual", "discriminator", "--shard-size", "2", "--no-progress"]
     process = subprocess.Popen(command + ["--steps", "60"], cwd=REPO, start_new_session=True,
@@ -159,7 +163,7 @@ def test_invert_and_reconstruct_from_the_command_line(ray_local, assets, tmp_pat
     from click.testing import CliRunner
     from PIL import Image
 
-    from pipeline.cli import main
+    from latentmill.cli import main
 
     runner = CliRunner()
     store = tmp_path / "store"

@@ -8,8 +8,11 @@ import pytest
 from jobs.invert import run
 from pipeline.priors.gaussian import fit_prior_file
 from pipeline.runtime.config import InvertConfig
-from pipeline.store.latent_store import manifest_entries, read_latents
+from pipeline.store.latent_store import manifest_entries
+from pipeline.store.store import read_latents
 from tests.datasets import messy_folder
+
+pytestmark = pytest.mark.slow  # end-to-end runs (Ray, subprocesses, training): minutes on 2 cores
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from latentmill.cli import main
 from pipeline.stages.rebalance import kmeans, part_masks, target_counts
 from tests.stores import synthetic_store
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import xml.dom.minidom
 from pathlib import Path
 
@@ -12,8 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from jobs.invert import run
-from pipeline.cli import main
+from latentmill.cli import main
 from pipeline.models.bundle import write_bundle
 from pipeline.models.checkpoints import load_generator
 from pipeline.models.embedding import EmbeddingNet
@@ -22,12 +22,13 @@ from pipeline.priors.gaussian import fit_prior_file
 from pipeline.report.html_report import build_report
 from pipeline.report.svg_charts import histogram_svg, line_chart_svg
 from pipeline.runtime.config import InvertConfig
-from pipeline.store.latent_store import read_latents
+from pipeline.store.store import read_latents
 from tests.datasets import messy_folder
+from tests.stores import invert_in_process
 
 
 @pytest.fixture(scope="module")
-def store(ray_local, tmp_path_factory, fixture_dir):
+def store(tmp_path_factory, fixture_dir):
     root = tmp_path_factory.mktemp("report")
     generator = str(fixture_dir / "sg2ada_32px.pkl")
     G = load_generator(generator)
@@ -41,7 +42,7 @@ def store(ray_local, tmp_path_factory, fixture_dir):
                           encoder=str(root / "E.safetensors"), prior=prior,
                           identity_model=str(root / "identity.safetensors"), perceptual="discriminator", steps=3,
                           batch_size=4, shard_size=8, progress=False)
-    run(config)
+    invert_in_process(config)
     return {"uri": str(root / "store"), "expected": expected}
 
 
@@ -92,10 +93,17 @@ def test_the_curve_agrees_with_the_store_and_compression_is_monotone_in_tau(repo
     assert nll == sorted(nll) and nll[-1] <= untruncated["prior_nll"] + 1e-6
 
 
-def test_report_command_writes_the_same_report(store):
-    result = CliRunner().invoke(main, ["report", store["uri"], "--sheet-size", "2", "--device", "cpu"])
+def test_the_report_command_writes_the_report_the_library_writes(store, report, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(store["uri"], copy, ignore=shutil.ignore_patterns("report*"))
+    result = CliRunner().invoke(main, ["report", str(copy), "--sheet-size", "4", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().endswith("report.html")
+    assert result.output.strip() == f"report: {copy}/report.html"
+    _, library_page = report
+    # the same page, but for the summary's "store" row (the settings still name the original --output)
+    assert (copy / "report.html").read_text() == library_page.replace(store["uri"], str(copy), 1)
+    for name in ("sample.png", "worst.png"):
+        assert (copy / "report" / name).read_bytes() == (Path(store["uri"]) / "report" / name).read_bytes()
 
 
 def test_svg_histograms_count_every_finite_value():

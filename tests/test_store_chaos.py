@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.store.latent_store import manifest_entries, read_latents, shard_file
+from pipeline.store.latent_store import manifest_entries, shard_file
+from pipeline.store.store import read_latents
 from pipeline.store.verify import verify_store
 from tests.datasets import colorful, messy_folder, png_bytes
 
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 
 def command(generator: str, input: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.invert", "--input", str(input), "--output", str(output), "--generator",
+    return [sys.executable, "-m", "latentmill", "invert", "--input", str(input), "--output", str(output), "--generator",
             generator, "--stages", "refine", "--perceptual", "discriminator", "--shard-size", "2", "--batch-size", "2",
             "--concurrency", "2", "--no-progress", *extra]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.data.sources import plan_shards
-from pipeline.store.store_inputs import load_store_inputs, load_store_inputs_by_id
+from pipeline.store.store import Store
 from tests.datasets import colorful, png_bytes
 
 
@@ -28,21 +28,24 @@ def store_with_plan(tmp_path):
     return str(store), rows
 
 
-def meta(**settings):
-    return {"img_resolution": 16, "img_channels": 3, "settings": settings}
+def recorded(uri: str, **settings) -> Store:
+    """The store at `uri`, as if its run had recorded 16 px RGB inputs and these settings."""
+    store = Store(uri)
+    store.metadata = {"img_resolution": 16, "img_channels": 3, "settings": settings}
+    return store
 
 
-def test_inputs_come_back_in_the_order_asked_and_by_id(store_with_plan):
+def test_inputs_come_back_by_id_decoded_at_the_recorded_resolution(store_with_plan):
     store, rows = store_with_plan
     shards, ids = [r[0] for r in reversed(rows)], [r[1] for r in reversed(rows)]
-    stacked = load_store_inputs(store, meta(), shards, ids)
-    by_id = load_store_inputs_by_id(store, meta(), shards, ids)
-    assert stacked.shape == (3, 3, 16, 16)
-    assert all(torch.equal(stacked[k], by_id[i]) for k, i in enumerate(ids))
+    by_id = recorded(store).read_inputs(shards, ids)
+    assert set(by_id) == set(ids)
+    assert all(image.shape == (3, 16, 16) for image in by_id.values())
+    assert not torch.equal(by_id[ids[0]], by_id[ids[1]])
 
 
 def test_the_recorded_pixel_limit_applies_when_inputs_are_read_again(store_with_plan):
     store, rows = store_with_plan
     shards, ids = [r[0] for r in rows], [r[1] for r in rows]
     with pytest.raises(FileNotFoundError, match="no longer readable"):
-        load_store_inputs(store, meta(max_pixels=100), shards, ids)  # 40 x 40 inputs exceed 100 pixels
+        recorded(store, max_pixels=100).read_inputs(shards, ids)  # 40 x 40 inputs exceed 100 pixels

@@ -26,7 +26,8 @@ from pipeline.runtime.config import InvertConfig
 from pipeline.runtime.invert_store import check_arguments, prepare_store
 from pipeline.runtime.shard_processor import ShardProcessor, load_models
 from pipeline.store.file_names import safe_file_name
-from pipeline.store.latent_store import manifest_entries, read_latents, shard_file
+from pipeline.store.latent_store import manifest_entries, shard_file
+from pipeline.store.store import read_latents
 from pipeline.store.store_lock import StoreLockedError, claim_store
 from pipeline.store.store_recipe import StoreRecipeMismatch
 from pipeline.store.verify import repair_store, verify_store
@@ -306,7 +307,7 @@ def test_file_names_made_from_ids_are_safe_bounded_and_distinct():
 def test_reconstruct_writes_hostile_ids_as_safe_files(generator, tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from latentmill.cli import main
 
     _parquet(tmp_path / "in" / "a.parquet", ["../escape", "b" * 300, "fine"])
     cfg = config(generator, tmp_path / "in", tmp_path / "store", id_column="id")

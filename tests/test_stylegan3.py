@@ -132,7 +132,7 @@ def test_every_stage_runs_on_a_stylegan3_generator(tmp_path):
     store, prior, encoder = str(tmp_path / "store"), str(tmp_path / "prior.safetensors"), str(tmp_path / "enc")
 
     def cli(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "latentmill", *args], capture_output=True, text=True,
                               timeout=600, cwd=tmp_path)
         assert done.returncode == 0, (args, done.stdout[-1500:], done.stderr[-1500:])
         return done.stdout

@@ -14,6 +14,8 @@ from pipeline.models.bundle import write_bundle
 from pipeline.models.encoder import load_encoder
 from tests.conftest import tiny_discriminator
 
+pytestmark = pytest.mark.slow  # end-to-end runs (Ray, subprocesses, training): minutes on 2 cores
+
 
 @pytest.fixture(scope="module")
 def generator_file(tmp_path_factory, G):

@@ -13,6 +13,8 @@ from jobs.make_demo_data import run as make_demo_data
 from jobs.train_generator import GeneratorTrainingConfig, run
 from pipeline.models.checkpoints import load_generator, load_networks
 
+pytestmark = pytest.mark.slow  # end-to-end runs (Ray, subprocesses, training): minutes on 2 cores
+
 
 @pytest.fixture(scope="module")
 def emoji(tmp_path_factory):

@@ -12,7 +12,6 @@ import threading
 import numpy as np
 from PIL import Image
 
-ALIGN_MODES = ("none", "faces")
 
 
 class FaceAligner:

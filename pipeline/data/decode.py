@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.settings import setting
 
 if TYPE_CHECKING:
     from pipeline.data.align import FaceAligner
@@ -22,6 +24,40 @@ if TYPE_CHECKING:
 RESIZE_POLICIES = ("center-crop", "pad", "stretch")
 DEFAULT_MAX_PIXELS = 64_000_000  # refuse larger images (decompression bombs); Pillow's default is ~89M
 MIN_SIDE = 8
+ALIGN_MODES = ("none", "faces")
+
+
+@dataclass(kw_only=True)
+class DecodeSettings:
+    """How inputs become the generator's pixels; shared by invert and by every re-reading of a store's
+    inputs (report, curate, rebalance), which reads these fields back from the store's metadata."""
+
+    resize_policy: str = setting("center-crop", "How images become the generator's square resolution (pad marks "
+                                                "the border as unknown pixels).", choices=RESIZE_POLICIES)
+    align: str = setting("none", "faces: crop the most confident face (facenet-pytorch's MTCNN) before resizing; "
+                                 "images without a face become error rows.", choices=ALIGN_MODES)
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "Larger images are error rows (decompression bombs).")
+
+    def check(self) -> None:
+        if self.max_pixels < MIN_SIDE**2:
+            raise ValueError(f"--max-pixels must be at least {MIN_SIDE**2} (images have sides of {MIN_SIDE} "
+                             "pixels or more)")
+
+    @classmethod
+    def recorded(cls, settings: dict) -> "DecodeSettings":
+        """The decode settings a store's run recorded (defaults for settings older stores lack)."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls) if f.name in settings})
+
+    def aligner(self) -> "FaceAligner | None":
+        if self.align == "none":
+            return None
+        from pipeline.data.align import FaceAligner
+
+        return FaceAligner()
+
+    def decode(self, data: bytes, *, resolution: int, channels: int, aligner: "FaceAligner | None" = None) -> Decoded:
+        return decode_image(data, resolution=resolution, channels=channels, policy=self.resize_policy,
+                            max_pixels=self.max_pixels, aligner=aligner)
 
 
 @dataclass

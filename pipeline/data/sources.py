@@ -25,15 +25,36 @@ import posixpath
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 
 import fsspec
 import pyarrow.parquet as pq
+
+from pipeline.settings import setting
 
 INPUT_FORMATS = ("auto", "folder", "tar", "parquet")
 DUPLICATE_ID_POLICIES = ("suffix", "error")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MASK_SUFFIX = ".mask.png"
+
+
+@dataclass(kw_only=True)
+class InputSettings:
+    """How an input URI becomes shards of records."""
+
+    input: str = setting(MISSING, "Dataset URI: a folder of images (recursive), a folder or file of webdataset "
+                                  ".tar shards, or .parquet files; local or any fsspec URI.")
+    input_format: str = setting("auto", "Input layout; auto looks at the files.", choices=INPUT_FORMATS)
+    shard_size: int = setting(1000, "Images per shard for folder inputs.")
+    image_column: str = setting("image", "Parquet column holding image bytes.")
+    id_column: str | None = setting(None, "Parquet column holding image ids (default: <file>/<row>).")
+    on_duplicate_id: str = setting("suffix", "An id seen again (Parquet id column, repeated tar key): suffix keeps "
+                                             "it as 'id~1', 'id~2', ... in plan order; error refuses the input "
+                                             "before any work.", choices=DUPLICATE_ID_POLICIES)
+
+    def check(self) -> None:
+        if self.shard_size < 1:
+            raise ValueError("--shard-size must be at least 1")
 
 
 @dataclass

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from pipeline.models.encoder import Encoder, encode
-from pipeline.models.stylegan2 import Generator
-from pipeline.priors.gaussian import GaussianizedPrior
-from pipeline.stages.identity import IdentityModel
+from pipeline.models.encoder import encode
+from pipeline.models.model_set import ModelSet
 
 
 @dataclass
-class EvalModels:
-    G: Generator
-    E: Encoder | None
-    prior: GaussianizedPrior
-    perceptual: nn.Module | None
-    identity: IdentityModel
-    realism: object  # Callable[[Tensor], float]: KID of an image set against the real images
-    names: dict[str, str] = field(default_factory=dict)  # perceptual, identity, features
+class EvalModels(ModelSet):
+    """The models of the studies, plus the realism distance to the real images."""
 
-    @property
-    def device(self) -> torch.device:
-        return self.G.w_avg.device
+    realism: object = None  # Callable[[Tensor], float]: KID of an image set against the real images
 
 
 def initial_latents(models: EvalModels, images: torch.Tensor) -> torch.Tensor:

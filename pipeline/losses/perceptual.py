@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from pipeline.models.model_settings import PERCEPTUAL_KINDS
 from pipeline.models.stylegan2 import Discriminator
-
-PERCEPTUAL_KINDS = ("lpips", "discriminator", "none")
 
 
 def build_perceptual(kind: str, *, discriminator: Discriminator | None = None, lpips_net: str = "vgg",

@@ -18,16 +18,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from pipeline.devices import resolve_device
 from pipeline.imaging import grid_image, png_bytes
-from pipeline.models.checkpoints import load_generator
-from pipeline.models.fingerprint import fingerprint
-from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.report.svg_charts import histogram_svg, line_chart_svg
 from pipeline.report.tradeoff import TradeoffPoint, compression_truncation_curve
-from pipeline.stages.identity import load_identity_model
 from pipeline.store.derived_outputs import inputs_key, reuse_or_compute
-from pipeline.store.latent_store import latent_array, read_latents, read_store_metadata
-from pipeline.store.store_inputs import load_store_inputs_by_id
+from pipeline.store.latent_store import latent_array
+from pipeline.store.store import Store, open_store
 from pipeline.uris import write_bytes
 
 SHEET_COLUMNS = ("input", "w_encoded", "w_refined", "w_compressed")
@@ -84,18 +81,17 @@ def _histograms(frame: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     return charts
 
 
-def _curve(G: Any, meta: dict[str, Any], rows: pd.DataFrame, inputs: dict[str, torch.Tensor],
+def _curve(store: Store, G: Any, rows: pd.DataFrame, inputs: dict[str, torch.Tensor],
            device: torch.device) -> tuple[str, list[TradeoffPoint]]:
     """The compression-vs-truncation chart, or a sentence saying why there is none."""
-    settings = meta.get("settings", {})
+    meta = store.metadata
     if not meta.get("prior"):
         return "<p>No prior was used for this store, so there is no compression curve.</p>", []
     if "w_refined" not in rows or rows.empty:
         return "<p>No refined latents, so there is no compression curve.</p>", []
     try:
-        prior = GaussianizedPrior.load(meta["prior"], generator=G).to(device)
-        identity, name = load_identity_model(settings.get("identity_model", "facenet"),
-                                             facenet_weights=settings.get("facenet_weights"), device=device)
+        models = store.load_models(device, prior=True, identity=True)
+        prior, identity, name = models.prior, models.identity, models.names["identity"]
     except (OSError, ValueError) as exc:
         return f"<p>No compression curve: {html.escape(str(exc))}</p>", []
     ws = torch.from_numpy(latent_array(rows, "w_refined", meta["latent_shape"]))
@@ -209,14 +205,13 @@ def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, ge
                                       device=device))
 
 
-def _build_report(store: str, *, sheet_size: int, curve_images: int, generator: str | None,
+def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: str | None,
                   device: str | torch.device) -> str:
-    device = torch.device(device)
-    meta = read_store_metadata(store)
-    frame = read_latents(store).sort_values("image_id", kind="stable").reset_index(drop=True)
-    G = load_generator(generator or meta["generator"], device=device)
-    if fingerprint(G) != meta["generator_fingerprint"]:
-        raise ValueError(f"--generator is not the generator this store was made with ({meta['generator_fingerprint']})")
+    device = resolve_device(device)
+    opened = open_store(uri)
+    store, meta = opened.uri, opened.metadata
+    frame = opened.to_pandas().sort_values("image_id", kind="stable").reset_index(drop=True)
+    G = opened.load_models(device, generator=generator).G
     ok = frame[frame["status"] == "ok"]
     errors = frame[frame["status"] != "ok"]
     sections = []
@@ -246,8 +241,7 @@ def _build_report(store: str, *, sheet_size: int, curve_images: int, generator: 
         shown.append(ok[ok["image_id"].isin(set(outliers["image_id"]) | set(duplicates["image_id"])
                                             | set(duplicates["duplicate_of"]))])
     shown_rows = pd.concat(shown).drop_duplicates("image_id")
-    inputs = load_store_inputs_by_id(store, meta, shown_rows["shard"].tolist(),
-                                     shown_rows["image_id"].tolist()) if len(shown_rows) else {}
+    inputs = opened.read_inputs(shown_rows["shard"].tolist(), shown_rows["image_id"].tolist()) if len(shown_rows) else {}
 
     if not ok.empty:
         for title, name, rows in (("A random sample", "sample", sample), ("The worst reconstructions (highest MSE)",
@@ -265,7 +259,7 @@ def _build_report(store: str, *, sheet_size: int, curve_images: int, generator: 
     if charts:
         sections.append("<h2>Metrics</h2><div class='charts'>" + "".join(charts) + "</div>")
 
-    chart, points = _curve(G, meta, curve_rows, inputs, device)
+    chart, points = _curve(opened, G, curve_rows, inputs, device)
     table = ""
     if points:
         table = "<table><tr><th>method</th><th>tau / psi</th><th>prior NLL / w_dim</th><th>identity cosine</th>" \

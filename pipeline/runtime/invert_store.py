@@ -16,12 +16,10 @@ import posixpath
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import fsspec
 
 from pipeline.data.sources import ShardSpec, plan_shards
-from pipeline.models.fingerprint import fingerprint
 from pipeline.runtime.config import InvertConfig
 from pipeline.stages.chain import InversionModels
 from pipeline.store.latent_store import failed_entries, manifest_entries, remove_shard
@@ -78,18 +76,6 @@ def _check_output(output: str) -> None:
         raise ValueError(f"--output {output} is not writable (checked {existing}); choose another --output")
 
 
-def model_fingerprints(models: InversionModels) -> dict[str, str | None]:
-    """The fingerprint of every model that shapes a row (None where a stage does not use one)."""
-    def fp(module: Any, name: str | None = None) -> str | None:
-        if module is None:
-            return None
-        return fingerprint(module) if name is None else f"{name}:{fingerprint(module)}"
-
-    return {"generator": fp(models.G), "encoder": fp(models.E), "prior": fp(models.prior),
-            "perceptual": fp(models.perceptual, models.names.get("perceptual")),
-            "identity": fp(models.identity, models.names.get("identity"))}
-
-
 def _forget_everything(store: str) -> None:
     """--overwrite: every shard of the store goes (manifest entries first), whatever its recipe."""
     for shard in sorted(set(manifest_entries(store)) | set(failed_entries(store))):
@@ -110,7 +96,7 @@ def prepare_store(config: InvertConfig, models: InversionModels, *,
             _forget_everything(store)
         shards = fresh_plan if fresh_plan is not None else _plan(config)
         plan = [dataclasses.asdict(s) for s in shards]
-        recipe = make_recipe(config.to_dict(), plan, model_fingerprints(models))
+        recipe = make_recipe(config.to_dict(), plan, models.fingerprints())
         if not config.overwrite and manifest_entries(store):
             raise mismatch_error(config.output, ["the store has finished shards but no plan.json: it was not made "
                                                  "by this version of latentmill"])
@@ -121,7 +107,7 @@ def prepare_store(config: InvertConfig, models: InversionModels, *,
         return PreparedStore(shards, list(shards))
     plan = saved["shards"]
     shards = [ShardSpec(**spec) for spec in plan]
-    recipe = make_recipe(config.to_dict(), plan, model_fingerprints(models))
+    recipe = make_recipe(config.to_dict(), plan, models.fingerprints())
     stored = read_json_if_exists(f"{store}/{RECIPE_FILE}")
     if stored is None:
         raise mismatch_error(config.output, [f"no {RECIPE_FILE}: the store does not record its recipe"])

@@ -48,15 +48,19 @@ def init_ray(address: str | None) -> None:
                  runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::UserWarning"}})
 
 
-def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummary) -> RunSummary:
-    """Process `shards` on a pool of `config.concurrency` actors; fills and returns `summary`."""
+def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummary,
+               processor_class: type | None = None) -> RunSummary:
+    """Process `shards` on a pool of `config.concurrency` actors; fills and returns `summary`.
+
+    processor_class: the actor's class, ShardProcessor by default (a subclass may add behaviour,
+    e.g. fault injection in the tests)."""
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
     from pipeline.runtime.shard_processor import ShardProcessor
 
     init_ray(config.address)
-    Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor)(ShardProcessor)
+    Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor)(processor_class or ShardProcessor)
     size = min(config.concurrency, max(len(shards), 1))
     actors = [Actor.remote(config) for _ in range(size)]
     queue: deque[tuple[ShardSpec, int]] = deque((spec, 1) for spec in shards)

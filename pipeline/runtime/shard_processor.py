@@ -13,50 +13,35 @@ error rows. A shard fails only for infrastructure reasons (its worker dies, stor
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.data.align import FaceAligner
-from pipeline.data.decode import Decoded, decode_image, decode_mask
+from pipeline.data.decode import Decoded, DecodeSettings, decode_mask
 from pipeline.data.sources import InputRecord, ShardSpec, read_shard
-from pipeline.losses.perceptual import build_perceptual
-from pipeline.models.checkpoints import generator_of, load_networks
-from pipeline.models.encoder import load_encoder
 from pipeline.models.fingerprint import fingerprint
-from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.models.model_set import load_model_set
 from pipeline.runtime.config import InvertConfig
-from pipeline.stages.chain import InversionModels, invert_batch
-from pipeline.stages.identity import load_identity_model
+from pipeline.settings import narrow
+from pipeline.stages.chain import NOISE_MODE, InversionModels, invert_batch
+from pipeline.stages.inversion_settings import InversionSettings
 from pipeline.store.latent_store import write_shard
 from pipeline.store.schema import SCHEMA_VERSION, latents_schema
 
 
 def load_models(config: InvertConfig, device: torch.device) -> InversionModels:
     """Every model the configured stages need, checked against the generator; errors name the setting."""
-    networks = load_networks(config.generator, device=device, setting="--generator")
-    G = generator_of(networks, source=config.generator)
-    E = load_encoder(config.encoder, generator=G, device=device) if config.encoder else None
-    prior = GaussianizedPrior.load(config.prior, generator=G).to(device) if config.prior else None
-    perceptual = None
-    if "refine" in config.stages:
-        perceptual = build_perceptual(config.perceptual, discriminator=networks.get("D"),
-                                      lpips_weights=config.lpips_weights)
-        perceptual = perceptual.to(device) if perceptual is not None else None
-    identity, identity_name = None, "none"
-    if "identity" in config.stages:
-        identity, identity_name = load_identity_model(config.identity_model, facenet_weights=config.facenet_weights,
-                                                      device=device)
-    names = {"perceptual": config.perceptual if perceptual is not None else "none", "identity": identity_name}
-    return InversionModels(G=G, E=E, prior=prior, perceptual=perceptual, identity=identity, names=names)
+    return load_model_set(config.generator, device=device, encoder=config.encoder, prior=config.prior,
+                          perceptual=config.perceptual if "refine" in config.stages else "none",
+                          lpips_weights=config.lpips_weights,
+                          identity_model=config.identity_model if "identity" in config.stages else None,
+                          facenet_weights=config.facenet_weights)
 
 
 def _ray_node_id() -> str | None:
@@ -86,11 +71,13 @@ class ShardProcessor:
             "encoder": config.encoder, "encoder_fingerprint": fingerprint(self.models.E) if self.models.E else None,
             "prior": config.prior, "prior_generator_fingerprint": self.generator_fingerprint if config.prior else None,
             "num_ws": G.num_ws, "w_dim": G.w_dim, "img_resolution": G.img_resolution, "img_channels": G.img_channels,
-            "noise_mode": "const", "perceptual_metric": self.models.names["perceptual"],
+            "noise_mode": NOISE_MODE, "perceptual_metric": self.models.names["perceptual"],
             "identity_model": self.models.names["identity"], "settings": config.to_dict(),
         }
         self.schema = latents_schema(G.num_ws, G.w_dim, latent_dtype=config.latent_dtype, metadata=metadata)
-        self.aligner = FaceAligner() if config.align == "faces" else None
+        self.decoding = narrow(config, DecodeSettings)
+        self.aligner = self.decoding.aligner()
+        self.stage_settings = narrow(config, InversionSettings)
 
     def _decode(self, record: InputRecord) -> _Row:
         """One input's decode; anything it raises (a Pillow plugin's NotImplementedError, a
@@ -104,8 +91,8 @@ class ShardProcessor:
         if record.error is not None:
             return _Row(record, None, None)
         G = self.models.G
-        decoded = decode_image(record.data, resolution=G.img_resolution, policy=self.config.resize_policy,
-                               channels=G.img_channels, max_pixels=self.config.max_pixels, aligner=self.aligner)
+        decoded = self.decoding.decode(record.data, resolution=G.img_resolution, channels=G.img_channels,
+                                       aligner=self.aligner)
         mask = decoded.valid
         if decoded.ok and record.mask is not None:
             given = decode_mask(record.mask, resolution=G.img_resolution, policy=self.config.resize_policy)
@@ -114,18 +101,9 @@ class ShardProcessor:
             mask = given if mask is None else mask * given
         return _Row(record, decoded, mask)
 
-    def _maybe_crash(self, shard: str) -> None:
-        if shard in self.config.crash_once_on_shards:
-            marker = Path(self.config.output.removeprefix("file://")) / ".crash-markers" / shard
-            if not marker.exists():
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
-                os._exit(1)  # simulate a machine or process failure mid-shard
-
     def process(self, spec: ShardSpec, attempt: int = 1) -> dict[str, Any]:
         """Run one shard and write its Parquet file and manifest entry; returns the manifest entry."""
         start = time.perf_counter()
-        self._maybe_crash(spec.shard_id)
         records = list(read_shard(spec))
         columns: dict[str, list] = {f.name: [None] * len(records) for f in self.schema}
         rows: list[_Row] = []
@@ -179,7 +157,7 @@ class ShardProcessor:
             masks = torch.from_numpy(np.stack([rows[i].mask if rows[i].mask is not None else full for i in index]))
         ids = [rows[i].record.image_id for i in index]
         try:
-            out = invert_batch(self.models, self.config.settings(), images, masks, ids)
+            out = invert_batch(self.models, self.stage_settings, images, masks, ids)
         except Exception as exc:  # NaNs, out of memory, a model error: find the inputs that cause it
             if len(index) > 1:  # results do not depend on batching, so halves give the same rows
                 half = len(index) // 2

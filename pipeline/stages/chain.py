@@ -8,46 +8,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
 from pipeline.losses.pixel import masked_mse
-from pipeline.models.encoder import Encoder, encode
+from pipeline.models.encoder import encode
+from pipeline.models.model_set import ModelSet
 from pipeline.models.stylegan2 import Generator
-from pipeline.priors.gaussian import GaussianizedPrior
-from pipeline.stages.identity import IdentityModel, identity_cosine
+from pipeline.stages.identity import identity_cosine
+from pipeline.stages.inversion_settings import InversionSettings
 from pipeline.stages.refine import refine
 
-STAGES = ("encode", "refine", "compress", "identity")
+# Noise maps of every stored reconstruction: the generator's stored constant maps, so a latent
+# renders to the same image wherever it is read back.
+NOISE_MODE = "const"
 
 
-@dataclass
-class InversionSettings:
-    stages: tuple[str, ...] = STAGES
-    steps: int = 200  # refinement steps per image
-    lr: float = 0.1
-    pixel_weight: float = 1.0
-    perceptual_weight: float = 1.0
-    prior_weight: float = 0.01
-    latent_space: str = "w+"
-    tau: float = 3.0  # compression threshold, in units of sigma
-    precision: str = "fp32"
-    early_stop_patience: int = 0
-    noise_mode: str = "const"
-    compile: bool = False
-
-
-@dataclass
-class InversionModels:
-    G: Generator
-    E: Encoder | None = None
-    prior: GaussianizedPrior | None = None
-    perceptual: nn.Module | None = None
-    identity: IdentityModel | None = None
-    names: dict[str, str] = field(default_factory=dict)  # e.g. {"perceptual": "lpips-vgg"}
+InversionModels = ModelSet  # what invert_batch runs on: G and the models made for it
 
 
 def image_seed(image_id: str) -> int:
@@ -79,18 +57,13 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
         with torch.no_grad():
             ws = encode(models.E, images, masks).float()
         out["w_encoded"] = _np(ws)
-        out["mse_encoded"] = _np(masked_mse(_render(G, ws, settings.noise_mode), images, masks))
+        out["mse_encoded"] = _np(masked_mse(_render(G, ws, NOISE_MODE), images, masks))
         if prior is not None:
             out["prior_nll_encoded"] = _np(prior.nll(ws))
 
     if "refine" in settings.stages:
-        result = refine(G, images, ws, masks=masks, steps=settings.steps, lr=settings.lr,
-                        pixel_weight=settings.pixel_weight, perceptual=models.perceptual,
-                        perceptual_weight=settings.perceptual_weight, prior=prior, prior_weight=settings.prior_weight,
-                        latent_space=settings.latent_space, noise_mode=settings.noise_mode,
-                        early_stop_patience=settings.early_stop_patience, precision=settings.precision,
-                        compile=settings.compile,
-                        seeds=[image_seed(i) for i in image_ids])
+        result = refine(G, images, ws, settings, masks=masks, perceptual=models.perceptual, prior=prior,
+                        noise_mode=NOISE_MODE, seeds=[image_seed(i) for i in image_ids])
         ws, recon = result.ws, result.images
         out["w_refined"] = _np(ws)
         out["refine_steps"] = result.steps_run.cpu().numpy().astype(np.int32)
@@ -99,7 +72,7 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
         if prior is not None:
             out["prior_nll_refined"] = _np(prior.nll(ws))
     else:
-        recon = _render(G, ws, settings.noise_mode)
+        recon = _render(G, ws, NOISE_MODE)
     out["mse"] = _np(masked_mse(recon, images, masks))
 
     compressed = None
@@ -113,7 +86,7 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
     if "identity" in settings.stages and models.identity is not None:
         out["id_cosine_refined"] = _np(identity_cosine(models.identity, images, recon))
         if compressed is not None:
-            cmp_images = _render(G, compressed, settings.noise_mode)
+            cmp_images = _render(G, compressed, NOISE_MODE)
             out["id_cosine_compressed"] = _np(identity_cosine(models.identity, images, cmp_images))
     for key in ("w_encoded", "w_refined", "w_compressed"):
         if key in out:

@@ -14,11 +14,13 @@ elementwise, so a batch of N gives the result of N runs of one, up to float roun
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +30,8 @@ from tqdm.auto import tqdm
 from pipeline.losses.pixel import masked_mse
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.stages.inversion_settings import LATENT_SPACES, PRECISIONS, RefineSettings
 
-LATENT_SPACES = ("w+", "w")
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -105,32 +106,30 @@ def refine(
     G: Generator,
     images: torch.Tensor,  # [N, C, H, W] targets in [-1, 1]
     init_ws: torch.Tensor,  # [N, num_ws, w_dim] starting latents (encoder output, or w_avg)
+    settings: RefineSettings | None = None,  # the user-facing settings; keywords of the same names override them
     *,
     masks: torch.Tensor | None = None,  # [N, 1, H, W], 1 = known pixel; losses see known pixels only
-    steps: int = 200,
-    lr: float = 0.1,  # peak Adam learning rate (official projector: 0.1)
+    perceptual: nn.Module | None = None,  # from pipeline.losses.perceptual.build_perceptual
+    prior: GaussianizedPrior | None = None,
+    seeds: Sequence[int] | None = None,  # per-image random streams (default: position in the batch)
+    progress: bool = False,
+    # The official projector's recipe beyond the settings (benchmarks and the evaluation baseline use them):
     lr_rampup: float = 0.05,  # fraction of steps of linear warm-up
     lr_rampdown: float = 0.25,  # fraction of steps of cosine ramp-down
-    latent_space: str = "w+",  # 'w+': a w per layer; 'w': one w for all layers (official projector)
-    pixel_weight: float = 1.0,
-    perceptual: nn.Module | None = None,  # from pipeline.losses.perceptual.build_perceptual
-    perceptual_weight: float = 1.0,
-    prior: GaussianizedPrior | None = None,
-    prior_weight: float = 0.01,  # times NLL / w_dim (about 1 for typical latents)
     noise_mode: str = "const",  # noise maps when they are not optimized
     optimize_noise: bool = False,  # optimize per-image noise maps too (official projector: yes)
     noise_regularize_weight: float = 1e5,
     w_noise_factor: float = 0.0,  # perturb w by this * w_std, decaying to 0 at noise_ramp (official: 0.05)
     noise_ramp: float = 0.75,
-    early_stop_patience: int = 0,  # stop an image after this many steps without improvement; 0 = never
-    early_stop_tol: float = 1e-3,  # relative improvement of its total loss that counts
-    seeds: Sequence[int] | None = None,  # per-image random streams (default: position in the batch)
-    precision: str = "fp32",  # 'bf16'/'fp16' run G and the perceptual net under autocast
+    early_stop_tol: float = 1e-3,  # relative improvement of an image's total loss that counts as progress
     fused_modconv: bool | None = None,
-    compile: bool = False,  # torch.compile G's synthesis (compiled once per generator; pays off on GPUs)
-    progress: bool = False,
+    **overrides: Any,  # RefineSettings fields, e.g. steps=100
 ) -> RefineResult:
     """Optimize one latent per image; returns refined ws, reconstructions and per-image final losses."""
+    settings = dataclasses.replace(settings or RefineSettings(), **overrides)
+    steps, lr, latent_space, precision = settings.steps, settings.lr, settings.latent_space, settings.precision
+    pixel_weight, perceptual_weight, prior_weight = settings.pixel_weight, settings.perceptual_weight, settings.prior_weight
+    early_stop_patience = settings.early_stop_patience
     if latent_space not in LATENT_SPACES:
         raise ValueError(f"latent_space must be one of {LATENT_SPACES}, got {latent_space!r}")
     if precision not in PRECISIONS:
@@ -156,7 +155,7 @@ def refine(
     def expand(lat: torch.Tensor) -> torch.Tensor:
         return lat[:, None].expand(-1, num_ws, -1) if latent_space == "w" else lat  # [N, num_ws, w_dim]
 
-    synthesize = compiled_synthesis(G) if compile else G.synthesis
+    synthesize = compiled_synthesis(G) if settings.compile else G.synthesis
 
     def losses_at(ws: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         with _autocast(device, precision):

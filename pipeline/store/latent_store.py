@@ -1,12 +1,8 @@
-"""The latent store on disk (any fsspec URI): one Parquet file per input shard plus a manifest.
+"""Writing and reading the rows of a latent store (its file layout: pipeline/store/layout.py).
 
-    STORE/latents/part-<shard>.parquet    written atomically (temp + rename on local disks)
-    STORE/manifest/<shard>.json           written after the data file: the shard is done
-    STORE/manifest/<shard>.failed.json    a shard that failed after its retries (with traceback)
-    STORE/manifest.json                   a summary of the run (rewritten at the end of each run)
-
-A rerun lists `manifest/*.json` and skips finished shards, so a killed job resumes with no
-duplicates and no gaps (img2dataset's incremental mode).
+A shard's Parquet file is written atomically (temp + rename on local disks), then its manifest
+entry: a rerun lists `manifest/*.json` and skips finished shards, so a killed job resumes with no
+duplicates and no gaps (img2dataset's incremental mode). Readers go through `open_store`.
 """
 
 from __future__ import annotations
@@ -23,20 +19,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.store.schema import LATENT_COLUMNS, store_metadata
+from pipeline.store import layout
+from pipeline.store.layout import manifest_file, shard_file
+from pipeline.store.schema import LATENT_COLUMNS
 from pipeline.uris import write_bytes
-
-
-def _join(root: str, *parts: str) -> str:
-    return posixpath.join(root.rstrip("/"), *parts)
-
-
-def shard_file(store: str, shard: str) -> str:
-    return _join(store, "latents", f"part-{shard}.parquet")
-
-
-def manifest_file(store: str, shard: str, *, failed: bool = False) -> str:
-    return _join(store, "manifest", f"{shard}{'.failed' if failed else ''}.json")
 
 
 def write_parquet(uri: str, table: pa.Table, *, compression: str = "snappy") -> None:
@@ -61,7 +47,7 @@ def record_failure(store: str, shard: str, entry: dict[str, Any]) -> None:
 
 def manifest_entries(store: str) -> dict[str, dict[str, Any]]:
     """Finished shards: shard id -> its manifest entry."""
-    fs, root = fsspec.core.url_to_fs(_join(store, "manifest"))
+    fs, root = fsspec.core.url_to_fs(layout.join(store, layout.MANIFEST))
     if not fs.isdir(root):
         return {}
     entries = {}
@@ -73,7 +59,7 @@ def manifest_entries(store: str) -> dict[str, dict[str, Any]]:
 
 
 def failed_entries(store: str) -> dict[str, dict[str, Any]]:
-    fs, root = fsspec.core.url_to_fs(_join(store, "manifest"))
+    fs, root = fsspec.core.url_to_fs(layout.join(store, layout.MANIFEST))
     if not fs.isdir(root):
         return {}
     return {posixpath.basename(p)[: -len(".failed.json")]: json.loads(fs.cat_file(p))
@@ -91,29 +77,6 @@ def remove_shard(store: str, shard: str) -> None:
 def data_files(store: str) -> list[str]:
     """The Parquet files of finished shards (files without a manifest entry are not part of the store)."""
     return [shard_file(store, shard) for shard in sorted(manifest_entries(store))]
-
-
-def read_latents(store: str, *, columns: Iterable[str] | None = None) -> pd.DataFrame:
-    """All rows of a store as a DataFrame (latent columns hold numpy arrays)."""
-    files = data_files(store)
-    if not files:
-        raise FileNotFoundError(f"{store}: no finished shards (is this a latentmill store?)")
-    tables = []
-    for uri in files:
-        fs, path = fsspec.core.url_to_fs(uri)
-        with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f, columns=list(columns) if columns else None))
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
-
-
-def read_store_metadata(store: str) -> dict[str, Any]:
-    """Generator, latent shape and settings recorded in the store's schema."""
-    files = data_files(store)
-    if not files:
-        raise FileNotFoundError(f"{store}: no finished shards")
-    fs, path = fsspec.core.url_to_fs(files[0])
-    with fs.open(path, "rb") as f:
-        return store_metadata(pq.read_schema(f))
 
 
 def latent_array(frame: pd.DataFrame, column: str, latent_shape: Iterable[int]) -> np.ndarray:

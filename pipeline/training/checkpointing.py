@@ -29,8 +29,13 @@ def latest_checkpoint(output: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def checkpoint_state(directory: Path) -> dict[str, Any]:
+    """The step and any extra state a checkpoint saved (e.g. the path-length mean)."""
+    return json.loads((directory / "state.json").read_text())
+
+
 def checkpoint_step(directory: Path) -> int:
-    return json.loads((directory / "state.json").read_text())["step"]
+    return checkpoint_state(directory)["step"]
 
 
 def save_checkpoint(directory: Path, networks: Mapping[str, nn.Module], optimizers: Mapping[str, Any], step: int,

@@ -1,7 +1,10 @@
-"""Gradient averaging across data-parallel workers, by hand (as StyleGAN2-ADA does).
+"""Gradient averaging across data-parallel workers, by hand (as StyleGAN2-ADA does): the one
+gradient-synchronisation approach of every latentmill training job.
 
-The GAN losses call the generator's sub-networks (mapping, synthesis) directly, which a DDP wrapper
-would not see; averaging every gradient after backward works whatever the call pattern.
+Why not DDP: the GAN losses call the generator's sub-networks (mapping, synthesis) directly and
+run lazy regularizers on some steps only, which a DDP wrapper would not see (or would see as unused
+parameters); averaging every gradient after backward works whatever the call pattern, costs one
+flat all-reduce per update, and keeps the encoder and identity loops identical in structure.
 """
 
 from __future__ import annotations

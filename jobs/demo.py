@@ -1,0 +1,42 @@
+"""`latentmill demo`: the whole pipeline on the bundled demo model and emoji sample.
+
+invert -> curate -> rebalance (faces are under-represented among emoji) -> report, each step
+reused when an earlier run already made it with the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from jobs import curate, invert, rebalance
+from pipeline.demo import demo_config
+
+
+def run(output: str, *, limit: int | None = None, steps: int = 100, batch_size: int = 48, num_gpus: float = 0.0,
+        address: str | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> str:
+    """Run the demo into OUTPUT; returns the report's URI. `echo` receives one line per step."""
+    from pipeline.report.html_report import build_report
+
+    config = demo_config(output, limit=limit, steps=steps, batch_size=batch_size, address=address,
+                         num_gpus=num_gpus, progress=progress)
+    device = "cuda" if num_gpus > 0 else "cpu"
+    summary = invert.run(config)
+    if summary.shards_done == 0 and summary.shards_skipped:
+        echo(f"invert: reused: all {summary.shards_skipped} shards were already done; latents: {config.output}/latents/")
+    else:
+        echo(f"inverted {summary.rows} images ({summary.ok} ok, {summary.errors} errors) in "
+             f"{summary.seconds:.0f} s; latents: {config.output}/latents/")
+    flags = curate.run(curate.CurateConfig(store=config.output, device=device))
+    echo(("curate: reused: " if flags.get("reused") else "curate: ") +
+         f"{flags['outliers']} outliers, {flags['duplicates']} near-duplicates, "
+         f"{flags['bad_reconstructions']} bad reconstructions")
+    try:
+        counts = rebalance.run(rebalance.RebalanceConfig(store=config.output, output=f"{output.rstrip('/')}/rebalanced",
+                                                         groups="meta:group", device=device, progress=progress))
+        echo(("rebalance: reused: " if counts.get("reused") else "rebalance: ") +
+             ", ".join(f"{g} {counts['before'][g]} -> {counts['after'][g]}" for g in counts["before"]))
+    except ValueError as exc:  # e.g. a --limit subset with a single group
+        echo(f"rebalance skipped: {exc}")
+    report = build_report(config.output, device=device)
+    echo(f"report: {report}")
+    return report

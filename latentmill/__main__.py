@@ -1,0 +1,3 @@
+from latentmill.cli import main
+
+main()

@@ -1,0 +1,59 @@
+"""The `latentmill` command: a click group whose commands are listed in workflow order.
+
+Nothing here imports torch at start-up: the commands' options are generated from torch-free
+settings dataclasses, and each command imports the library when it runs, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from latentmill.commands import checkpoints, evaluate, invert, store, training
+from pipeline.errors import LatentmillError
+
+# The order of `latentmill --help`: try it, run it, look at the result, then the tools behind it.
+COMMANDS = [invert.demo, invert.invert, invert.verify, store.report, store.curate, store.rebalance,
+            store.reconstruct, store.channels, evaluate.evaluate, training.fit_prior, training.train_encoder,
+            training.train_generator, training.train_identity, checkpoints.inspect, checkpoints.convert,
+            checkpoints.generate, training.make_demo_data]
+
+
+class _Group(click.Group):
+    """Lists commands in workflow order, and turns latentmill's own errors into one clear line and
+    exit status 2, not a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except LatentmillError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="latentmill")
+def main() -> None:
+    """latentmill: invert, score and curate image datasets through a pretrained StyleGAN2.
+
+    Weights are given as URIs (local paths, file://, s3://, gs://, https://, ...); remote files are
+    cached under $LATENTMILL_CACHE (default ~/.cache/latentmill). Checkpoints are NVlabs pickles
+    (read without running their code), rosinality .pt files, or latentmill .safetensors bundles.
+
+    \b
+    Start here:
+      latentmill demo                      # the whole pipeline on the bundled model, then report.html
+      latentmill invert --input photos/ --output out/store --generator ffhq.pkl --prior prior.safetensors
+      latentmill report out/store
+    """
+
+
+for _command in COMMANDS:
+    main.add_command(_command)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Commands that make a latent store: demo, invert, verify."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from latentmill.errors import as_usage_errors
+from latentmill.options import options_from
+from pipeline.runtime.config import InvertConfig
+
+INVERT_FIRST = ("input", "output", "generator", "encoder", "prior", "stages")
+
+
+@click.command()
+@options_from(InvertConfig, first=INVERT_FIRST)
+def invert(**options: object) -> None:
+    """Invert every image of a dataset through a StyleGAN2 into a Parquet latent store.
+
+    Stages: encode (one forward pass of the regressor), refine (batched optimization of W+ against
+    pixel + perceptual losses and the gaussianized prior), compress (PCA log-compression beyond
+    tau), identity (FaceNet cosine between input and reconstructions). Every input yields exactly
+    one row; failures are rows with status 'error' and a reason.
+
+    \b
+    Example:
+      latentmill invert --input photos/ --output out/store --generator ffhq.pkl \\
+          --encoder encoder.safetensors --prior prior.safetensors
+    """
+    from jobs.invert import run
+
+    config = InvertConfig(**options)
+    with as_usage_errors(ValueError):
+        summary = run(config)
+    click.echo(f"processed {summary.shards_done} shards ({summary.shards_skipped} already done), "
+               f"{summary.rows} images: {summary.ok} ok, {summary.errors} errors, "
+               f"{summary.images_per_second:.2f} images/s, {summary.retries} retries")
+    click.echo(f"latents: {config.output.rstrip('/')}/latents/  manifest: {config.output.rstrip('/')}/manifest.json")
+    if summary.shards_failed:
+        click.echo(f"error: {len(summary.shards_failed)} shards failed after retries: {summary.shards_failed}; "
+                   "see manifest/*.failed.json, then rerun to retry them", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("store")
+@click.option("--repair", is_flag=True, help="Move damaged shard files to STORE/quarantine/ and drop their manifest "
+              "entries, so the next invert redoes them.")
+@click.option("--quick", is_flag=True, help="Only the cheap checks (files present, footers, row counts).")
+def verify(store: str, repair: bool, quick: bool) -> None:
+    """Check every shard file of STORE against its manifest, recipe and plan; exit 1 on a problem.
+
+    Checks: each finished shard's file exists, its Parquet footer reads, its rows are the manifest's;
+    schema version, and the generator fingerprint is the recipe's; ids unique across the store;
+    every planned shard finished, failed or still to run.
+
+    \b
+    Example:
+      latentmill verify out/faces-latents
+      latentmill verify out/faces-latents --repair && latentmill invert ...   # redo what was damaged
+    """
+    from pipeline.store.store_lock import claim_store
+    from pipeline.store.verify import repair_store, verify_store
+
+    report = verify_store(store, full=not quick)
+    for line in report.lines():
+        click.echo(line)
+    if repair and report.damaged:
+        with claim_store(store):
+            moved = repair_store(store, report)
+        click.echo(f"repaired: moved {len(moved)} damaged shard file(s) aside; the next invert redoes them")
+        return
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--output", default="out/demo", show_default=True, help="Directory for the demo's latent store "
+              "(OUTPUT/store) and report (OUTPUT/store/report.html); rerunning resumes.")
+@click.option("--limit", default=None, type=int, help="Only the first N images of the bundled sample (quick runs).")
+@click.option("--steps", default=100, show_default=True, help="Refinement steps per image.")
+@click.option("--batch-size", default=48, show_default=True, help="Images per batch.")
+@click.option("--num-gpus", default=0.0, show_default=True, help="GPUs for the inversion actor (0 = CPU: then one "
+              "actor per core, up to 2, one per sample shard).")
+@click.option("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else an embedded Ray).")
+@click.option("--progress/--no-progress", default=True, help="Progress bars (--no-progress for logs).")
+def demo(output: str, limit: int | None, steps: int, batch_size: int, num_gpus: float, address: str | None,
+         progress: bool) -> None:
+    """Run the pipeline on the bundled demo model and emoji sample, then write report.html.
+
+    invert (encode, refine, compress, identity) -> curate (outliers, near-duplicates, bad
+    reconstructions) -> rebalance (faces are under-represented among emoji: compose new ones
+    through E and G) -> report. No download and no GPU needed: the generator, prior, encoder and
+    identity embedding in pipeline/assets/demo were trained by latentmill's own jobs (see its
+    MODEL_CARD.md).
+
+    \b
+    Example:
+      latentmill demo                  # about 10 minutes on 2 CPU cores
+      latentmill demo --limit 8        # a quick look
+    """
+    from jobs.demo import run
+
+    run(output, limit=limit, steps=steps, batch_size=batch_size, num_gpus=num_gpus, address=address,
+             progress=progress, echo=click.echo)

@@ -1,0 +1,193 @@
+"""Commands that read a latent store: report, curate, rebalance, reconstruct, channels."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from latentmill.errors import as_usage_errors, parse_ids
+from latentmill.options import options_from
+from pipeline.settings import DeviceSettings
+from pipeline.stages.curation_settings import CurateConfig
+from pipeline.stages.rebalance_settings import RebalanceConfig
+from pipeline.store.schema import LATENT_COLUMNS
+
+_latent_column = click.option("--column", type=click.Choice(list(LATENT_COLUMNS)), default="w_refined",
+                              show_default=True, help="Which stored latents to use.")
+_generator = click.option("--generator", default=None, help="Generator URI (default: the one recorded in the store; "
+                          "another copy of the same network is accepted, a different one refused).")
+
+
+@click.command()
+@click.argument("store")
+@click.option("--sheet-size", default=12, show_default=True, help="Images per contact sheet.")
+@click.option("--curve-images", default=48, show_default=True,
+              help="Images used for the compression-vs-truncation curve.")
+@_generator
+@options_from(DeviceSettings)
+def report(store: str, sheet_size: int, curve_images: int, generator: str | None, device: str) -> None:
+    """Write STORE/report.html: contact sheets (input | encoded | refined | compressed), histograms of
+    MSE, perceptual distance, identity cosine and prior NLL, errors, and the compression-vs-truncation
+    curve (identity kept vs distance from the prior as tau and psi vary).
+
+    \b
+    Example:
+      latentmill report out/store && xdg-open out/store/report.html
+    """
+    from pipeline.report.html_report import build_report
+
+    with as_usage_errors(FileNotFoundError, ValueError):
+        uri = build_report(store, sheet_size=sheet_size, curve_images=curve_images, generator=generator,
+                           device=device)
+    click.echo(f"report: {uri}")
+
+
+@click.command()
+@options_from(CurateConfig)
+def curate(**options: object) -> None:
+    """Flag outliers (prior NLL percentile), near-duplicates (blockwise cosine search) and bad
+    reconstructions (MSE, perceptual, identity) among the ok rows of STORE.
+
+    Writes STORE/curation/flags.parquet (schema flags v1) and summary.json; `latentmill report`
+    then shows them.
+
+    \b
+    Example:
+      latentmill curate out/store --duplicate-threshold 0.9
+    """
+    from jobs.curate import run
+
+    config = CurateConfig(**options)
+    with as_usage_errors(FileNotFoundError, ValueError):
+        summary = run(config)
+    click.echo(f"{summary['rows']} rows: {summary['outliers']} outliers, {summary['duplicates']} near-duplicates "
+               f"in {summary['duplicate_groups']} groups, {summary['bad_reconstructions']} bad reconstructions; "
+               f"{summary['flagged']} flagged")
+    click.echo(f"flags: {config.store.rstrip('/')}/curation/flags.parquet")
+
+
+@click.command()
+@options_from(RebalanceConfig, first=("groups", "output", "target", "method"))
+def rebalance(**options: object) -> None:
+    """Add realistic samples to the under-represented groups of STORE (latent-regression composition).
+
+    Every candidate is a row of OUTPUT/samples.parquet with its provenance (sources, mask, method,
+    seed, generator fingerprint) and whether it passed the quality filter; accepted images are in
+    OUTPUT/images/*.tar. Before / target / after counts go to summary.json and the store's report.
+
+    \b
+    Example:
+      latentmill rebalance out/store --groups meta:group --output out/rebalanced
+    """
+    from jobs.rebalance import run
+
+    config = RebalanceConfig(**options)
+    with as_usage_errors(FileNotFoundError, ValueError):
+        summary = run(config)
+    for group in summary["before"]:
+        click.echo(f"{group}: {summary['before'][group]} -> {summary['after'][group]} "
+                   f"(target {summary['target_counts'][group]}, added {summary['added'][group]})")
+    if summary["shortfall"]:
+        click.echo(f"short of target after {config.max_attempts} attempts per sample: {summary['shortfall']}; "
+                   "see rejected_because in samples.parquet", err=True)
+    click.echo(f"output: {config.output}")
+
+
+@click.command()
+@click.argument("store")
+@click.option("--ids", required=True, help="Comma-separated image ids, or @FILE with one id per line.")
+@click.option("--output", "--out", "out_dir", required=True, help="Directory for the PNGs (created).")
+@_latent_column
+@_generator
+@options_from(DeviceSettings)
+def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str | None, device: str) -> None:
+    """Render stored latents of STORE back into images (one PNG per id).
+
+    \b
+    Example:
+      latentmill reconstruct out/store --ids face1.png,face2.png --output renders/
+    """
+    from pathlib import Path
+
+    import torch
+    from PIL import Image
+
+    from pipeline.data.sources import IMAGE_SUFFIXES
+    from pipeline.devices import resolve_device
+    from pipeline.imaging import to_uint8
+    from pipeline.stages.chain import NOISE_MODE
+    from pipeline.store.file_names import safe_file_name
+    from pipeline.store.store import open_store
+
+    wanted = parse_ids(ids)
+    opened = open_store(store)
+    G = opened.load_models(resolve_device(device), generator=generator).G
+    frame = opened.to_pandas(["image_id", "status", column])
+    frame = frame[frame["image_id"].isin(wanted)]
+    missing = sorted(set(wanted) - set(frame["image_id"]))
+    if missing:
+        raise click.UsageError(f"ids not in the store: {missing[:5]}")
+    with as_usage_errors(ValueError):
+        ws = torch.from_numpy(opened.latents(frame, column)).to(G.w_avg.device)
+    with torch.no_grad():
+        images = to_uint8(G.synthesis(ws, noise_mode=opened.metadata.get("noise_mode", NOISE_MODE)))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for image_id, array in zip(frame["image_id"], images):
+        stem = image_id.rsplit(".", 1)[0] if image_id.lower().endswith(IMAGE_SUFFIXES) else image_id
+        name = safe_file_name(stem, f".{column}.png")
+        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(out / name)
+    click.echo(f"wrote {len(frame)} images to {out}")
+
+
+@click.command()
+@click.argument("store")
+@click.option("--positives", required=True, help="Image ids showing the attribute (10-30 suffice): comma-separated, "
+              "or @FILE with one id per line.")
+@_latent_column
+@click.option("--top-k", default=10, show_default=True, help="How many channels to list.")
+@click.option("--layers", default=None, help="Only rank these StyleSpace layers (comma-separated, e.g. b16.conv0).")
+@click.option("--include-torgb", is_flag=True, help="Also rank toRGB style channels (off, as in the paper).")
+@_generator
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def channels(store: str, positives: str, column: str, top_k: int, layers: str | None, include_torgb: bool,
+             generator: str | None, as_json: bool) -> None:
+    """Find the StyleSpace channels that control an attribute, from a few positive examples.
+
+    Ranks every channel by |mean over positives - mean over the store| / std over the store (Wu et
+    al.); the population is every 'ok' row of STORE. Edit with s_c += alpha * std_c.
+
+    \b
+    Example:
+      latentmill channels out/store --positives @smiling.txt --top-k 5
+    """
+    import torch
+
+    from pipeline.stages.stylespace import detect_channels, stats_of, styles_of
+    from pipeline.store.store import open_store
+
+    wanted = parse_ids(positives)
+    opened = open_store(store)
+    G = opened.load_models("cpu", generator=generator).G
+    frame = opened.to_pandas(["image_id", "status", column])
+    frame = frame[(frame["status"] == "ok") & frame[column].notna()]
+    missing = sorted(set(wanted) - set(frame["image_id"]))
+    if missing:
+        raise click.UsageError(f"--positives not found among the store's ok rows: {missing[:5]}")
+    if len(frame) < 3:
+        raise click.UsageError("the store needs at least 3 ok rows to estimate the population statistics")
+    styles = styles_of(G, torch.from_numpy(opened.latents(frame, column)))
+    stats = stats_of(styles)
+    mask = torch.tensor(frame["image_id"].isin(wanted).to_numpy(), dtype=torch.bool)
+    ranked = detect_channels({k: v[mask] for k, v in styles.items()}, stats, top_k,
+                             layers=layers.split(",") if layers else None, include_torgb=include_torgb)
+    if as_json:
+        click.echo(json.dumps([vars(c) for c in ranked], indent=2))
+        return
+    click.echo(f"{len(wanted)} positives against {len(frame)} rows of {store}\n")
+    click.echo(f"{'rank':>4}  {'layer':<12} {'channel':>7}  {'score':>7}  direction")
+    for rank, c in enumerate(ranked, 1):
+        click.echo(f"{rank:>4}  {c.layer:<12} {c.channel:>7}  {c.score:7.3f}  {'+' if c.sign > 0 else '-'}")
+
+

@@ -1,0 +1,85 @@
+"""Command-line options generated from a job's settings dataclass (pipeline/settings.py).
+
+A field becomes `--field-name` with the field's type, default, choices and help; a bool that
+defaults to True becomes `--name/--no-name`; a tuple becomes a comma-separated list; a field
+without a default is required (a positional argument where it is declared `positional`). The
+command receives the fields as keyword arguments and builds the dataclass from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from pipeline.settings import option_name
+
+
+def _base_type(hint: Any) -> Any:
+    """str | None -> str; tuple[int, ...] -> tuple[int, ...]."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
+
+
+def _comma_list(item_type: type) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def parse(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None or isinstance(value, tuple):
+            return value
+        try:
+            return tuple(item_type(v.strip()) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"a comma-separated list of {item_type.__name__} values") from None
+    return parse
+
+
+def _parameter(f: dataclasses.Field, hint: Any, override: dict[str, Any]) -> Callable[[Callable], Callable]:
+    meta, name = f.metadata, option_name(f.name)
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+    kind = _base_type(hint)
+    kwargs: dict[str, Any] = {"help": meta.get("help", "")}
+    if meta.get("positional"):
+        return click.argument(f.name, metavar=name.upper().replace("-", "_"))
+    if kind is bool:
+        decls = [f"--{name}/--no-{name}"] if default else [f"--{name}"]
+        kwargs.update(is_flag=True, default=bool(default))
+        if default:
+            kwargs["show_default"] = False
+    elif typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        decls = [f"--{name}"]
+        kwargs.update(type=str, callback=_comma_list(item), show_default=True,
+                      default=None if default is None else ",".join(map(str, default)))
+        if meta.get("choices"):
+            kwargs["help"] += f"  [from: {','.join(meta['choices'])}]"
+    else:
+        decls = [f"--{name}"]
+        kwargs["type"] = click.Choice(list(meta["choices"])) if meta.get("choices") else kind
+        kwargs.update(default=default, show_default=default is not None)
+    kwargs["required"] = required
+    decls += [f"--{alias}" for alias in meta.get("aliases", ())]
+    kwargs.update(override)
+    return click.option(*decls, f.name, **kwargs)
+
+
+def options_from(cls: type, *, first: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                 override: dict[str, dict[str, Any]] | None = None) -> Callable[[Callable], Callable]:
+    """Decorate a click command with one parameter per command-line field of `cls`; `first` names the
+    fields --help lists first (the rest follow in declaration order)."""
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.metadata.get("cli", False) and f.name not in exclude]
+    # positional arguments first, then options in declaration order (click applies decorators bottom-up)
+    rank = {name: i for i, name in enumerate(first)}
+    fields.sort(key=lambda f: (not f.metadata.get("positional"), rank.get(f.name, len(rank))))
+
+    def decorate(command: Callable) -> Callable:
+        for f in reversed(fields):
+            command = _parameter(f, hints[f.name], (override or {}).get(f.name, {}))(command)
+        return command
+    return decorate

@@ -1,0 +1,36 @@
+"""Which models a job uses, as settings groups shared by every command that loads them.
+
+Declared once here and inherited by the job configurations (invert, evaluate, train-encoder), so
+`--perceptual`, `--lpips-weights`, `--identity-model` and `--facenet-weights` mean the same
+everywhere. Torch-free: the command line imports it to build its options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass
+
+from pipeline.settings import setting
+
+PERCEPTUAL_KINDS = ("lpips", "discriminator", "none")
+
+
+@dataclass(kw_only=True)
+class GeneratorSettings:
+    generator: str = setting(MISSING, "Generator checkpoint URI (NVlabs .pkl, rosinality .pt, or latentmill bundle).")
+
+
+@dataclass(kw_only=True)
+class PerceptualSettings:
+    perceptual: str = setting("lpips", "Perceptual distance: LPIPS (VGG16), the checkpoint's discriminator "
+                                       "features, or none.", choices=PERCEPTUAL_KINDS)
+    lpips_weights: str | None = setting(None, "URI of LPIPS's VGG16 backbone (torchvision's vgg16 weights; "
+                                              "default: torchvision's cache).")
+
+
+@dataclass(kw_only=True)
+class IdentitySettings:
+    identity_model: str = setting("facenet", "Identity embedding: 'facenet' (InceptionResnetV1, for faces) or the "
+                                             "URI of a latentmill EmbeddingNet bundle (from train-identity; the "
+                                             "demo bundle carries one for emoji).")
+    facenet_weights: str | None = setting(None, "URI of FaceNet VGGFace2 weights for identity scores (default: "
+                                                "facenet-pytorch's cache file).")

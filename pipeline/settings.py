@@ -1,0 +1,87 @@
+"""Declaring a setting once: its name, type, default and help text live in one dataclass field.
+
+Every job's configuration is a dataclass whose fields are declared with `setting(...)`. The
+command line (latentmill/options.py) builds its options from these fields, the library takes
+the dataclass (or a narrower one it inherits from) as is, and the store records `asdict` of it:
+there is no second copy of a default or a help text to drift. This module imports nothing heavy,
+so `latentmill --help` never waits for torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import MISSING, dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def setting(default: Any = MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
+            cli: bool = True, metavar: str | None = None, default_factory: Any = MISSING,
+            positional: bool = False, aliases: tuple[str, ...] = ()) -> Any:
+    """A dataclass field that is also a documented setting.
+
+    choices: the accepted values (checked by the CLI and by `check_choices`); cli=False keeps a
+    field out of the command line; positional: a CLI argument rather than an option; aliases:
+    other option spellings accepted (hidden from help) for compatibility.
+    """
+    metadata = {"help": help, "choices": choices, "cli": cli, "metavar": metavar, "positional": positional,
+                "aliases": aliases}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def narrow(source: Any, cls: type[T]) -> T:
+    """The `cls` view of a wider settings object (e.g. the refinement settings of an InvertConfig)."""
+    return cls(**{f.name: getattr(source, f.name) for f in dataclasses.fields(cls) if f.init})
+
+
+def check_choices(settings: Any) -> None:
+    """Every field declared with choices holds one of them; raises ValueError naming the option."""
+    for f in dataclasses.fields(settings):
+        choices = f.metadata.get("choices")
+        if not choices:
+            continue
+        value = getattr(settings, f.name)
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        bad = [v for v in values if v not in choices]
+        if bad or (isinstance(value, (tuple, list)) and not value):
+            raise ValueError(f"--{option_name(f.name)}: {', '.join(map(str, bad)) or 'nothing'} is not one of "
+                             f"{', '.join(choices)}")
+
+
+def option_name(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+def help_of(cls: type, name: str) -> str:
+    """The declared help text of one setting (for messages that point at it)."""
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+# Option groups several commands share, declared once and inherited.
+
+@dataclass(kw_only=True)
+class DeviceSettings:
+    device: str = setting("auto", "Where the models run: 'auto' (CUDA if present), 'cpu', 'cuda:0', ...")
+
+
+@dataclass(kw_only=True)
+class RaySettings:
+    address: str | None = setting(None, "Ray cluster address (default: $RAY_ADDRESS, else an embedded Ray).")
+
+
+@dataclass(kw_only=True)
+class ProgressSettings:
+    progress: bool = setting(True, "Progress bars (--no-progress for logs).")
+
+
+@dataclass(kw_only=True)
+class TrainingRunSettings(RaySettings):
+    """What every training job shares: where it writes, how it is distributed, how it is seeded."""
+
+    output: str = setting(MISSING, "Output directory; rerunning with the same one resumes.")
+    num_workers: int = setting(1, "Ray Train workers (data-parallel).")
+    use_gpu: bool = setting(False, "One GPU per worker.")
+    seed: int = setting(0, "Seed of initialization and sampling.")

@@ -1,0 +1,38 @@
+"""Settings of `latentmill curate`, declared once (torch-free: the command line builds --help from them)."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass
+
+from pipeline.settings import DeviceSettings, check_choices, setting
+from pipeline.store.schema import LATENT_COLUMNS
+
+DUPLICATE_FEATURES = ("latent", "identity")
+
+
+@dataclass(kw_only=True)
+class CurateConfig(DeviceSettings):
+    store: str = setting(MISSING, "The latent store to curate.", positional=True)
+    column: str = setting("w_refined", "Which stored latents to test.", choices=LATENT_COLUMNS)
+    outlier_percentile: float = setting(99.0, "Rows whose prior NLL is above this percentile of the store are "
+                                              "outliers.")
+    duplicate_threshold: float = setting(0.95, "Cosine at or above which two rows are near-duplicates.")
+    duplicates_by: str = setting("latent", "latent: cosine of latents whitened in the prior's space; identity: cosine "
+                                           "of the inputs' identity embeddings (re-reads the inputs).",
+                                 choices=DUPLICATE_FEATURES)
+    mse_percentile: float = setting(95.0, "Rows whose MSE is above this percentile are bad reconstructions.")
+    perceptual_percentile: float = setting(95.0, "Rows whose perceptual distance is above this percentile are bad "
+                                                 "reconstructions.")
+    min_identity: float | None = setting(None, "Rows whose identity cosine is below this are bad reconstructions "
+                                               "(default: not tested).")
+    block_size: int | None = setting(None, "Rows per block of the duplicate search; memory is block x rows "
+                                           "similarities (default: about 2^28 of them, 1 GiB: 4,096 rows up to 65k "
+                                           "rows, 256 at 1M).")
+
+    def validate(self) -> None:
+        check_choices(self)
+        if not -1 <= self.duplicate_threshold <= 1:
+            raise ValueError("--duplicate-threshold is a cosine, between -1 and 1")
+        for name in ("outlier_percentile", "mse_percentile", "perceptual_percentile"):
+            if not 0 < getattr(self, name) < 100:
+                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 100")

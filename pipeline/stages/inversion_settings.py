@@ -1,0 +1,49 @@
+"""The settings of the inversion stages, declared once (name, type, default, help).
+
+`refine()` takes a `RefineSettings`; `invert_batch()` an `InversionSettings`; `InvertConfig`
+inherits both, so the command line, the library and the store's recipe read the same fields.
+Adding a refinement setting means a field here and its use in refine.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.settings import setting
+
+STAGES = ("encode", "refine", "compress", "identity")
+LATENT_SPACES = ("w+", "w")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(kw_only=True)
+class RefineSettings:
+    steps: int = setting(200, "Refinement steps per image.")
+    lr: float = setting(0.1, "Peak refinement learning rate (Adam; the official projector's 0.1).")
+    pixel_weight: float = setting(1.0, "Weight of the pixel MSE term.")
+    perceptual_weight: float = setting(1.0, "Weight of the perceptual term.")
+    prior_weight: float = setting(0.01, "Weight of the prior term (NLL / w_dim, about 1 for typical latents).")
+    latent_space: str = setting("w+", "Refine a w per layer (w+), or one w for all layers (w).", choices=LATENT_SPACES)
+    precision: str = setting("fp32", "Autocast precision of G and the perceptual net during refinement.",
+                             choices=PRECISIONS)
+    early_stop_patience: int = setting(0, "Stop an image after this many steps without improvement (0 = never).")
+    compile: bool = setting(False, "torch.compile the generator's synthesis for refinement (one-time compile per "
+                                   "actor; worth it on GPUs for long runs).")
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise ValueError("--steps must be at least 1")
+        if self.lr <= 0:
+            raise ValueError("--lr must be positive")
+
+
+@dataclass(kw_only=True)
+class InversionSettings(RefineSettings):
+    stages: tuple[str, ...] = setting(STAGES, "Comma-separated stages to run, from encode,refine,compress,identity.",
+                                      choices=STAGES)
+    tau: float = setting(3.0, "Compression threshold in units of sigma.")
+
+    def check(self) -> None:
+        super().check()
+        if self.tau <= 0:
+            raise ValueError("--tau must be positive")

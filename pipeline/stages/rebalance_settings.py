@@ -1,0 +1,42 @@
+"""Settings of `latentmill rebalance`, declared once (torch-free: the command line builds --help from them)."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass
+
+from pipeline.settings import DeviceSettings, ProgressSettings, check_choices, setting
+from pipeline.store.schema import LATENT_COLUMNS
+
+METHODS = ("compose", "sample")
+
+
+@dataclass(kw_only=True)
+class RebalanceConfig(DeviceSettings, ProgressSettings):
+    store: str = setting(MISSING, "The latent store whose groups are rebalanced.", positional=True)
+    output: str = setting(MISSING, "Where to write images/*.tar, samples.parquet, summary.json (any URI).")
+    groups: str = setting(MISSING, "How rows form groups: labels:COLUMN:URI (CSV/Parquet with image_id and COLUMN), "
+                                   "meta:KEY (a key of the inputs' JSON sidecars), "
+                                   "attribute:LAYER/CH[,LAYER/CH]:THRESHOLD (StyleSpace score, channels from "
+                                   "`latentmill channels`), or kmeans:K (clusters of whitened latents).")
+    target: str = setting("uniform", "Target distribution: 'uniform' or shares such as 'face=0.5,other=0.5'. No row "
+                                     "is removed; groups below their share get new samples.")
+    method: str = setting("compose", "compose: paste a part of a member onto another image, then E and G; sample: "
+                                     "draw near the group's latents in the whitened prior space.", choices=METHODS)
+    parts: str = setting("half,quadrants,blob", "Kinds of member parts for compose (half, quadrants, blob).")
+    column: str = setting("w_refined", "Stored latents that define groups and the sampling distribution.",
+                          choices=LATENT_COLUMNS)
+    nll_percentile: float = setting(95.0, "Quality filter: reject candidates whose prior NLL exceeds this percentile "
+                                          "of the store's rows.")
+    min_identity: float | None = setting(0.5, "Quality filter: reject candidates whose identity cosine to their "
+                                              "source is lower (needs the store's identity model).")
+    temperature: float = setting(0.7, "sample: spread around the group's mean.")
+    max_attempts: float = setting(4.0, "Candidates per needed sample before a group is given up (its shortfall is "
+                                       "reported).")
+    max_new: int | None = setting(None, "Cap on new samples in total (shares scaled down).")
+    background_pool: int = setting(512, "Store rows whose inputs serve as backgrounds for compose.")
+    batch_size: int = setting(32, "Candidates per batch.")
+    shard_size: int = setting(1000, "Samples per output tar shard.")
+    seed: int = setting(0, "Seed of picks, masks and samples.")
+
+    def validate(self) -> None:
+        check_choices(self)
