@@ -77,6 +77,15 @@ class ProgressSettings:
     progress: bool = setting(True, "Progress bars (--no-progress for logs).")
 
 
+LATENT_COLUMN_NAMES = ("w_refined", "w_encoded", "w_compressed")  # the latents table's latent columns
+
+
+@dataclass(kw_only=True)
+class LatentColumnSettings:
+    column: str = setting("w_refined", "Which stored latents to use: refined (the default), the encoder's, or the "
+                                       "compressed ones.", choices=LATENT_COLUMN_NAMES)
+
+
 @dataclass(kw_only=True)
 class TrainingRunSettings(RaySettings):
     """What every training job shares: where it writes, how it is distributed, how it is seeded."""

@@ -38,14 +38,21 @@ def synthetic_store(root: Path, G: Generator, prior: GaussianizedPrior, ws: torc
     return store
 
 
-def invert_in_process(config) -> None:
-    """What `jobs.invert.run` does, in this process and without Ray: for tests of what reads a store
-    made by a real inversion (Ray itself is tested in test_invert_job.py)."""
+
+def invert_here(cfg):
+    """What `latentmill invert` does, in this process and without Ray (claim the store, prepare it,
+    process every shard to do); returns the store's rows. For tests of what reads or guards a store
+    made by a real inversion; Ray itself is tested in test_invert_job.py."""
     from pipeline.runtime.invert_store import check_arguments, prepare_store
     from pipeline.runtime.shard_processor import ShardProcessor, load_models
+    from pipeline.store.store import read_latents
+    from pipeline.store.store_lock import claim_store
 
-    plan = check_arguments(config)
-    prepared = prepare_store(config, load_models(config, torch.device("cpu")), fresh_plan=plan)
-    processor = ShardProcessor(config)
-    for spec in prepared.todo:
-        processor.process(spec)
+    check_arguments(cfg)
+    models = load_models(cfg, torch.device("cpu"))
+    with claim_store(cfg.output):
+        prepared = prepare_store(cfg, models)
+        processor = ShardProcessor(cfg, device="cpu")
+        for spec in prepared.todo:
+            processor.process(spec)
+    return read_latents(cfg.output)

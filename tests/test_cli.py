@@ -114,3 +114,4 @@ def test_channels_ranks_stylespace_channels_of_a_store(run, fixture_dir, tmp_pat
     assert all("torgb" not in line for line in lines[3:])
     missing = run("channels", tmp_path / "store", "--positives", "nope.png")
     assert missing.exit_code == 2 and "nope.png" in missing.output
+

@@ -24,7 +24,7 @@ from pipeline.report.svg_charts import histogram_svg, line_chart_svg
 from pipeline.runtime.config import InvertConfig
 from pipeline.store.store import read_latents
 from tests.datasets import messy_folder
-from tests.stores import invert_in_process
+from tests.stores import invert_here
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def store(tmp_path_factory, fixture_dir):
                           encoder=str(root / "E.safetensors"), prior=prior,
                           identity_model=str(root / "identity.safetensors"), perceptual="discriminator", steps=3,
                           batch_size=4, shard_size=8, progress=False)
-    invert_in_process(config)
+    invert_here(config)
     return {"uri": str(root / "store"), "expected": expected}
 
 

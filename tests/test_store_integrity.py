@@ -5,6 +5,7 @@ damaged files, hostile ids and failing storage. Stores are built with the shard 
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import stat
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import fsspec
 from fsspec.implementations.memory import MemoryFileSystem
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -33,6 +33,7 @@ from pipeline.store.store_recipe import StoreRecipeMismatch
 from pipeline.store.verify import repair_store, verify_store
 from tests.conftest import tiny_discriminator, tiny_generator
 from tests.datasets import colorful, png_bytes
+from tests.stores import invert_here
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +47,6 @@ def config(generator: str, input: Path, output: Path, **overrides) -> InvertConf
     base = dict(input=str(input), output=str(output), generator=generator, stages=("refine",), steps=1,
                 perceptual="none", shard_size=8, batch_size=8, progress=False, decode_threads=2)
     return InvertConfig(**{**base, **overrides})
-
-
-def invert_here(cfg: InvertConfig) -> pd.DataFrame:
-    """What `latentmill invert` does, in this process: claim, prepare, process every shard to do."""
-    check_arguments(cfg)
-    models = load_models(cfg, cpu())
-    with claim_store(cfg.output):
-        prepared = prepare_store(cfg, models)
-        processor = ShardProcessor(cfg, device="cpu")
-        for spec in prepared.todo:
-            processor.process(spec)
-    return read_latents(cfg.output)
 
 
 def cpu():
@@ -199,6 +188,18 @@ def test_a_rerun_with_other_settings_is_refused_listing_each_difference(generato
     assert "--steps: 1 in the store, 2 now" in message and "--tau: 3.0 in the store, 2.0 now" in message
     assert "--overwrite" in message and "new --output" in message
     assert (tmp_path / "store" / "store.json").read_text() == manifest_before
+
+
+def test_a_setting_added_after_a_store_was_made_differs_only_off_its_default(generator, tmp_path):
+    source = folder(tmp_path / "in", good(2))
+    invert_here(config(generator, source, tmp_path / "store"))
+    recipe_file = tmp_path / "store" / "store.json"
+    recipe = json.loads(recipe_file.read_text())
+    del recipe["settings"]["early_stop_patience"]  # as a store made before the setting existed records it
+    recipe_file.write_text(json.dumps(recipe))
+    invert_here(config(generator, source, tmp_path / "store"))  # at its default (0): the same recipe
+    with pytest.raises(StoreRecipeMismatch, match="--early-stop-patience: <unset> in the store, 5 now"):
+        invert_here(config(generator, source, tmp_path / "store", early_stop_patience=5))
 
 
 def test_resuming_with_another_generator_is_refused(generator, tmp_path):

@@ -8,13 +8,11 @@ import click
 
 from latentmill.errors import as_usage_errors, parse_ids
 from latentmill.options import options_from
-from pipeline.settings import DeviceSettings
+from pipeline.settings import DeviceSettings, LatentColumnSettings
 from pipeline.stages.curation_settings import CurateConfig
 from pipeline.stages.rebalance_settings import RebalanceConfig
-from pipeline.store.schema import LATENT_COLUMNS
 
-_latent_column = click.option("--column", type=click.Choice(list(LATENT_COLUMNS)), default="w_refined",
-                              show_default=True, help="Which stored latents to use.")
+_latent_column = options_from(LatentColumnSettings)
 _generator = click.option("--generator", default=None, help="Generator URI (default: the one recorded in the store; "
                           "another copy of the same network is accepted, a different one refused).")
 

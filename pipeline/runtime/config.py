@@ -47,6 +47,11 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every setting's declared default (required settings have none)."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
     def validate(self) -> None:
         """Fail before any work, naming the setting."""
         check_choices(self)

@@ -111,7 +111,7 @@ def prepare_store(config: InvertConfig, models: InversionModels, *,
     stored = read_json_if_exists(f"{store}/{RECIPE_FILE}")
     if stored is None:
         raise mismatch_error(config.output, [f"no {RECIPE_FILE}: the store does not record its recipe"])
-    differences = recipe_differences(stored, recipe)
+    differences = recipe_differences(stored, recipe, defaults=InvertConfig.defaults())
     if differences:
         raise mismatch_error(config.output, differences)
     finished = manifest_entries(store)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
-from pipeline.settings import DeviceSettings, check_choices, setting
-from pipeline.store.schema import LATENT_COLUMNS
+from pipeline.settings import DeviceSettings, LatentColumnSettings, check_choices, setting
 
 DUPLICATE_FEATURES = ("latent", "identity")
 
 
 @dataclass(kw_only=True)
-class CurateConfig(DeviceSettings):
+class CurateConfig(LatentColumnSettings, DeviceSettings):
     store: str = setting(MISSING, "The latent store to curate.", positional=True)
-    column: str = setting("w_refined", "Which stored latents to test.", choices=LATENT_COLUMNS)
     outlier_percentile: float = setting(99.0, "Rows whose prior NLL is above this percentile of the store are "
                                               "outliers.")
     duplicate_threshold: float = setting(0.95, "Cosine at or above which two rows are near-duplicates.")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
-from pipeline.settings import DeviceSettings, ProgressSettings, check_choices, setting
-from pipeline.store.schema import LATENT_COLUMNS
+from pipeline.settings import DeviceSettings, LatentColumnSettings, ProgressSettings, check_choices, setting
 
 METHODS = ("compose", "sample")
 
 
 @dataclass(kw_only=True)
-class RebalanceConfig(DeviceSettings, ProgressSettings):
+class RebalanceConfig(LatentColumnSettings, DeviceSettings, ProgressSettings):
     store: str = setting(MISSING, "The latent store whose groups are rebalanced.", positional=True)
     output: str = setting(MISSING, "Where to write images/*.tar, samples.parquet, summary.json (any URI).")
     groups: str = setting(MISSING, "How rows form groups: labels:COLUMN:URI (CSV/Parquet with image_id and COLUMN), "
@@ -23,8 +22,6 @@ class RebalanceConfig(DeviceSettings, ProgressSettings):
     method: str = setting("compose", "compose: paste a part of a member onto another image, then E and G; sample: "
                                      "draw near the group's latents in the whitened prior space.", choices=METHODS)
     parts: str = setting("half,quadrants,blob", "Kinds of member parts for compose (half, quadrants, blob).")
-    column: str = setting("w_refined", "Stored latents that define groups and the sampling distribution.",
-                          choices=LATENT_COLUMNS)
     nll_percentile: float = setting(95.0, "Quality filter: reject candidates whose prior NLL exceeds this percentile "
                                           "of the store's rows.")
     min_identity: float | None = setting(0.5, "Quality filter: reject candidates whose identity cosine to their "

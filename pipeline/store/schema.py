@@ -14,10 +14,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.settings import LATENT_COLUMN_NAMES
+
 SCHEMA_NAME = "latents"
 SCHEMA_VERSION = 1
 METADATA_KEY = b"latentmill"
-LATENT_COLUMNS = ("w_encoded", "w_refined", "w_compressed")
+LATENT_COLUMNS = LATENT_COLUMN_NAMES  # declared with the --column setting, which picks one
 LATENT_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
 # name, type (None = latent list), nullable, description

@@ -41,8 +41,13 @@ def make_recipe(settings: dict[str, Any], plan: list[dict[str, Any]], models: di
             "shards": len(plan), "models": dict(sorted(models.items())), "settings": row_settings}
 
 
-def recipe_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """One line per difference: '<what>: <in the store> in the store, <this run> now'."""
+def recipe_differences(stored: dict[str, Any], current: dict[str, Any],
+                       defaults: dict[str, Any] | None = None) -> list[str]:
+    """One line per difference: '<what>: <in the store> in the store, <this run> now'.
+
+    defaults: each setting's declared default. A setting the stored recipe does not name (it was
+    added to latentmill after the store was made) differs only if this run moves it off its default:
+    at the default it reproduces what the store's rows were made with."""
     lines = []
     if stored.get("input") != current.get("input"):
         lines.append(f"--input: {stored.get('input')} in the store, {current.get('input')} now")
@@ -56,6 +61,8 @@ def recipe_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
             lines.append(f"{name} model: {_short(a)} in the store, {_short(b)} now")
     for key in sorted(set(stored.get("settings", {})) | set(current.get("settings", {}))):
         a, b = stored.get("settings", {}).get(key, "<unset>"), current.get("settings", {}).get(key, "<unset>")
+        if a == "<unset>" and defaults is not None and key in defaults and _normal(b) == _normal(defaults[key]):
+            continue
         if _normal(a) != _normal(b):
             lines.append(f"--{key.replace('_', '-')}: {_value(a)} in the store, {_value(b)} now")
     return lines
