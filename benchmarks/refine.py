@@ -10,6 +10,13 @@ Seconds per step come from timing runs of two lengths and dividing the differenc
 (setup, the final evaluation) cancel. images/s = batch / (seconds per step * steps per image).
 
   python -m benchmarks.refine --batch 16 --precision bf16
+
+With --official-repo DIR (an export of NVlabs/stylegan2-ada-pytorch), the baseline is the official
+projector's `project()` itself, unmodified, beside latentmill's refine (benchmarks/refine_official.py):
+per-step cost and FLOPs at --resolution for each of --batches, MFU against this machine's matmul
+rate, and time to the official projector's LPIPS on the bundled demo model with its encoder.
+
+  python -m benchmarks.refine --official-repo stylegan2-ada-pytorch --batches 1,2,4 --precision fp32
 """
 
 from __future__ import annotations
@@ -53,7 +60,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fused-modconv", choices=["auto", "fused", "unfused"], default="unfused")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", dest="json_path", help="also write the results here")
+    parser.add_argument("--official-repo", help="an export of NVlabs/stylegan2-ada-pytorch: compare with its project()")
+    parser.add_argument("--batches", default="1,2,4", help="with --official-repo: latentmill batch sizes timed")
+    parser.add_argument("--repeats", type=int, default=3, help="with --official-repo: interleaved timing repeats")
+    parser.add_argument("--equal-images", type=int, default=4, help="with --official-repo: demo images of part 2 "
+                        "(0 skips it)")
+    parser.add_argument("--official-steps", type=int, default=1000, help="with --official-repo: project() steps of "
+                        "part 2 (its default)")
+    parser.add_argument("--ladder", default="0,10,25,50,100,200,400", help="with --official-repo: refinement steps "
+                        "tried after the encoder, until the official LPIPS is reached")
     args = parser.parse_args(argv)
+    if args.official_repo:
+        official_main(args)
+        return
     device = torch.device(args.device)
     short, long = map(int, args.timing_steps.split(","))
     fused = {"auto": None, "fused": True, "unfused": False}[args.fused_modconv]
@@ -96,6 +115,41 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nratio (images/s): {ours_ips / base_ips:.1f}x; of which per-step throughput per image "
           f"{per_step_ratio:.2f}x and fewer steps {args.baseline_steps / args.steps:.1f}x; "
           f"GPU memory per image: {'n/a (CPU)' if memory is None else f'{memory:.0f} MiB'}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=2))
+
+
+def official_main(args: argparse.Namespace) -> None:
+    from benchmarks.official_code import OfficialCode
+    from benchmarks.refine_official import equal_lpips_row, per_step_rows
+
+    device = torch.device(args.device)
+    short, long = map(int, args.timing_steps.split(","))
+    official = OfficialCode(args.official_repo)
+    with tempfile.TemporaryDirectory() as tmp:
+        lpips = LPIPSLoss("vgg", str(save_random_backbone(Path(tmp) / "vgg.pth"))).to(device)
+    print(f"# {machine_description(device)}", file=sys.stderr)
+    rows = per_step_rows(official, official_generator(args.resolution).requires_grad_(False), lpips,
+                         batches=[int(b) for b in args.batches.split(",")], precision=args.precision, short=short,
+                         long=long, repeats=args.repeats, device=device)
+    print(f"Per image-step at {args.resolution} px, {args.precision}; peak (fp32 matmul, same run): "
+          f"{rows[0]['peak_gflop_per_s']:.0f} GFLOP/s\n")
+    print("| method | s / image-step | GFLOP / image-step | GFLOP/s | MFU | vs official |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['s_per_image_step']:.3f} | {r['gflop_per_image_step']:.1f} | "
+              f"{r['gflop_per_s']:.1f} | {r['mfu']:.0%} | {r['speed_vs_official']:.2f}x |")
+    result = {"machine": machine_description(device), "resolution": args.resolution, "precision": args.precision,
+              "per_step": rows}
+    if args.equal_images:
+        equal = equal_lpips_row(official, lpips, images=args.equal_images, official_steps=args.official_steps,
+                                ladder=[int(s) for s in args.ladder.split(",")], device=device)
+        result["equal_lpips"] = equal
+        print(f"\nDemo model, {equal['images']} images: official project() {equal['official_steps']} steps "
+              f"{equal['official_s_per_image']:.2f} s/image to LPIPS {equal['official_lpips']:.4f}; latentmill "
+              f"encoder + {equal['ours_steps']} steps {equal['ours_s_per_image']:.3f} s/image to LPIPS "
+              f"{equal['ours_lpips']:.4f} ({'reached' if equal['reached'] else 'NOT reached'}): "
+              f"{equal['speed_vs_official']:.1f}x")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=2))
 

@@ -40,7 +40,17 @@ def autocast(device: torch.device, dtype_name: str):
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    from pipeline.precision import NATIVE_BF16_FLAGS, cpu_flags
+
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    flags = cpu_flags()
+    bf16 = "unknown" if flags is None else ("native" if set(NATIVE_BF16_FLAGS) & flags else "none")
+    return (f"CPU {model} ({torch.backends.cpu.get_cpu_capability()}, bf16 {bf16}), {torch.get_num_threads()} "
+            f"threads, torch {torch.__version__}")
 
 
 def write_results(path: str | None, device: torch.device, rows: list[dict]) -> None:

@@ -17,7 +17,7 @@ import time
 import torch
 
 from pipeline.runtime.config import InvertConfig
-from pipeline.runtime.invert_store import check_arguments, prepare_store
+from pipeline.runtime.invert_store import check_arguments, pin_precision, prepare_store
 from pipeline.runtime.ray_runner import RunSummary, run_shards
 from pipeline.runtime.shard_processor import load_models
 from pipeline.store.latent_store import failed_entries, manifest_entries
@@ -28,6 +28,9 @@ from pipeline.uris import write_bytes
 def run(config: InvertConfig, *, processor_class: type | None = None) -> RunSummary:
     """Invert config.input into the store config.output; processor_class: see run_shards."""
     fresh_plan = check_arguments(config)
+    config, precision_line = pin_precision(config)
+    if precision_line:
+        print(f"latentmill: {precision_line}", file=sys.stderr)
     models = load_models(config, torch.device("cpu"))  # fail fast on any weight or compatibility problem
     with claim_store(config.output, wait=config.wait):
         prepared = prepare_store(config, models, fresh_plan=fresh_plan)

@@ -24,8 +24,15 @@ class DiscriminatorFeatureLoss(nn.Module):
         super().__init__()
         self.D = D.eval().requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def reference(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """The unit-normalized features of the images compared against (computed once per batch)."""
+        return [_unit_channels(f) for f in self.D.features(y)]
+
+    def distance(self, x: torch.Tensor, reference: list[torch.Tensor]) -> torch.Tensor:
         total = 0
-        for fx, fy in zip(self.D.features(x), self.D.features(y)):
-            total = total + (_unit_channels(fx) - _unit_channels(fy)).square().sum(dim=1).flatten(1).mean(dim=1)
+        for fx, fy in zip(self.reference(x), reference):
+            total = total + (fx - fy).square().sum(dim=1).flatten(1).mean(dim=1)
         return total
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.distance(x, self.reference(y))

@@ -63,11 +63,23 @@ class LPIPSLoss(nn.Module):
         self.model.eval().requires_grad_(False)
         self.net, self.weights_uri = net, uri
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] > MAX_RESOLUTION:
-            x = F.adaptive_avg_pool2d(x, MAX_RESOLUTION)
+    def reference(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """The unit-normalized backbone features of the images compared against: computed once per
+        batch by refinement, not at every step (they do not depend on the latent)."""
+        if y.shape[-1] > MAX_RESOLUTION:
             y = F.adaptive_avg_pool2d(y, MAX_RESOLUTION)
-        return self.model(x.float(), y.float()).flatten()
+        return [lpips.normalize_tensor(f) for f in self.model.net.forward(self.model.scaling_layer(y.float()))]
+
+    def distance(self, x: torch.Tensor, reference: list[torch.Tensor]) -> torch.Tensor:
+        """LPIPS between images x and the images whose `reference` features are given -> [N]."""
+        features = self.reference(x)
+        total = 0
+        for lin, fx, fy in zip(self.model.lins, features, reference):
+            total = total + lin((fx - fy) ** 2).mean(dim=(2, 3), keepdim=True)
+        return total.flatten()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.distance(x, self.reference(y))
 
 
 def save_random_backbone(path: str | Path, net: str = "vgg", seed: int = 0) -> Path:

@@ -52,6 +52,23 @@ def _plan(config: InvertConfig) -> list[ShardSpec]:
                        on_duplicate_id=config.on_duplicate_id)
 
 
+def pin_precision(config: InvertConfig) -> tuple[InvertConfig, str | None]:
+    """--precision auto becomes one concrete precision, decided once on the driver for the actors'
+    device (the driver's CPU stands for CPU actors), so every row of the store is made in one
+    precision and the recipe records which. Returns the pinned config and a line saying why."""
+    if config.precision != "auto":
+        return config, None
+    import torch
+
+    from pipeline.precision import resolve_precision
+
+    if config.num_gpus > 0 and not torch.cuda.is_available():
+        choice, why = "fp16", "GPU actors whose GPU this driver cannot query; fp16 runs fast on every CUDA GPU"
+    else:
+        choice, why = resolve_precision("auto", "cuda" if config.num_gpus > 0 else "cpu")
+    return dataclasses.replace(config, precision=choice), f"--precision auto: {choice} ({why})"
+
+
 def check_arguments(config: InvertConfig) -> list[ShardSpec]:
     """Every setting, the input and the output, before Ray starts; returns the input's fresh plan."""
     config.validate()

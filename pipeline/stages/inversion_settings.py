@@ -14,6 +14,7 @@ from pipeline.settings import setting
 STAGES = ("encode", "refine", "compress", "identity")
 LATENT_SPACES = ("w+", "w")
 PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_SETTINGS = ("auto", *PRECISIONS)
 
 
 @dataclass(kw_only=True)
@@ -24,8 +25,10 @@ class RefineSettings:
     perceptual_weight: float = setting(1.0, "Weight of the perceptual term.")
     prior_weight: float = setting(0.01, "Weight of the prior term (NLL / w_dim, about 1 for typical latents).")
     latent_space: str = setting("w+", "Refine a w per layer (w+), or one w for all layers (w).", choices=LATENT_SPACES)
-    precision: str = setting("fp32", "Autocast precision of G and the perceptual net during refinement.",
-                             choices=PRECISIONS)
+    precision: str = setting("auto", "Autocast precision of G and the perceptual net during refinement; auto: "
+                                     "bf16 on GPUs that support it (else fp16 with loss scaling), on CPUs bf16 "
+                                     "only where it measures faster than fp32 (else fp32).",
+                             choices=PRECISION_SETTINGS)
     early_stop_patience: int = setting(0, "Stop an image after this many steps without improvement (0 = never).")
     compile: bool = setting(False, "torch.compile the generator's synthesis for refinement (one-time compile per "
                                    "actor; worth it on GPUs for long runs).")
