@@ -27,6 +27,7 @@ from pipeline.uris import write_bytes
 
 def run(config: InvertConfig, *, processor_class: type | None = None) -> RunSummary:
     """Invert config.input into the store config.output; processor_class: see run_shards."""
+    started = time.perf_counter()
     fresh_plan = check_arguments(config)
     config, precision_line = pin_precision(config)
     if precision_line:
@@ -38,7 +39,7 @@ def run(config: InvertConfig, *, processor_class: type | None = None) -> RunSumm
             print(f"latentmill: {prepared.describe()}", file=sys.stderr)
         summary = RunSummary(shards_skipped=len(prepared.shards) - len(prepared.todo))
         if prepared.todo:
-            run_shards(config, prepared.todo, summary, processor_class)
+            run_shards(config, prepared.todo, summary, processor_class, models=models, started=started)
         entries = manifest_entries(config.output)
         totals = {"rows": sum(e["rows"] for e in entries.values()), "ok": sum(e["ok"] for e in entries.values()),
                   "errors": sum(e["errors"] for e in entries.values())}
@@ -46,6 +47,7 @@ def run(config: InvertConfig, *, processor_class: type | None = None) -> RunSumm
             "input": config.input, "shards_planned": len(prepared.shards), "shards_finished": len(entries),
             "shards_failed": sorted(failed_entries(config.output)), **totals, "settings": config.to_dict(),
             "last_run": {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         "startup_seconds": round(summary.startup_seconds, 2),
                          "shards_processed": summary.shards_done, "shards_skipped": summary.shards_skipped,
                          "retries": summary.retries, "seconds": round(summary.seconds, 2),
                          "images_per_second": round(summary.images_per_second, 4)},

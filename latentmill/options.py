@@ -19,10 +19,29 @@ import click
 from pipeline.settings import option_name
 
 
-def _base_type(hint: Any) -> Any:
-    """str | None -> str; tuple[int, ...] -> tuple[int, ...]."""
+class _IntOrWord(click.ParamType):
+    """An integer, or a word such as 'auto' (the field's default), for `int | str` settings."""
+
+    name = "integer"
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) or value == self.word:
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither an integer nor {self.word!r}", param, ctx)
+
+
+def _base_type(hint: Any, default: Any = None) -> Any:
+    """str | None -> str; int | str -> an integer or the default word; tuple[int, ...] stays."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if set(args) == {int, str} and isinstance(default, str):
+            return _IntOrWord(default)
         return args[0] if len(args) == 1 else str
     return hint
 
@@ -42,8 +61,10 @@ def _parameter(f: dataclasses.Field, hint: Any, override: dict[str, Any]) -> Cal
     meta, name = f.metadata, option_name(f.name)
     required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-    kind = _base_type(hint)
+    kind = _base_type(hint, default)
     kwargs: dict[str, Any] = {"help": meta.get("help", "")}
+    if meta.get("metavar"):
+        kwargs["metavar"] = meta["metavar"]
     if meta.get("positional"):
         return click.argument(f.name, metavar=name.upper().replace("-", "_"))
     if kind is bool:

@@ -180,3 +180,14 @@ def test_invert_and_reconstruct_from_the_command_line(ray_local, assets, tmp_pat
     bad = runner.invoke(main, ["invert", "--input", str(tmp_path), "--output", str(tmp_path / "x"), "--generator",
                                assets["generator"], "--stages", "compress"])
     assert bad.exit_code == 2 and "--prior" in bad.output
+
+
+def test_a_batch_too_large_for_the_actors_is_one_error_and_auto_is_the_default(ray_local, assets, tmp_path):
+    from pipeline.runtime.shard_processor import BatchSizeError
+
+    with pytest.raises(BatchSizeError, match="--batch-size 10000000 needs about .* use --batch-size \\d+ or "
+                                             "--batch-size auto"):
+        run(config(assets, tmp_path / "store", batch_size=10**7))
+    assert not list((tmp_path / "store" / "manifest").glob("*.json")), "no shard was started"
+    summary = run(config(assets, tmp_path / "store", batch_size="auto"))
+    assert summary.batch_size >= 1 and summary.rows == len(assets["messy"]) and summary.startup_seconds > 0

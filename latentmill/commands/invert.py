@@ -35,7 +35,8 @@ def invert(**options: object) -> None:
         summary = run(config)
     click.echo(f"processed {summary.shards_done} shards ({summary.shards_skipped} already done), "
                f"{summary.rows} images: {summary.ok} ok, {summary.errors} errors, "
-               f"{summary.images_per_second:.2f} images/s, {summary.retries} retries")
+               f"{summary.images_per_second:.2f} images/s after a start-up of {summary.startup_seconds:.1f} s, "
+               f"{summary.retries} retries")
     click.echo(f"latents: {config.output.rstrip('/')}/latents/  manifest: {config.output.rstrip('/')}/manifest.json")
     if summary.shards_failed:
         click.echo(f"error: {len(summary.shards_failed)} shards failed after retries: {summary.shards_failed}; "

@@ -36,6 +36,14 @@ class ModelSet:
     def device(self) -> torch.device:
         return self.G.w_avg.device
 
+    def to(self, device: str | torch.device) -> ModelSet:
+        """Every model moved to `device` (in place; returns self)."""
+        for name in ("G", "E", "prior", "perceptual", "identity", "D"):
+            module = getattr(self, name)
+            if module is not None:
+                setattr(self, name, module.to(device))
+        return self
+
     def fingerprints(self) -> dict[str, str | None]:
         """The fingerprint of every model that shapes a result (None where none is loaded)."""
         def fp(module: Any, name: str | None = None) -> str | None:

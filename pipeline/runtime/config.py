@@ -30,7 +30,10 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
     latent_dtype: str = setting("float32", "Storage type of the latent columns.", choices=LATENT_DTYPE_NAMES)
     overwrite: bool = setting(False, "Redo every row of --output, with this run's settings (the only way to change "
                                      "the recipe of an existing store).")
-    batch_size: int = setting(16, "Images per batch on each actor.")
+    batch_size: int | str = setting("auto", "Images per batch on each actor; auto: the largest batch whose "
+                                            "refinement fits the actor's memory with a margin (GPU: free memory "
+                                            "x --num-gpus; CPU: available memory x its share of the cores), at "
+                                            "most 64 on a GPU and 16 on a CPU.", metavar="N|auto")
     concurrency: int = setting(1, "Actors (model replicas) working in parallel.")
     num_gpus: float = setting(0.0, "GPUs per actor (0 = CPU; 0.5 packs two per GPU).")
     cpus_per_actor: float = setting(1.0, "CPUs reserved per actor.")
@@ -59,7 +62,8 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
         InputSettings.check(self)
         DecodeSettings.check(self)
         checks = [
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+             "--batch-size must be auto or at least 1"),
             (self.concurrency >= 1, "--concurrency must be at least 1"),
             (self.max_retries >= 0, "--max-retries must be 0 or more"),
             (self.decode_threads >= 1, "--decode-threads must be at least 1"),

@@ -11,6 +11,7 @@ process died, retries a shard up to `--max-retries` times, then records it as fa
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
 from collections import deque
@@ -20,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.data.sources import ShardSpec
+from pipeline.errors import LatentmillError
 from pipeline.runtime.config import InvertConfig
 from pipeline.store.latent_store import record_failure
 
@@ -34,6 +36,8 @@ class RunSummary:
     errors: int = 0
     seconds: float = 0.0
     retries: int = 0
+    startup_seconds: float = 0.0  # from the start of the run until the actors were ready
+    batch_size: int | None = None  # per actor, as chosen (--batch-size auto) or given
 
     @property
     def images_per_second(self) -> float:
@@ -49,11 +53,13 @@ def init_ray(address: str | None) -> None:
 
 
 def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummary,
-               processor_class: type | None = None) -> RunSummary:
+               processor_class: type | None = None, models: Any = None, started: float | None = None) -> RunSummary:
     """Process `shards` on a pool of `config.concurrency` actors; fills and returns `summary`.
 
     processor_class: the actor's class, ShardProcessor by default (a subclass may add behaviour,
-    e.g. fault injection in the tests)."""
+    e.g. fault injection in the tests). models: the driver's loaded models, put in Ray's object store
+    once and handed to every actor (and replacement). started: when the run began (perf_counter),
+    for the start-up time in the summary."""
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
@@ -61,8 +67,21 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
 
     init_ray(config.address)
     Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor)(processor_class or ShardProcessor)
+    models_ref = ray.put(models) if models is not None else None
     size = min(config.concurrency, max(len(shards), 1))
-    actors = [Actor.remote(config) for _ in range(size)]
+    actors = [Actor.remote(config, None, models_ref) for _ in range(size)]
+    try:
+        started_actors = ray.get([actor.ready.remote() for actor in actors])
+    except ray.exceptions.RayTaskError as exc:  # the actors cannot work (e.g. the batch does not fit)
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        if isinstance(exc.cause, LatentmillError):
+            raise exc.cause from None
+        raise
+    if started_actors[0]["note"]:
+        print(f"latentmill: {started_actors[0]['note']}", file=sys.stderr)
+    summary.batch_size = started_actors[0]["batch_size"]
+    summary.startup_seconds = time.perf_counter() - (started if started is not None else time.perf_counter())
     queue: deque[tuple[ShardSpec, int]] = deque((spec, 1) for spec in shards)
     running: dict[Any, tuple[Any, ShardSpec, int]] = {}
     idle = list(actors)
@@ -84,7 +103,7 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
             died = isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
             if died:  # the worker process is gone: replace it
                 ray.kill(actor, no_restart=True)
-                actor = Actor.remote(config)
+                actor = Actor.remote(config, None, models_ref)
             idle.append(actor)
             if attempt <= config.max_retries:
                 summary.retries += 1

@@ -27,6 +27,9 @@ from pipeline.data.decode import Decoded, DecodeSettings, decode_mask
 from pipeline.data.sources import InputRecord, ShardSpec, read_shard
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.model_set import load_model_set
+from pipeline.errors import LatentmillError
+from pipeline.runtime.batch_size import (MAX_AUTO_BATCH, actor_memory_bytes, check_batch, largest_batch,
+                                          refine_bytes_per_image)
 from pipeline.runtime.config import InvertConfig
 from pipeline.settings import narrow
 from pipeline.stages.chain import NOISE_MODE, InversionModels, invert_batch
@@ -44,6 +47,10 @@ def load_models(config: InvertConfig, device: torch.device) -> InversionModels:
                           facenet_weights=config.facenet_weights)
 
 
+class BatchSizeError(LatentmillError, ValueError):
+    """An explicit --batch-size whose refinement would not fit the actor's memory."""
+
+
 def _ray_node_id() -> str | None:
     """The Ray node this runs on (None outside Ray): recorded so a run's spread over nodes is visible."""
     import ray
@@ -59,11 +66,14 @@ class _Row:
 
 
 class ShardProcessor:
-    def __init__(self, config: InvertConfig, device: str | None = None) -> None:
+    def __init__(self, config: InvertConfig, device: str | None = None, models: InversionModels | None = None) -> None:
+        """models: the driver's loaded (and checked) models, shipped once through Ray's object store,
+        so an actor never parses a checkpoint again; loaded from the config's URIs when absent."""
+        start = time.perf_counter()
         self.config = config
         wants_gpu = config.num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device(device or ("cuda" if wants_gpu else "cpu"))
-        self.models = load_models(config, self.device)
+        self.models = models.to(self.device) if models is not None else load_models(config, self.device)
         G = self.models.G
         self.generator_fingerprint = fingerprint(G)
         metadata = {
@@ -78,6 +88,31 @@ class ShardProcessor:
         self.decoding = narrow(config, DecodeSettings)
         self.aligner = self.decoding.aligner()
         self.stage_settings = narrow(config, InversionSettings)
+        self.batch_size, self.batch_note, self.problem = self._batch_size()
+        self.startup_seconds = time.perf_counter() - start
+
+    def _batch_size(self) -> tuple[int, str, BatchSizeError | None]:
+        """(the batch size, a sentence on how it was chosen, a problem that stops this processor)."""
+        explicit = self.config.batch_size if self.config.batch_size != "auto" else None
+        if "refine" not in self.config.stages:  # no backward pass: memory is not the limit
+            return explicit or MAX_AUTO_BATCH.get(self.device.type, 16), "", None
+        per_image = refine_bytes_per_image(self.models)
+        memory = actor_memory_bytes(self.device, num_gpus=self.config.num_gpus,
+                                    cpus_per_actor=self.config.cpus_per_actor)
+        if explicit is not None:
+            problem = check_batch(explicit, per_image, memory)
+            return explicit, "", BatchSizeError(problem) if problem else None
+        batch = largest_batch(per_image, memory, self.device)
+        return batch, (f"--batch-size auto: {batch} on {self.device.type} (refinement needs about "
+                       f"{per_image / 2**20:,.0f} MiB per image at {self.models.G.img_resolution} px; this actor "
+                       f"may use {memory / 2**30:.1f} GiB)"), None
+
+    def ready(self) -> dict[str, Any]:
+        """How this processor started: seconds, batch size and how it was chosen; raises what stops it
+        (e.g. an explicit --batch-size that does not fit), so the driver reports it once, clearly."""
+        if self.problem is not None:
+            raise self.problem
+        return {"seconds": self.startup_seconds, "batch_size": self.batch_size, "note": self.batch_note}
 
     def _decode(self, record: InputRecord) -> _Row:
         """One input's decode; anything it raises (a Pillow plugin's NotImplementedError, a
@@ -103,6 +138,8 @@ class ShardProcessor:
 
     def process(self, spec: ShardSpec, attempt: int = 1) -> dict[str, Any]:
         """Run one shard and write its Parquet file and manifest entry; returns the manifest entry."""
+        if self.problem is not None:
+            raise self.problem
         start = time.perf_counter()
         records = list(read_shard(spec))
         columns: dict[str, list] = {f.name: [None] * len(records) for f in self.schema}
@@ -114,7 +151,7 @@ class ShardProcessor:
                 rows.append(row)
                 if self._fill_row(i, row, columns):
                     pending.append(i)
-                if len(pending) == self.config.batch_size:
+                if len(pending) == self.batch_size:
                     self._run_batch(pending, rows, columns)
                     pending = []
         if pending:
