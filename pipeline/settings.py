@@ -47,8 +47,8 @@ def check_choices(settings: Any) -> None:
         values = value if isinstance(value, (tuple, list)) else (value,)
         bad = [v for v in values if v not in choices]
         if bad or (isinstance(value, (tuple, list)) and not value):
-            raise ValueError(f"--{option_name(f.name)}: {', '.join(map(str, bad)) or 'nothing'} is not one of "
-                             f"{', '.join(choices)}")
+            raise ValueError(f"--{option_name(f.name)}: unknown {', '.join(map(str, bad)) or '(nothing given)'}; "
+                             f"choose from {','.join(choices)}")
 
 
 def option_name(field_name: str) -> str:

@@ -115,3 +115,11 @@ def test_channels_ranks_stylespace_channels_of_a_store(run, fixture_dir, tmp_pat
     missing = run("channels", tmp_path / "store", "--positives", "nope.png")
     assert missing.exit_code == 2 and "nope.png" in missing.output
 
+
+
+def test_a_setting_outside_its_choices_is_named_with_the_choices():
+    from pipeline.runtime.config import InvertConfig
+
+    config = InvertConfig(input="in", output="out", generator="g.pkl", prior="p", stages=("refine", "sharpen"))
+    with pytest.raises(ValueError, match="--stages: unknown sharpen; choose from encode,refine,compress,identity"):
+        config.validate()
