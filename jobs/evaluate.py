@@ -1,4 +1,4 @@
-"""`latentmill evaluate` / `python -m jobs.evaluate`: the papers' claims measured on one model.
+"""`latentmill evaluate`: the papers' claims measured on one model.
 
 Five studies (pipeline/evaluation): inversion quality against cost, the prior's effect on
 interpolation, compression against truncation, composition, StyleSpace detection. Writes

@@ -1,4 +1,4 @@
-"""`latentmill invert` / `python -m jobs.invert`: invert a dataset into a Parquet latent store on Ray.
+"""`latentmill invert`: invert a dataset into a Parquet latent store on Ray.
 
 1. Check every argument, the input (exists, not empty) and the output (a writable directory), then
    load every model once on the driver: all before Ray starts, errors naming the setting.

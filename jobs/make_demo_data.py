@@ -1,4 +1,4 @@
-"""Build the offline demo data set: `latentmill make-demo-data` / `python -m jobs.make_demo_data`.
+"""Build the offline demo data set: `latentmill make-demo-data`.
 
 No image data set can be downloaded here, but Debian's `fonts-noto-color-emoji` package can: its
 colour bitmaps (rendered by Pillow with `embedded_color=True` at size 109, the font's bitmap size)

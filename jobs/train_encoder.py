@@ -1,9 +1,9 @@
-"""Train the latent regressor on Ray Train: `latentmill train-encoder` / `python -m jobs.train_encoder`.
+"""Train the latent regressor on Ray Train: `latentmill train-encoder`.
 
 The same command trains on a laptop CPU (one worker, embedded Ray) or on a GPU cluster
 (`--num-workers N --use-gpu`, with RAY_ADDRESS or `--address`): Ray Train's TorchTrainer runs
-`train_loop_per_worker` on each worker; gradients are averaged across workers after each backward
-(pipeline/training/distributed.py, the same as every latentmill training job). Output directory:
+`train_loop_per_worker` on each worker, on the skeleton every training job shares
+(pipeline/training/loop.py: resume, seeded streams, gradient averaging, rank-0 checkpoints). Output directory:
   encoder.safetensors          the latest encoder bundle (loads with pipeline.models.encoder.load_encoder)
   checkpoints/step-XXXXXXXX/   model.safetensors (E), optimizer.pt, state.json: the resume points
   train_log.csv, eval_log.csv  per-step losses, held-out figures at each checkpoint (+ TensorBoard if installed)
@@ -18,90 +18,84 @@ from typing import Any
 
 import torch
 
+from pipeline.training.loop import TrainingTask, optimizer_step
 from pipeline.training.settings import EncoderTrainingConfig
 
-from pipeline.training.checkpointing import TrainingLogs, checkpoint_step
+__all__ = ["EncoderTrainingConfig", "run"]
+
+
+class EncoderTask(TrainingTask):
+    name, final_name = "train encoder", "encoder.safetensors"
+
+    def __init__(self, cfg: EncoderTrainingConfig, rank: int, device: torch.device) -> None:
+        from pipeline.losses.perceptual import build_perceptual
+        from pipeline.models.checkpoints import generator_of, load_networks, read_state_dict
+        from pipeline.models.encoder import Encoder, TorchvisionBackbone
+        from pipeline.training.encoder_training import LossWeights, sample_training_batch
+
+        self.cfg, self.device = cfg, device
+        networks = load_networks(cfg.generator, device=device, setting="--generator")
+        self.G = generator_of(networks, source=cfg.generator)
+        perceptual = build_perceptual(cfg.perceptual, discriminator=networks.get("D"), lpips_weights=cfg.lpips_weights)
+        self.perceptual = perceptual.to(device) if perceptual is not None else None
+        torch.manual_seed(cfg.seed)  # initial weights: the same on every worker and on every rerun
+        E = Encoder.for_generator(self.G, mode=cfg.mode, backbone=cfg.backbone, base_channels=cfg.base_channels,
+                                  max_channels=cfg.max_channels)
+        if cfg.backbone_weights and isinstance(E.backbone, TorchvisionBackbone):
+            E.backbone.load_imagenet(read_state_dict(cfg.backbone_weights, setting="--backbone-weights"))
+        self.E = E.to(device).train()
+        self.networks = {"E": self.E}
+        self.optimizers = {"optimizer": torch.optim.Adam(self.E.parameters(), lr=cfg.lr, betas=(0.9, 0.99))}
+        self.weights = LossWeights(cfg.pixel_weight, cfg.perceptual_weight, cfg.latent_weight)
+        self.real = None
+        if cfg.real_images:
+            from pipeline.data.image_pool import load_image_pool
+
+            pool = load_image_pool(cfg.real_images, resolution=self.G.img_resolution, channels=self.G.img_channels,
+                                   max_images=cfg.real_max)
+            print(f"worker {rank}: {pool.describe()}")
+            self.real = pool.images
+        self.eval_batch = sample_training_batch(
+            self.G, cfg.eval_size, torch.Generator(device=device).manual_seed(cfg.seed + 10**6),
+            style_mixing_prob=cfg.style_mixing_prob, mask_weights=cfg.mask_weights)
+
+    def restore(self, directory: Path, device: torch.device) -> None:
+        from pipeline.models.encoder import load_encoder
+
+        # through load_encoder: a checkpoint made for another --generator is refused, not resumed
+        self.E.load_state_dict(load_encoder(str(directory / "model.safetensors"), generator=self.G).state_dict())
+
+    def update(self, step: int, rng: torch.Generator) -> dict[str, float]:
+        from pipeline.training.encoder_training import encoder_losses, sample_training_batch
+
+        cfg = self.cfg
+        batch = sample_training_batch(self.G, cfg.batch_size, rng, style_mixing_prob=cfg.style_mixing_prob,
+                                      mask_weights=cfg.mask_weights, real_images=self.real,
+                                      real_fraction=cfg.real_fraction if self.real is not None else 0.0)
+        losses = encoder_losses(self.E, self.G, batch, perceptual=self.perceptual, weights=self.weights)
+        optimizer_step(self.optimizers["optimizer"], self.E, losses["total"])
+        return {k: v.item() for k, v in losses.items()}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        from pipeline.training.encoder_training import evaluate
+
+        return evaluate(self.E, self.G, self.eval_batch, perceptual=self.perceptual)
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    import ray.train
-    import ray.train.torch
-    from tqdm.auto import tqdm
+    from pipeline.runtime.ray_train import worker_setup
+    from pipeline.training.loop import run_training
 
-    from pipeline.losses.perceptual import build_perceptual
-    from pipeline.models.checkpoints import generator_of, load_networks, read_state_dict
-    from pipeline.models.encoder import Encoder, TorchvisionBackbone, load_encoder
-    from pipeline.runtime.ray_train import report_checkpoint, resume_directory, worker_setup
-    from pipeline.training.distributed import average_gradients, broadcast_parameters
-    from pipeline.training.encoder_training import LossWeights, encoder_losses, evaluate, sample_training_batch
-
-    cfg, rank, world, device = worker_setup(config, EncoderTrainingConfig)
-    networks = load_networks(cfg.generator, device=device, setting="--generator")
-    G = generator_of(networks, source=cfg.generator)
-    perceptual = build_perceptual(cfg.perceptual, discriminator=networks.get("D"), lpips_weights=cfg.lpips_weights)
-    perceptual = perceptual.to(device) if perceptual is not None else None
-
-    torch.manual_seed(cfg.seed)  # initial weights: the same on every worker and on every rerun
-    E = Encoder.for_generator(G, mode=cfg.mode, backbone=cfg.backbone, base_channels=cfg.base_channels,
-                              max_channels=cfg.max_channels)
-    if cfg.backbone_weights and isinstance(E.backbone, TorchvisionBackbone):
-        E.backbone.load_imagenet(read_state_dict(cfg.backbone_weights, setting="--backbone-weights"))
-    optimizer = torch.optim.Adam(E.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    start = 0
-    with resume_directory(config.get("_resume_from")) as directory:
-        if directory is not None:
-            E.load_state_dict(load_encoder(str(directory / "model.safetensors"), generator=G).state_dict())
-            optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
-            start = checkpoint_step(directory)
-    E.to(device)
-    broadcast_parameters(E)
-    weights = LossWeights(cfg.pixel_weight, cfg.perceptual_weight, cfg.latent_weight)
-    real = None
-    if cfg.real_images:
-        from pipeline.data.image_pool import load_image_pool
-
-        pool = load_image_pool(cfg.real_images, resolution=G.img_resolution, channels=G.img_channels,
-                               max_images=cfg.real_max)
-        print(f"worker {rank}: {pool.describe()}")
-        real = pool.images
-    eval_batch = sample_training_batch(G, cfg.eval_size, torch.Generator(device=device).manual_seed(cfg.seed + 10**6),
-                                       style_mixing_prob=cfg.style_mixing_prob, mask_weights=cfg.mask_weights)
-    output = Path(cfg.output)
-    logs = TrainingLogs(output) if rank == 0 else None
-    bar = tqdm(total=cfg.steps, initial=start, desc="train encoder", disable=not (cfg.progress and rank == 0))
-    E.train()
-    for step in range(start, cfg.steps):
-        # Each (step, rank) has its own random stream: a resumed run draws exactly what it would have.
-        rng = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
-        batch = sample_training_batch(G, cfg.batch_size, rng, style_mixing_prob=cfg.style_mixing_prob,
-                                      mask_weights=cfg.mask_weights, real_images=real,
-                                      real_fraction=cfg.real_fraction if real is not None else 0.0)
-        losses = encoder_losses(E, G, batch, perceptual=perceptual, weights=weights)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        average_gradients(E)
-        optimizer.step()
-        bar.update(1)
-        done = step + 1
-        if logs is not None:
-            logs.write("train_log.csv", done, {k: round(v.item(), 6) for k, v in losses.items()})
-            bar.set_postfix(loss=f"{losses['total'].item():.4f}")
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            metrics = evaluate(E, G, eval_batch, perceptual=perceptual) if rank == 0 else {}
-            if rank == 0:
-                logs.write("eval_log.csv", done, metrics)
-                report_checkpoint(done, metrics, networks={"E": E}, optimizers={"optimizer": optimizer},
-                                  info={"step": done, "generator": cfg.generator, "config": config}, output=output,
-                                  keep=cfg.keep_checkpoints, final_name="encoder.safetensors")
-            else:
-                ray.train.report({"step": done})
-    bar.close()
+    cfg, rank, _, device = worker_setup(config, EncoderTrainingConfig)
+    run_training(EncoderTask(cfg, rank, device), cfg, rank=rank, device=device,
+                 resume_from=config.get("_resume_from"), info={"generator": cfg.generator, "config": config})
 
 
 def run(config: EncoderTrainingConfig, *, address: str | None = None) -> Path:
-    """Train into config.output (resuming from its newest checkpoint); `address` overrides config.address."""
-    """Train (or resume) and return the path of the latest encoder bundle."""
+    """Train (or resume) into config.output; returns the latest encoder bundle. `address` overrides
+    config.address."""
     from pipeline.runtime.ray_train import fit_resumable
 
-    return fit_resumable(train_loop_per_worker, config, name="train-encoder", address=address or config.address) / "encoder.safetensors"
-
+    output = fit_resumable(train_loop_per_worker, config, name="train-encoder", address=address or config.address)
+    return output / "encoder.safetensors"

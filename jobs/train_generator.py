@@ -1,7 +1,7 @@
-"""Train a StyleGAN2 on a small data set: `latentmill train-generator` / `python -m jobs.train_generator`.
+"""Train a StyleGAN2 on a small data set: `latentmill train-generator`.
 
-Runs on Ray Train's TorchTrainer (DDP over `--num-workers`, `--use-gpu`), so one command trains on a
-laptop CPU or a GPU cluster. Output directory:
+Runs on Ray Train's TorchTrainer (data-parallel over `--num-workers`, `--use-gpu`, on the skeleton of
+pipeline/training/loop.py), so one command trains on a laptop CPU or a GPU cluster. Output directory:
   generator.safetensors        the latest bundle: G, G_ema, D (loads with load_generator / load_networks)
   checkpoints/step-XXXXXXXX/   model.safetensors, opt_G.pt, opt_D.pt, state.json: the resume points
   samples/step-XXXXXXXX.png    G_ema samples of fixed seeds at each checkpoint
@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from pipeline.training.loop import TrainingTask, optimizer_step
 from pipeline.training.settings import GeneratorTrainingConfig
 
-from pipeline.training.checkpointing import TrainingLogs, checkpoint_state
+__all__ = ["GeneratorTrainingConfig", "build_networks", "run"]
 
 
 def build_networks(cfg: GeneratorTrainingConfig):
@@ -33,112 +34,88 @@ def build_networks(cfg: GeneratorTrainingConfig):
     return G, D
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-    from tqdm.auto import tqdm
+class GeneratorTask(TrainingTask):
+    name, final_name = "train generator", "generator.safetensors"
 
-    from pipeline.data.image_pool import load_image_pool
-    from pipeline.imaging import save_grid
-    from pipeline.models.checkpoints import load_networks
-    from pipeline.runtime.ray_train import report_checkpoint, resume_directory, worker_setup
-    from pipeline.training.distributed import average_gradients, broadcast_parameters
-    from pipeline.training.gan_training import (GANLossSettings, RandomFeatures, discriminator_loss, ema_beta,
-                                                generator_loss, kid, lazy_adam, make_ema, path_length_penalty,
-                                                r1_penalty, update_ema)
+    def __init__(self, cfg: GeneratorTrainingConfig, rank: int, world: int, device: torch.device) -> None:
+        from pipeline.data.image_pool import load_image_pool
+        from pipeline.training.gan_training import GANLossSettings, RandomFeatures, ema_beta, lazy_adam, make_ema
 
-    cfg, rank, world, device = worker_setup(config, GeneratorTrainingConfig)
-    pool = load_image_pool(cfg.data, resolution=cfg.resolution, max_images=10**7)
-    if rank == 0:
-        print(f"training data: {pool.describe()}")
-    reals_all = pool.images.to(device)
+        self.cfg, self.device = cfg, device
+        pool = load_image_pool(cfg.data, resolution=cfg.resolution, max_images=10**7)
+        if rank == 0:
+            print(f"training data: {pool.describe()}")
+        self.reals = pool.images.to(device)
+        torch.manual_seed(cfg.seed)
+        G, D = build_networks(cfg)
+        self.G, self.D = G.to(device).train(), D.to(device).train()
+        self.G_ema = make_ema(self.G)
+        self.networks = {"G": self.G, "G_ema": self.G_ema, "D": self.D}
+        self.settings = GANLossSettings(r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval, pl_weight=cfg.pl_weight,
+                                        style_mixing_prob=cfg.style_mixing_prob, augment=cfg.augment)
+        self.optimizers = {
+            "opt_G": lazy_adam(self.G.parameters(), cfg.lr, self.settings.pl_interval if cfg.pl_weight > 0 else 0),
+            "opt_D": lazy_adam(self.D.parameters(), cfg.lr, cfg.r1_interval)}
+        self.pl_mean = torch.zeros((), device=device)
+        self.beta = ema_beta(cfg.batch_size * world, cfg.ema_images)
+        self.features = RandomFeatures().to(device)
+        self.real_features = self.features(self.reals[: cfg.kid_samples])
+        self.sample_z = torch.randn(32, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 7)).to(device)
 
-    torch.manual_seed(cfg.seed)
-    G, D = build_networks(cfg)
-    G, D = G.to(device).train(), D.to(device).train()
-    G_ema = make_ema(G)
-    settings = GANLossSettings(r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval, pl_weight=cfg.pl_weight,
-                               style_mixing_prob=cfg.style_mixing_prob, augment=cfg.augment)
-    opt_G = lazy_adam(G.parameters(), cfg.lr, settings.pl_interval if cfg.pl_weight > 0 else 0)
-    opt_D = lazy_adam(D.parameters(), cfg.lr, cfg.r1_interval)
-    pl_mean = torch.zeros((), device=device)
-    start = 0
-    with resume_directory(config.get("_resume_from")) as directory:
-        if directory is not None:
-            nets = load_networks(str(directory / "model.safetensors"), device=device)
-            for mine, saved in ((G, nets["G"]), (G_ema, nets["G_ema"]), (D, nets["D"])):
-                mine.load_state_dict(saved.state_dict())
-            opt_G.load_state_dict(torch.load(directory / "opt_G.pt", map_location=device, weights_only=True))
-            opt_D.load_state_dict(torch.load(directory / "opt_D.pt", map_location=device, weights_only=True))
-            state = checkpoint_state(directory)
-            start, pl_mean = state["step"], torch.tensor(state.get("pl_mean", 0.0), device=device)
-    for network in (G, D, G_ema):
-        broadcast_parameters(network)
-    features = RandomFeatures().to(device)
-    real_features = features(reals_all[: cfg.kid_samples])
-    sample_z = torch.randn(32, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 7)).to(device)
-    beta = ema_beta(cfg.batch_size * world, cfg.ema_images)
-    output = Path(cfg.output)
-    logs = TrainingLogs(output) if rank == 0 else None
-    bar = tqdm(total=cfg.steps, initial=start, desc="train generator", disable=not (cfg.progress and rank == 0))
-    for step in range(start, cfg.steps):
-        step_seed = cfg.seed * 1_000_003 + step * 1009 + rank
-        rng = torch.Generator(device=device).manual_seed(step_seed)
-        torch.manual_seed(step_seed)  # G's per-pixel noise draws from the global stream: reproducible on resume
-        reals = reals_all[torch.randint(len(reals_all), (cfg.batch_size,), generator=rng, device=device)]
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.pl_mean = torch.tensor(state.get("pl_mean", 0.0), device=self.device)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"pl_mean": self.pl_mean.item()}
+
+    def update(self, step: int, rng: torch.Generator) -> dict[str, float]:
+        from pipeline.training.gan_training import (discriminator_loss, generator_loss, path_length_penalty,
+                                                    r1_penalty, update_ema)
+
+        cfg, G, D, settings = self.cfg, self.G, self.D, self.settings
+        reals = self.reals[torch.randint(len(self.reals), (cfg.batch_size,), generator=rng, device=self.device)]
         # D step (+ lazy R1)
         G.requires_grad_(False)
         D.requires_grad_(True)
         loss_D = discriminator_loss(G, D, reals, settings, rng)
-        opt_D.zero_grad(set_to_none=True)
-        loss_D.backward()
-        r1 = torch.zeros((), device=device)
-        if step % cfg.r1_interval == 0:
-            r1 = r1_penalty(D, reals, settings, rng)
-            r1.backward()
-        average_gradients(D)
-        opt_D.step()
+        r1 = r1_penalty(D, reals, settings, rng) if step % cfg.r1_interval == 0 else torch.zeros((), device=self.device)
+        optimizer_step(self.optimizers["opt_D"], D, loss_D, *([r1] if r1.requires_grad else []))
         # G step (+ lazy path length)
         G.requires_grad_(True)
         D.requires_grad_(False)
         loss_G = generator_loss(G, D, cfg.batch_size, settings, rng)
-        opt_G.zero_grad(set_to_none=True)
-        loss_G.backward()
-        pl = torch.zeros((), device=device)
+        pl = torch.zeros((), device=self.device)
         if cfg.pl_weight > 0 and step % settings.pl_interval == 0:
-            pl, pl_mean = path_length_penalty(G, max(cfg.batch_size // 2, 1), pl_mean, settings, rng)
-            pl.backward()
-        average_gradients(G)
-        opt_G.step()
-        update_ema(G_ema, G, beta)
-        bar.update(1)
-        done = step + 1
-        if logs is not None:
-            logs.write("train_log.csv", done, {"loss_D": round(loss_D.item(), 5), "loss_G": round(loss_G.item(), 5),
-                                                "r1": round(r1.item(), 5), "pl": round(pl.item(), 5)})
-            bar.set_postfix(D=f"{loss_D.item():.3f}", G=f"{loss_G.item():.3f}")
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            if rank == 0:
-                with torch.no_grad():
-                    fakes = torch.cat([G_ema(z, noise_mode="const") for z in torch.randn(
-                        cfg.kid_samples, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 11)
-                    ).to(device).split(256)])
-                    metrics = {"kid_random_features": kid(real_features, features(fakes))}
-                    save_grid(G_ema(sample_z, noise_mode="const"), output / "samples" / f"step-{done:08d}.png")
-                logs.write("eval_log.csv", done, metrics)
-                report_checkpoint(done, metrics, networks={"G": G, "G_ema": G_ema, "D": D},
-                                  optimizers={"opt_G": opt_G, "opt_D": opt_D},
-                                  info={"step": done, "data": cfg.data, "config": config, **metrics}, output=output,
-                                  keep=cfg.keep_checkpoints, final_name="generator.safetensors",
-                                  extra_state={"pl_mean": pl_mean.item()})
-            else:
-                ray.train.report({"step": done})
-    bar.close()
+            pl, self.pl_mean = path_length_penalty(G, max(cfg.batch_size // 2, 1), self.pl_mean, settings, rng)
+        optimizer_step(self.optimizers["opt_G"], G, loss_G, *([pl] if pl.requires_grad else []))
+        update_ema(self.G_ema, G, self.beta)
+        return {"loss_D": loss_D.item(), "loss_G": loss_G.item(), "r1": r1.item(), "pl": pl.item()}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        from pipeline.imaging import save_grid
+        from pipeline.training.gan_training import kid
+
+        cfg = self.cfg
+        with torch.no_grad():
+            z = torch.randn(cfg.kid_samples, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 11))
+            fakes = torch.cat([self.G_ema(part, noise_mode="const") for part in z.to(self.device).split(256)])
+            save_grid(self.G_ema(self.sample_z, noise_mode="const"), Path(cfg.output) / "samples" / f"step-{step:08d}.png")
+            return {"kid_random_features": kid(self.real_features, self.features(fakes))}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    from pipeline.runtime.ray_train import worker_setup
+    from pipeline.training.loop import run_training
+
+    cfg, rank, world, device = worker_setup(config, GeneratorTrainingConfig)
+    run_training(GeneratorTask(cfg, rank, world, device), cfg, rank=rank, device=device,
+                 resume_from=config.get("_resume_from"), info={"data": cfg.data, "config": config})
 
 
 def run(config: GeneratorTrainingConfig, *, address: str | None = None) -> Path:
-    """Train into config.output (resuming from its newest checkpoint); `address` overrides config.address."""
-    """Train (or resume) and return the path of the latest generator bundle."""
+    """Train (or resume) into config.output; returns the latest generator bundle. `address` overrides
+    config.address."""
     from pipeline.runtime.ray_train import fit_resumable
 
-    return fit_resumable(train_loop_per_worker, config, name="train-generator", address=address or config.address) / "generator.safetensors"
-
+    output = fit_resumable(train_loop_per_worker, config, name="train-generator", address=address or config.address)
+    return output / "generator.safetensors"

@@ -39,10 +39,22 @@ def test_the_prior_keeps_latents_typical_at_comparable_mse(G, prior, targets):
 def test_a_batch_gives_the_same_result_as_one_image_at_a_time(G, prior, targets):
     images, init = targets
     kwargs = dict(steps=20, prior=prior, optimize_noise=True, w_noise_factor=0.05, seeds=[11, 12, 13])
-    batch = refine(G, images[:3], init[:3], **kwargs)
+    batch = refine(G, images[:3], init[:3], micro_batch=3, **kwargs)  # one pass over the batch, as on a GPU
     for i in range(3):
         single = refine(G, images[i : i + 1], init[i : i + 1], **{**kwargs, "seeds": [kwargs["seeds"][i]]})
         torch.testing.assert_close(single.ws[0], batch.ws[i], rtol=1e-3, atol=1e-4)
+
+
+def test_micro_batches_give_the_batchs_result(G, prior, targets):
+    images, init = targets
+    kwargs = dict(steps=10, prior=prior, optimize_noise=True, w_noise_factor=0.05, seeds=[1, 2, 3, 4],
+                  early_stop_patience=3)
+    whole = refine(G, images, init, micro_batch=4, **kwargs)
+    for micro_batch in (1, 3):
+        parts = refine(G, images, init, micro_batch=micro_batch, **kwargs)
+        torch.testing.assert_close(parts.ws, whole.ws, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(parts.images, whole.images, rtol=1e-3, atol=1e-4)
+        assert torch.equal(parts.steps_run, whole.steps_run)
 
 
 def test_masked_refinement_only_fits_the_known_pixels(G, targets):

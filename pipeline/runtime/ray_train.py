@@ -1,4 +1,5 @@
-"""Launching a resumable training loop on Ray Train (shared by train-encoder and train-generator).
+"""Launching a resumable training loop on Ray Train (every training job; the loop itself is
+pipeline/training/loop.py).
 
 The loop receives the job's settings as a dict plus `_resume_from`: the newest complete checkpoint
 under OUTPUT/checkpoints, when there is one, so rerunning the same command continues where it
