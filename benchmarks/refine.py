@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                         "(0 skips it)")
     parser.add_argument("--official-steps", type=int, default=1000, help="with --official-repo: project() steps of "
                         "part 2 (its default)")
-    parser.add_argument("--ladder", default="0,10,25,50,100,200,400", help="with --official-repo: refinement steps "
+    parser.add_argument("--ladder", default="0,10,20,30,40,50,75,100,200,400", help="with --official-repo: refinement steps "
                         "tried after the encoder, until the official LPIPS is reached")
     args = parser.parse_args(argv)
     if args.official_repo:
