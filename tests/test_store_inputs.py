@@ -1,4 +1,4 @@
-"""Re-reading a store's inputs decodes them with the run's recorded settings."""
+"""Opening a store: its rows in one line, and its inputs re-read with the run's recorded settings."""
 
 from __future__ import annotations
 
@@ -49,3 +49,26 @@ def test_the_recorded_pixel_limit_applies_when_inputs_are_read_again(store_with_
     shards, ids = [r[0] for r in rows], [r[1] for r in rows]
     with pytest.raises(FileNotFoundError, match="no longer readable"):
         recorded(store, max_pixels=100).read_inputs(shards, ids)  # 40 x 40 inputs exceed 100 pixels
+
+
+def test_a_store_reads_in_one_line_with_latents_as_arrays(tmp_path):
+    from pipeline.priors.gaussian import GaussianizedPrior
+    from pipeline.store.store import open_store
+    from tests.conftest import tiny_generator
+    from tests.stores import synthetic_store
+
+    G = tiny_generator(16)
+    prior = GaussianizedPrior.fit(G, num_samples=2000, batch_size=1000, progress=False)
+    ws = G.mapping(torch.randn(3, G.z_dim)).detach()
+    frame = open_store(synthetic_store(tmp_path, G, prior, ws)).to_pandas(latents_as_arrays=True)
+    assert len(frame) == 3 and frame["w_refined"][0].shape == (G.num_ws, G.w_dim)
+    torch.testing.assert_close(torch.from_numpy(frame["w_refined"][1]), ws[1])
+
+
+def test_opening_something_that_is_not_a_store_says_what_to_do(tmp_path):
+    from pipeline.store.store import StoreNotFoundError, open_store
+
+    with pytest.raises(StoreNotFoundError, match="does not exist; make one with `latentmill invert"):
+        open_store(str(tmp_path / "nowhere"))
+    with pytest.raises(StoreNotFoundError, match="has no finished shards"):
+        open_store(str(tmp_path))
