@@ -25,7 +25,8 @@ def run(output: str, *, limit: int | None = None, steps: int = 100, batch_size: 
         echo(f"invert: reused: all {summary.shards_skipped} shards were already done; latents: {config.output}/latents/")
     else:
         echo(f"inverted {summary.rows} images ({summary.ok} ok, {summary.errors} errors) in "
-             f"{summary.seconds:.0f} s; latents: {config.output}/latents/")
+             f"{summary.seconds:.0f} s after a start-up of {summary.startup_seconds:.0f} s; latents: "
+             f"{config.output}/latents/")
     flags = curate.run(curate.CurateConfig(store=config.output, device=device))
     echo(("curate: reused: " if flags.get("reused") else "curate: ") +
          f"{flags['outliers']} outliers, {flags['duplicates']} near-duplicates, "

@@ -81,6 +81,6 @@ def resolve_precision(precision: str, device: str | torch.device) -> tuple[str, 
         if speedup >= 1.2:
             return "bf16", f"bf16 measured {speedup:.1f}x faster than fp32 on this CPU"
         if speedup == 0.0:
-            return "fp32", "this CPU has no native bf16 (no AVX512-BF16 or AMX)"
+            return "fp32", "this CPU has no native bf16: no AVX512-BF16, no AMX"
         return "fp32", f"bf16 measured {speedup:.2f}x the speed of fp32 on this CPU"
     return "fp32", f"no reduced precision chosen for {device.type}"

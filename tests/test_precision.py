@@ -31,7 +31,7 @@ def _fixed_timings(speedup: float):
 def test_a_cpu_without_native_bf16_runs_fp32_without_timing_anything(cpu_with, monkeypatch):
     cpu_with({"avx2", "fma"})
     monkeypatch.setattr(precision, "_seconds", lambda *a, **k: pytest.fail("no probe is needed"))
-    assert resolve_precision("auto", "cpu") == ("fp32", "this CPU has no native bf16 (no AVX512-BF16 or AMX)")
+    assert resolve_precision("auto", "cpu") == ("fp32", "this CPU has no native bf16: no AVX512-BF16, no AMX")
 
 
 def test_a_cpu_with_native_bf16_runs_bf16_only_where_it_measures_faster(cpu_with):
