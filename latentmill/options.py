@@ -57,7 +57,7 @@ def _comma_list(item_type: type) -> Callable[[click.Context, click.Parameter, An
     return parse
 
 
-def _parameter(f: dataclasses.Field, hint: Any, override: dict[str, Any]) -> Callable[[Callable], Callable]:
+def _parameter(f: dataclasses.Field, hint: Any) -> Callable[[Callable], Callable]:
     meta, name = f.metadata, option_name(f.name)
     required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
@@ -84,23 +84,20 @@ def _parameter(f: dataclasses.Field, hint: Any, override: dict[str, Any]) -> Cal
         kwargs["type"] = click.Choice(list(meta["choices"])) if meta.get("choices") else kind
         kwargs.update(default=default, show_default=default is not None)
     kwargs["required"] = required
-    decls += [f"--{alias}" for alias in meta.get("aliases", ())]
-    kwargs.update(override)
     return click.option(*decls, f.name, **kwargs)
 
 
-def options_from(cls: type, *, first: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-                 override: dict[str, dict[str, Any]] | None = None) -> Callable[[Callable], Callable]:
+def options_from(cls: type, *, first: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """Decorate a click command with one parameter per command-line field of `cls`; `first` names the
     fields --help lists first (the rest follow in declaration order)."""
     hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.init and f.metadata.get("cli", False) and f.name not in exclude]
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.metadata.get("cli", False)]
     # positional arguments first, then options in declaration order (click applies decorators bottom-up)
     rank = {name: i for i, name in enumerate(first)}
     fields.sort(key=lambda f: (not f.metadata.get("positional"), rank.get(f.name, len(rank))))
 
     def decorate(command: Callable) -> Callable:
         for f in reversed(fields):
-            command = _parameter(f, hints[f.name], (override or {}).get(f.name, {}))(command)
+            command = _parameter(f, hints[f.name])(command)
         return command
     return decorate

@@ -18,15 +18,13 @@ T = TypeVar("T")
 
 def setting(default: Any = MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
             cli: bool = True, metavar: str | None = None, default_factory: Any = MISSING,
-            positional: bool = False, aliases: tuple[str, ...] = ()) -> Any:
+            positional: bool = False) -> Any:
     """A dataclass field that is also a documented setting.
 
     choices: the accepted values (checked by the CLI and by `check_choices`); cli=False keeps a
-    field out of the command line; positional: a CLI argument rather than an option; aliases:
-    other option spellings accepted (hidden from help) for compatibility.
+    field out of the command line; positional: a CLI argument rather than an option.
     """
-    metadata = {"help": help, "choices": choices, "cli": cli, "metavar": metavar, "positional": positional,
-                "aliases": aliases}
+    metadata = {"help": help, "choices": choices, "cli": cli, "metavar": metavar, "positional": positional}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -53,11 +51,6 @@ def check_choices(settings: Any) -> None:
 
 def option_name(field_name: str) -> str:
     return field_name.replace("_", "-")
-
-
-def help_of(cls: type, name: str) -> str:
-    """The declared help text of one setting (for messages that point at it)."""
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
 
 
 # Option groups several commands share, declared once and inherited.

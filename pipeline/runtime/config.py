@@ -16,8 +16,8 @@ from pipeline.data.sources import InputSettings
 from pipeline.models.model_settings import GeneratorSettings, IdentitySettings, PerceptualSettings
 from pipeline.settings import ProgressSettings, RaySettings, check_choices, setting
 from pipeline.stages.inversion_settings import InversionSettings
+from pipeline.store.schema import LATENT_DTYPES
 
-LATENT_DTYPE_NAMES = ("float32", "float16")
 
 
 @dataclass(kw_only=True)
@@ -27,7 +27,7 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
     encoder: str | None = setting(None, "Encoder bundle URI (from train-encoder); without it, refinement starts "
                                         "from w_avg.")
     prior: str | None = setting(None, "Prior URI (from fit-prior): prior term of refinement, compression, NLLs.")
-    latent_dtype: str = setting("float32", "Storage type of the latent columns.", choices=LATENT_DTYPE_NAMES)
+    latent_dtype: str = setting("float32", "Storage type of the latent columns.", choices=tuple(LATENT_DTYPES))
     overwrite: bool = setting(False, "Redo every row of --output, with this run's settings (the only way to change "
                                      "the recipe of an existing store).")
     batch_size: int | str = setting("auto", "Images per batch on each actor; auto: the largest batch whose "
@@ -40,12 +40,6 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
     decode_threads: int = setting(4, "Decoding threads inside each actor.")
     max_retries: int = setting(2, "Retries of a failed shard before it is recorded as failed in the manifest.")
     wait: bool = setting(False, "If another run is writing --output, wait for it instead of exiting.")
-
-    def settings(self) -> InversionSettings:
-        """The stage settings alone (what `invert_batch` needs)."""
-        from pipeline.settings import narrow
-
-        return narrow(self, InversionSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,7 +5,7 @@
     models = store.load_models(device, prior=True)       # the run's models, checked against the store
     inputs = store.read_inputs(shards, image_ids)        # the pixels each latent was fitted to
 
-Metadata, recipe, plan and manifest are read once, lazily. Models are loaded through the one model
+Metadata, plan and manifest are read once, lazily. Models are loaded through the one model
 loader (pipeline/models/model_set.py) with the store's recorded generator fingerprint, so a
 generator that is not the store's is refused; inputs are decoded with the run's recorded
 DecodeSettings, so they are the exact pixels the latents were fitted to.
@@ -69,10 +69,6 @@ class Store:
     @property
     def latent_shape(self) -> tuple[int, int]:
         return tuple(self.metadata["latent_shape"])
-
-    @cached_property
-    def recipe(self) -> dict[str, Any] | None:
-        return read_json_if_exists(layout.join(self.uri, layout.RECIPE))
 
     @cached_property
     def plan(self) -> dict[str, ShardSpec]:
