@@ -65,9 +65,7 @@ def load_model_set(generator: str, *, device: str | torch.device = "cpu", encode
     perceptual: 'lpips', 'discriminator' or 'none'; identity_model None loads no identity model;
     generator_fingerprint: the fingerprint the generator must have (a store's recorded one).
     """
-    from pipeline.losses.perceptual import build_perceptual
     from pipeline.models.checkpoints import generator_of, load_networks
-    from pipeline.stages.identity import load_identity_model
 
     device = torch.device(device)
     networks = load_networks(generator, device=device, setting=generator_setting)
@@ -77,15 +75,29 @@ def load_model_set(generator: str, *, device: str | torch.device = "cpu", encode
             f"{generator_setting} {generator} is not the generator this store was made with (fingerprint "
             f"{fingerprint(G)[:16]}..., the store recorded {generator_fingerprint[:16]}...); give the original "
             "with --generator")
-    models = ModelSet(G=G, D=networks.get("D"))
+    models = ModelSet(G=G, D=networks.get("D"), names={"perceptual": "none", "identity": "none"})
+    return add_models(models, encoder=encoder, prior=prior, perceptual=perceptual, lpips_weights=lpips_weights,
+                      identity_model=identity_model, facenet_weights=facenet_weights)
+
+
+def add_models(models: ModelSet, *, encoder: str | None = None, prior: str | None = None,
+               perceptual: str | None = None, lpips_weights: str | None = None, identity_model: str | None = None,
+               facenet_weights: str | None = None) -> ModelSet:
+    """Load the models asked for into `models` (in place; returns it), each checked against its G,
+    so a job that needs more later does not load the generator again. perceptual None leaves the
+    perceptual model as it is."""
+    from pipeline.losses.perceptual import build_perceptual
+    from pipeline.stages.identity import load_identity_model
+
+    device = models.device
     if encoder:
-        models.E = load_encoder(encoder, generator=G, device=device)
+        models.E = load_encoder(encoder, generator=models.G, device=device)
     if prior:
-        models.prior = GaussianizedPrior.load(prior, generator=G).to(device)
-    module = build_perceptual(perceptual, discriminator=networks.get("D"), lpips_weights=lpips_weights)
-    models.perceptual = module.to(device) if module is not None else None
-    models.names["perceptual"] = perceptual if module is not None else "none"
-    models.names["identity"] = "none"
+        models.prior = GaussianizedPrior.load(prior, generator=models.G).to(device)
+    if perceptual is not None:
+        module = build_perceptual(perceptual, discriminator=models.D, lpips_weights=lpips_weights)
+        models.perceptual = module.to(device) if module is not None else None
+        models.names["perceptual"] = perceptual if module is not None else "none"
     if identity_model is not None:
         models.identity, models.names["identity"] = load_identity_model(identity_model,
                                                                         facenet_weights=facenet_weights, device=device)

@@ -24,6 +24,7 @@ from pipeline.report.svg_charts import histogram_svg, line_chart_svg
 from pipeline.report.tradeoff import TradeoffPoint, compression_truncation_curve
 from pipeline.store.derived_outputs import inputs_key, reuse_or_compute
 from pipeline.store.latent_store import latent_array
+from pipeline.models.model_set import ModelSet
 from pipeline.store.store import Store, open_store
 from pipeline.uris import write_bytes
 
@@ -81,8 +82,8 @@ def _histograms(frame: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     return charts
 
 
-def _curve(store: Store, G: Any, rows: pd.DataFrame, inputs: dict[str, torch.Tensor],
-           device: torch.device) -> tuple[str, list[TradeoffPoint]]:
+def _curve(store: Store, models: ModelSet, rows: pd.DataFrame,
+           inputs: dict[str, torch.Tensor]) -> tuple[str, list[TradeoffPoint]]:
     """The compression-vs-truncation chart, or a sentence saying why there is none."""
     meta = store.metadata
     if not meta.get("prior"):
@@ -90,12 +91,12 @@ def _curve(store: Store, G: Any, rows: pd.DataFrame, inputs: dict[str, torch.Ten
     if "w_refined" not in rows or rows.empty:
         return "<p>No refined latents, so there is no compression curve.</p>", []
     try:
-        models = store.load_models(device, prior=True, identity=True)
+        store.add_models(models, prior=True, identity=True)  # the report's G, not loaded again
         prior, identity, name = models.prior, models.identity, models.names["identity"]
     except (OSError, ValueError) as exc:
         return f"<p>No compression curve: {html.escape(str(exc))}</p>", []
     ws = torch.from_numpy(latent_array(rows, "w_refined", meta["latent_shape"]))
-    points = compression_truncation_curve(G, prior, identity, _stack(inputs, rows["image_id"]), ws,
+    points = compression_truncation_curve(models.G, prior, identity, _stack(inputs, rows["image_id"]), ws,
                                           noise_mode=meta.get("noise_mode", "const"))
     series = {
         "compression (tau)": [(p.prior_nll, p.identity, f"{p.parameter:g}") for p in points if p.method == "compression"],
@@ -211,7 +212,8 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
     opened = open_store(uri)
     store, meta = opened.uri, opened.metadata
     frame = opened.to_pandas().sort_values("image_id", kind="stable").reset_index(drop=True)
-    G = opened.load_models(device, generator=generator).G
+    models = opened.load_models(device, generator=generator)
+    G = models.G
     ok = frame[frame["status"] == "ok"]
     errors = frame[frame["status"] != "ok"]
     sections = []
@@ -259,7 +261,7 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
     if charts:
         sections.append("<h2>Metrics</h2><div class='charts'>" + "".join(charts) + "</div>")
 
-    chart, points = _curve(opened, G, curve_rows, inputs, device)
+    chart, points = _curve(opened, models, curve_rows, inputs)
     table = ""
     if points:
         table = "<table><tr><th>method</th><th>tau / psi</th><th>prior NLL / w_dim</th><th>identity cosine</th>" \

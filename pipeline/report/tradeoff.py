@@ -15,7 +15,7 @@ import torch
 
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.gaussian import GaussianizedPrior
-from pipeline.stages.identity import IdentityModel, identity_cosine
+from pipeline.stages.identity import IdentityModel, cosine_to
 
 DEFAULT_TAUS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 DEFAULT_PSIS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -43,14 +43,16 @@ def compression_truncation_curve(G: Generator, prior: GaussianizedPrior, identit
     images, ws = images.to(device), ws.to(device)
     variants = [("compression", t, lambda w, t=t: prior.compress(w, t)) for t in taus]
     variants += [("truncation", p, lambda w, p=p: prior.truncate(w, p)) for p in psis]
+    batches = list(zip(images.split(batch_size), ws.split(batch_size)))
+    targets = [identity.embed(x) for x, _ in batches]  # the inputs' embeddings, once for every variant
     points = []
     for method, parameter, transform in variants:
         nll, cos, mse, rendered = [], [], [], []
-        for x, w in zip(images.split(batch_size), ws.split(batch_size)):
+        for (x, w), target in zip(batches, targets):
             moved = transform(w)
             recon = G.synthesis(moved, noise_mode=noise_mode).float()
             nll.append(prior.nll(moved) / G.w_dim)
-            cos.append(identity_cosine(identity, x, recon))
+            cos.append(cosine_to(identity, target, recon))
             mse.append((recon - x).square().mean(dim=(1, 2, 3)))
             if realism is not None:
                 rendered.append(recon.cpu())

@@ -25,10 +25,17 @@ GRADIENT_FACTOR = 2.0  # saved activations + the gradients flowing back through 
 MAX_AUTO_BATCH = {"cuda": 64, "cpu": 16}  # beyond these, batching buys nothing measurable
 
 
+def _on_meta(models: ModelSet) -> ModelSet:
+    """Copies of the models that refinement runs, on the meta device (shapes only, no data)."""
+    def meta(module):
+        return copy.deepcopy(module).to("meta") if module is not None else None
+
+    return ModelSet(G=meta(models.G), perceptual=meta(models.perceptual), prior=meta(models.prior))
+
+
 def _saved_bytes(models: ModelSet, n: int) -> int:
-    G = copy.deepcopy(models.G).to("meta")
-    perceptual = copy.deepcopy(models.perceptual).to("meta") if models.perceptual is not None else None
-    prior = copy.deepcopy(models.prior).to("meta") if models.prior is not None else None
+    """Bytes autograd saves for one loss evaluation at batch n; `models` on the meta device."""
+    G, perceptual, prior = models.G, models.perceptual, models.prior
     resolution, channels = G.img_resolution, G.img_channels
     images = torch.empty(n, channels, resolution, resolution, device="meta")
     ws = torch.empty(n, G.num_ws, G.w_dim, device="meta", requires_grad=True)
@@ -53,7 +60,8 @@ def _saved_bytes(models: ModelSet, n: int) -> int:
 
 def refine_bytes_per_image(models: ModelSet) -> int:
     """Bytes one more image in a batch costs during refinement (activations and their gradients)."""
-    return int(GRADIENT_FACTOR * max(_saved_bytes(models, 2) - _saved_bytes(models, 1), 1))
+    meta = _on_meta(models)
+    return int(GRADIENT_FACTOR * max(_saved_bytes(meta, 2) - _saved_bytes(meta, 1), 1))
 
 
 def _cpu_available_bytes() -> int:

@@ -59,7 +59,8 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     processor_class: the actor's class, ShardProcessor by default (a subclass may add behaviour,
     e.g. fault injection in the tests). models: the driver's loaded models, put in Ray's object store
     once and handed to every actor (and replacement). started: when the run began (perf_counter),
-    for the start-up time in the summary."""
+    for the start-up time in the summary (default: now, so it counts Ray and the actors only)."""
+    started = time.perf_counter() if started is None else started
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
@@ -81,7 +82,7 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     if started_actors[0]["note"]:
         print(f"latentmill: {started_actors[0]['note']}", file=sys.stderr)
     summary.batch_size = started_actors[0]["batch_size"]
-    summary.startup_seconds = time.perf_counter() - (started if started is not None else time.perf_counter())
+    summary.startup_seconds = time.perf_counter() - started
     queue: deque[tuple[ShardSpec, int]] = deque((spec, 1) for spec in shards)
     running: dict[Any, tuple[Any, ShardSpec, int]] = {}
     idle = list(actors)

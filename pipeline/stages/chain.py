@@ -16,6 +16,7 @@ from pipeline.losses.pixel import masked_mse
 from pipeline.models.encoder import encode
 from pipeline.models.model_set import ModelSet
 from pipeline.models.stylegan2 import Generator
+from pipeline.stages.identity import cosine_to
 from pipeline.stages.inversion_settings import InversionSettings
 from pipeline.stages.refine import refine
 
@@ -85,10 +86,9 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
     if "identity" in settings.stages and models.identity is not None:
         with torch.no_grad():
             target = models.identity.embed(images)  # once, for the refined and the compressed scores
-            out["id_cosine_refined"] = _np((target * models.identity.embed(recon)).sum(dim=1))
-            if compressed is not None:
-                cmp_images = _render(G, compressed, NOISE_MODE)
-                out["id_cosine_compressed"] = _np((target * models.identity.embed(cmp_images)).sum(dim=1))
+        out["id_cosine_refined"] = _np(cosine_to(models.identity, target, recon))
+        if compressed is not None:
+            out["id_cosine_compressed"] = _np(cosine_to(models.identity, target, _render(G, compressed, NOISE_MODE)))
     for key in ("w_encoded", "w_refined", "w_compressed"):
         if key in out:
             out[key] = out[key].reshape(n, -1)  # [N, num_ws * w_dim], row-major

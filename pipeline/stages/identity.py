@@ -85,10 +85,17 @@ def load_identity_model(spec: str = "facenet", *, facenet_weights: str | None = 
     return embeddings[0], f"embedding:{os.path.basename(spec)}"
 
 
+def cosine_to(model: IdentityModel, reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of images' identity embeddings to given (unit) embeddings [N, D] -> [N];
+    for comparing several image sets with the same inputs, whose embeddings are then made once."""
+    with torch.no_grad():
+        return (reference * model.embed(images)).sum(dim=1)
+
+
 def identity_cosine(model: IdentityModel, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of the identity embeddings of two image batches -> [N]."""
     with torch.no_grad():
-        return (model.embed(a) * model.embed(b)).sum(dim=1)
+        return cosine_to(model, model.embed(a), b)
 
 
 def save_random_facenet(path: str, seed: int = 0) -> str:

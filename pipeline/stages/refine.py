@@ -209,8 +209,10 @@ def refine(
                           + prior_weight * parts["prior"] + noise_regularize_weight * parts["noise_reg"])
         return parts, synth
 
-    def all_losses(perturbation: torch.Tensor | None, backward: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Every image's losses (and synthesis), a micro-batch at a time; with backward, their gradients."""
+    def all_losses(perturbation: torch.Tensor | None,
+                   backward: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Every image's losses, a micro-batch at a time: with backward their gradients, without it
+        also the images (only the final evaluation needs them)."""
         parts_of, images_of = [], []
         source = latent if backward else latent.detach()
         for span in spans:
@@ -221,8 +223,10 @@ def refine(
             if backward:
                 scaler.scale(parts["total"].sum()).backward()  # images do not interact: the sum separates
             parts_of.append({k: v.detach() for k, v in parts.items()})
-            images_of.append(synth.detach())
-        return {k: torch.cat([p[k] for p in parts_of]) for k in parts_of[0]}, torch.cat(images_of)
+            if not backward:
+                images_of.append(synth.detach())
+        losses = {k: torch.cat([p[k] for p in parts_of]) for k in parts_of[0]}
+        return losses, (torch.cat(images_of) if images_of else None)
 
     active = torch.ones(n, dtype=torch.bool, device=device)
     best = torch.full((n,), float("inf"), device=device)

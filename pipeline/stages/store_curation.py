@@ -24,6 +24,7 @@ from pipeline.devices import resolve_device
 from pipeline.stages.curate import (DuplicatePairs, SearchProgress, above_percentile, duplicate_groups,
                                    near_duplicate_pairs, percentile_rank)
 from pipeline.stages.curation_settings import CurateConfig
+from pipeline.stages.identity import IdentityModel
 from pipeline.store import layout
 from pipeline.store.flags_schema import FLAGS_VERSION, flags_schema
 from pipeline.store.latent_store import write_parquet
@@ -31,8 +32,7 @@ from pipeline.store.store import Store
 from pipeline.uris import write_bytes
 
 
-def _identity_features(store: Store, ok: pd.DataFrame, device: torch.device) -> torch.Tensor:
-    model = store.load_models(device, identity=True).identity
+def _identity_features(store: Store, model: IdentityModel, ok: pd.DataFrame, device: torch.device) -> torch.Tensor:
     embeddings: dict[str, torch.Tensor] = {}
     for _, part in ok.groupby("shard", sort=False):  # each input shard is read once
         inputs = store.read_inputs(part["shard"].tolist(), part["image_id"].tolist())
@@ -73,7 +73,10 @@ def flag_store(store: Store, cfg: CurateConfig, key: str) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     ok = store.ok_rows(cfg.column)
     ws = torch.from_numpy(store.latents(ok, cfg.column)).to(device)
-    prior = store.load_models(device, prior=True).prior if store.metadata.get("prior") else None
+    has_prior, by_identity = bool(store.metadata.get("prior")), cfg.duplicates_by == "identity"
+    # the generator once, for the prior's and the identity model's checks, only when one is needed
+    models = store.load_models(device, prior=has_prior, identity=by_identity) if has_prior or by_identity else None
+    prior = models.prior if models is not None else None
 
     # outliers: prior NLL
     nll_column = {"w_refined": "prior_nll_refined", "w_encoded": "prior_nll_encoded",
@@ -88,7 +91,7 @@ def flag_store(store: Store, cfg: CurateConfig, key: str) -> dict[str, Any]:
 
     # near-duplicates
     if cfg.duplicates_by == "identity":
-        features = _identity_features(store, ok, device)
+        features = _identity_features(store, models.identity, ok, device)
     elif prior is not None:
         features = prior.whiten(ws).flatten(1)  # independent samples are near-orthogonal here
     else:

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from pipeline.data.webdataset import add_sample
 from pipeline.devices import resolve_device
 from pipeline.imaging import grid_image, png_bytes, to_uint8
-from pipeline.models.fingerprint import fingerprint
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.stages.chain import NOISE_MODE, image_seed
 from pipeline.stages.rebalance import compose, kmeans, masked_l1, nll_cut, part_masks, sample_near, target_counts
@@ -161,7 +160,7 @@ def rebalance_store(store: Store, cfg: RebalanceConfig) -> dict[str, Any]:
     reference = "w_encoded" if cfg.method == "compose" and ok["w_encoded"].notna().all() else cfg.column
     reference_ws = ws if reference == cfg.column else torch.from_numpy(store.latents(ok, reference)).to(device)
     cut = nll_cut(prior.nll(reference_ws), cfg.nll_percentile)
-    gen_fp = fingerprint(G)
+    gen_fp = meta["generator_fingerprint"]  # load_models checked that G has it
     rng = np.random.default_rng(cfg.seed)
     parts_kinds = [p.strip() for p in cfg.parts.split(",") if p.strip()]
     writer = _ShardWriter(cfg.output, cfg.shard_size)

@@ -74,11 +74,6 @@ def remove_shard(store: str, shard: str) -> None:
             fs.rm(path)
 
 
-def data_files(store: str) -> list[str]:
-    """The Parquet files of finished shards (files without a manifest entry are not part of the store)."""
-    return [shard_file(store, shard) for shard in sorted(manifest_entries(store))]
-
-
 def latent_array(frame: pd.DataFrame, column: str, latent_shape: Iterable[int]) -> np.ndarray:
     """One latent column as float32 [rows, num_ws, w_dim]; rows must all be non-null."""
     if column not in LATENT_COLUMNS:

@@ -28,7 +28,8 @@ from pipeline.data.decode import DecodeSettings
 from pipeline.data.sources import ShardSpec, read_shard
 from pipeline.errors import LatentmillError
 from pipeline.store import layout
-from pipeline.store.latent_store import data_files, latent_array, manifest_entries
+from pipeline.store.latent_store import latent_array, manifest_entries
+from pipeline.store.layout import shard_file
 from pipeline.store.schema import LATENT_COLUMNS, store_metadata
 from pipeline.uris import read_json_if_exists
 
@@ -53,7 +54,8 @@ class Store:
 
     @cached_property
     def files(self) -> list[str]:
-        return data_files(self.uri)
+        """The Parquet files of finished shards (from the manifest already read, not a second listing)."""
+        return [shard_file(self.uri, shard) for shard in sorted(self.manifest)]
 
     @cached_property
     def metadata(self) -> dict[str, Any]:
@@ -126,13 +128,23 @@ class Store:
         from pipeline.models.model_set import load_model_set
 
         meta = self.metadata
-        return load_model_set(
-            generator or meta["generator"], device=device, generator_fingerprint=meta["generator_fingerprint"],
-            encoder=meta.get("encoder") if encoder else None, prior=meta.get("prior") if prior else None,
-            perceptual=perceptual, lpips_weights=self.settings.get("lpips_weights"),
-            identity_model=self.settings.get("identity_model", "facenet") if identity else None,
-            facenet_weights=self.settings.get("facenet_weights"),
-            generator_setting="--generator" if generator else f"the store's generator ({layout.RECIPE})")
+        models = load_model_set(generator or meta["generator"], device=device,
+                                generator_fingerprint=meta["generator_fingerprint"],
+                                generator_setting="--generator" if generator else f"the store's generator ({layout.RECIPE})")
+        return self.add_models(models, encoder=encoder, prior=prior, identity=identity, perceptual=perceptual)
+
+    def add_models(self, models: ModelSet, *, encoder: bool = False, prior: bool = False, identity: bool = False,
+                   perceptual: str | None = None) -> ModelSet:
+        """The recorded encoder, prior and identity model, where asked for and recorded, added to models
+        already loaded by `load_models` (checked against their G; the generator is not loaded again)."""
+        from pipeline.models.model_set import add_models
+
+        meta, settings = self.metadata, self.settings
+        return add_models(models, encoder=meta.get("encoder") if encoder else None,
+                          prior=meta.get("prior") if prior else None, perceptual=perceptual,
+                          lpips_weights=settings.get("lpips_weights"),
+                          identity_model=settings.get("identity_model", "facenet") if identity else None,
+                          facenet_weights=settings.get("facenet_weights"))
 
     def read_inputs(self, shards: Sequence[str], image_ids: Sequence[str]) -> dict[str, torch.Tensor]:
         """The decoded inputs ([C, R, R] in [-1, 1]) of rows given by (shard, image_id), by image_id,
