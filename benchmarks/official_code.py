@@ -56,7 +56,9 @@ def scripted_lpips_features(lpips: LPIPSLoss) -> bytes:
 
 
 class OfficialCode:
-    def __init__(self, repo: str | Path) -> None:
+    def __init__(self, repo: str | Path, *, cuda_plugins: bool = False) -> None:
+        """`cuda_plugins`: let the official code build and use its CUDA kernels (bias_act, upfirdn2d)
+        as it does on a GPU by default; otherwise its reference ops, on any device."""
         repo = str(Path(repo).resolve())
         if not (Path(repo) / "projector.py").is_file():
             raise SystemExit(f"--official-repo {repo}: not an export of NVlabs/stylegan2-ada-pytorch (no projector.py)")
@@ -71,8 +73,10 @@ class OfficialCode:
         import dnnlib
         from torch_utils.ops import bias_act, upfirdn2d
 
-        bias_act._init = lambda: False  # never compile the CUDA plugins: the reference ops, on any device
-        upfirdn2d._init = lambda: False
+        self.cuda_plugins = bool(cuda_plugins and bias_act._init() and upfirdn2d._init())
+        if not self.cuda_plugins:  # not asked for, or the build failed (upfirdn2d would retry it on every call)
+            bias_act._init = lambda: False
+            upfirdn2d._init = lambda: False
         import projector
         from training import networks
 

@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", dest="json_path", help="also write the results here")
     parser.add_argument("--official-repo", help="an export of NVlabs/stylegan2-ada-pytorch: compare with its project()")
+    parser.add_argument("--official-cuda-plugins", action="store_true", help="with --official-repo: let the official "
+                        "code build its CUDA kernels (default: its reference ops, as on a CPU)")
     parser.add_argument("--batches", default="1,2,4", help="with --official-repo: latentmill batch sizes timed")
     parser.add_argument("--repeats", type=int, default=3, help="with --official-repo: interleaved timing repeats")
     parser.add_argument("--equal-images", type=int, default=4, help="with --official-repo: demo images of part 2 "
@@ -125,7 +127,10 @@ def official_main(args: argparse.Namespace) -> None:
 
     device = torch.device(args.device)
     short, long = map(int, args.timing_steps.split(","))
-    official = OfficialCode(args.official_repo)
+    official = OfficialCode(args.official_repo, cuda_plugins=args.official_cuda_plugins)
+    if args.official_cuda_plugins:
+        print(f"# official CUDA plugins: {'built and used' if official.cuda_plugins else 'unavailable, reference ops'}",
+              file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         lpips = LPIPSLoss("vgg", str(save_random_backbone(Path(tmp) / "vgg.pth"))).to(device)
     print(f"# {machine_description(device)}", file=sys.stderr)
