@@ -10,11 +10,11 @@ import sys
 
 import click
 
-from latentmill.commands import checkpoints, evaluate, invert, store, training
+from latentmill.commands import align, checkpoints, evaluate, invert, store, training
 from pipeline.errors import LatentmillError
 
 # The order of `latentmill --help`: try it, run it, look at the result, then the tools behind it.
-COMMANDS = [invert.demo, invert.invert, invert.verify, store.report, store.curate, store.rebalance,
+COMMANDS = [invert.demo, align.align, invert.invert, invert.verify, store.report, store.curate, store.rebalance,
             store.reconstruct, store.channels, evaluate.evaluate, training.fit_prior, training.train_encoder,
             training.train_generator, training.train_identity, checkpoints.inspect, checkpoints.convert,
             checkpoints.generate, training.make_demo_data]

@@ -21,7 +21,8 @@ def invert(**options: object) -> None:
     Stages: encode (one forward pass of the regressor), refine (batched optimization of W+ against
     pixel + perceptual losses and the gaussianized prior), compress (PCA log-compression beyond
     tau), identity (FaceNet cosine between input and reconstructions). Every input yields exactly
-    one row; failures are rows with status 'error' and a reason.
+    one row (with --align ffhq --faces all, one per face); failures are rows with status 'error'
+    and a reason.
 
     \b
     Example:

@@ -60,6 +60,7 @@ def _ray_node_id() -> str | None:
 
 @dataclass
 class _Row:
+    row_id: str  # the input's id, or IMAGE#faceK with --faces all
     record: InputRecord
     decoded: Decoded | None
     mask: np.ndarray | None
@@ -114,27 +115,33 @@ class ShardProcessor:
             raise self.problem
         return {"seconds": self.startup_seconds, "batch_size": self.batch_size, "note": self.batch_note}
 
-    def _decode(self, record: InputRecord) -> _Row:
-        """One input's decode; anything it raises (a Pillow plugin's NotImplementedError, a
-        MemoryError, ...) is that input's error row, never the shard's failure."""
+    def _decode(self, record: InputRecord) -> list[_Row]:
+        """One input's rows (one, or one per face with --faces all); anything decoding raises (a Pillow
+        plugin's NotImplementedError, a MemoryError, ...) is that input's error row, never the shard's failure."""
         try:
             return self._decode_unguarded(record)
         except Exception as exc:  # the per-input boundary: see the module docstring
-            return _Row(record, Decoded(None, f"decoder failed: {type(exc).__name__}: {exc}"), None)
+            return [_Row(record.image_id, record, Decoded(None, f"decoder failed: {type(exc).__name__}: {exc}"), None)]
 
-    def _decode_unguarded(self, record: InputRecord) -> _Row:
+    def _decode_unguarded(self, record: InputRecord) -> list[_Row]:
         if record.error is not None:
-            return _Row(record, None, None)
+            return [_Row(record.image_id, record, None, None)]
         G = self.models.G
-        decoded = self.decoding.decode(record.data, resolution=G.img_resolution, channels=G.img_channels,
-                                       aligner=self.aligner)
-        mask = decoded.valid
-        if decoded.ok and record.mask is not None:
+        decoded = self.decoding.decode_rows(record.data, resolution=G.img_resolution, channels=G.img_channels,
+                                            aligner=self.aligner)
+        given = None
+        if decoded[0].ok and record.mask is not None:
             given = decode_mask(record.mask, resolution=G.img_resolution, policy=self.config.resize_policy)
             if given is None:
-                return _Row(record, Decoded(None, "corrupt mask: the .mask.png sidecar cannot be decoded"), None)
-            mask = given if mask is None else mask * given
-        return _Row(record, decoded, mask)
+                return [_Row(record.image_id, record,
+                             Decoded(None, "corrupt mask: the .mask.png sidecar cannot be decoded"), None)]
+        rows = []
+        for row_id, one in zip(self.decoding.row_ids(record.image_id, decoded), decoded):
+            mask = one.valid
+            if given is not None:
+                mask = given if mask is None else mask * given
+            rows.append(_Row(row_id, record, one, mask))
+        return rows
 
     def process(self, spec: ShardSpec, attempt: int = 1) -> dict[str, Any]:
         """Run one shard and write its Parquet file and manifest entry; returns the manifest entry."""
@@ -142,18 +149,21 @@ class ShardProcessor:
             raise self.problem
         start = time.perf_counter()
         records = list(read_shard(spec))
-        columns: dict[str, list] = {f.name: [None] * len(records) for f in self.schema}
+        columns: dict[str, list] = {f.name: [] for f in self.schema}
         rows: list[_Row] = []
         pending: list[int] = []  # decoded, valid rows waiting for a full batch
         with ThreadPoolExecutor(max_workers=self.config.decode_threads) as pool:
             # map() submits every decode at once; the threads keep decoding while batches run below.
-            for i, row in enumerate(pool.map(self._decode, records)):
-                rows.append(row)
-                if self._fill_row(i, row, columns):
-                    pending.append(i)
-                if len(pending) == self.batch_size:
-                    self._run_batch(pending, rows, columns)
-                    pending = []
+            for input_rows in pool.map(self._decode, records):
+                for row in input_rows:
+                    rows.append(row)
+                    for values in columns.values():
+                        values.append(None)
+                    if self._fill_row(len(rows) - 1, row, columns):
+                        pending.append(len(rows) - 1)
+                    if len(pending) == self.batch_size:
+                        self._run_batch(pending, rows, columns)
+                        pending = []
         if pending:
             self._run_batch(pending, rows, columns)
 
@@ -173,8 +183,13 @@ class ShardProcessor:
     @staticmethod
     def _fill_row(i: int, row: _Row, columns: dict[str, list]) -> bool:
         """The identifying and error columns of row i; True if the row goes on to the stages."""
-        columns["image_id"][i] = row.record.image_id
+        columns["image_id"][i] = row.row_id
         columns["source_uri"][i] = row.record.source_uri
+        face = row.decoded.face if row.decoded is not None else None
+        if face is not None:
+            columns["face_index"][i], columns["face_confidence"][i] = face.index, face.confidence
+            columns["face_box"][i] = list(face.box)
+            columns["face_landmarks"][i] = [v for point in face.landmarks for v in point]
         columns["status"][i] = "ok"
         if row.record.meta is not None:
             columns["meta"][i] = json.dumps(row.record.meta)
@@ -192,7 +207,7 @@ class ShardProcessor:
         if any(rows[i].mask is not None for i in index):
             full = np.ones((1, *images.shape[2:]), dtype=np.float32)
             masks = torch.from_numpy(np.stack([rows[i].mask if rows[i].mask is not None else full for i in index]))
-        ids = [rows[i].record.image_id for i in index]
+        ids = [rows[i].row_id for i in index]
         try:
             out = invert_batch(self.models, self.stage_settings, images, masks, ids)
         except Exception as exc:  # NaNs, out of memory, a model error: find the inputs that cause it

@@ -22,9 +22,10 @@ METADATA_KEY = b"latentmill"
 LATENT_COLUMNS = LATENT_COLUMN_NAMES  # declared with the --column setting, which picks one
 LATENT_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
-# name, type (None = latent list), nullable, description
-_COLUMNS: list[tuple[str, pa.DataType | None, bool, str]] = [
-    ("image_id", pa.string(), False, "input id: relative path (folder), '<shard>/<key>' (tar), id column (Parquet)"),
+# name, type (None = latent list; (type, n) = fixed-size list), nullable, description
+_COLUMNS: list[tuple[str, pa.DataType | tuple[pa.DataType, int] | None, bool, str]] = [
+    ("image_id", pa.string(), False, "input id: relative path (folder), '<shard>/<key>' (tar), id column (Parquet); "
+                                     "with --faces all, '<input id>#face<k>' per face"),
     ("source_uri", pa.string(), False, "where the input came from (file URI, tar URI#key, parquet URI#row=N)"),
     ("shard", pa.string(), False, "input shard id: the unit of work and of resume"),
     ("status", pa.string(), False, "'ok' or 'error'"),
@@ -42,14 +43,24 @@ _COLUMNS: list[tuple[str, pa.DataType | None, bool, str]] = [
     ("prior_nll_compressed", pa.float32(), True, "prior NLL of w_compressed"),
     ("compression_delta", pa.float32(), True, "RMS change of the latent made by compression"),
     ("refine_steps", pa.int32(), True, "optimizer steps the image received"),
-    ("known_fraction", pa.float32(), True, "fraction of pixels known (mask, pad border)"),
+    ("known_fraction", pa.float32(), True, "fraction of pixels known (mask, pad border, outside the photo with --align)"),
     ("width", pa.int32(), True, "input width before resizing"),
     ("height", pa.int32(), True, "input height before resizing"),
+    ("face_index", pa.int16(), True, "with --align: the face's rank in its photo by detection confidence (0 = most confident)"),
+    ("face_confidence", pa.float32(), True, "with --align: the detector's confidence for this face"),
+    ("face_box", (pa.float32(), 4), True, "with --align: the detection box x0, y0, x1, y1 in the photo's pixels (after EXIF orientation)"),
+    ("face_landmarks", (pa.float32(), 10), True, "with --align: x, y of the eyes, the nose and the mouth corners (image left first), in the photo's pixels"),
     ("meta", pa.string(), True, "the input's JSON sidecar, if any, as JSON text"),
     ("seconds", pa.float32(), True, "this image's share of its batch's compute time"),
     ("model_fingerprint", pa.string(), False, "fingerprint of the generator (sha256 of its weights)"),
     ("schema_version", pa.int16(), False, "version of this schema"),
 ]
+
+
+def _arrow_type(dtype: pa.DataType | tuple[pa.DataType, int] | None, latent_type: pa.DataType) -> pa.DataType:
+    if dtype is None:
+        return latent_type
+    return pa.list_(*dtype) if isinstance(dtype, tuple) else dtype
 
 
 def latents_schema(num_ws: int, w_dim: int, *, latent_dtype: str = "float32",
@@ -58,8 +69,7 @@ def latents_schema(num_ws: int, w_dim: int, *, latent_dtype: str = "float32",
     if latent_dtype not in LATENT_DTYPES:
         raise ValueError(f"--latent-dtype must be one of {sorted(LATENT_DTYPES)}, got {latent_dtype!r}")
     latent_type = pa.list_(LATENT_DTYPES[latent_dtype], num_ws * w_dim)
-    fields = [pa.field(name, latent_type if dtype is None else dtype, nullable=nullable,
-                       metadata={b"description": text.encode()})
+    fields = [pa.field(name, _arrow_type(dtype, latent_type), nullable=nullable, metadata={b"description": text.encode()})
               for name, dtype, nullable, text in _COLUMNS]
     meta = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "latent_shape": [num_ws, w_dim],
             "latent_dtype": latent_dtype, **(metadata or {})}
@@ -75,12 +85,13 @@ def store_metadata(schema: pa.Schema) -> dict[str, Any]:
 
 
 def schema_document() -> dict[str, Any]:
-    """A machine-readable description of the schema, written to schemas/latents.v1.json."""
+    """A machine-readable description of the schema, written to schemas/latents.v<version>.json."""
     return {
         "name": SCHEMA_NAME,
         "version": SCHEMA_VERSION,
         "latent_columns": {"type": "fixed_size_list<float32|float16>[num_ws * w_dim]", "layout": "row-major [num_ws, w_dim]"},
         "metadata_key": METADATA_KEY.decode(),
-        "columns": [{"name": name, "type": "latent" if dtype is None else str(dtype), "nullable": nullable,
+        "columns": [{"name": name, "type": "latent" if dtype is None else str(_arrow_type(dtype, pa.null())),
+                     "nullable": nullable,
                      "description": text} for name, dtype, nullable, text in _COLUMNS],
     }

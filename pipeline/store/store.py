@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data.decode import DecodeSettings
+from pipeline.data.decode import DecodeSettings, input_id
 from pipeline.data.sources import ShardSpec, read_shard
 from pipeline.errors import LatentmillError
 from pipeline.store import layout
@@ -161,11 +161,13 @@ class Store:
         for shard, ids in wanted.items():
             if shard not in self.plan:
                 raise KeyError(f"{self.uri}: shard {shard!r} is not in {layout.PLAN}")
+            inputs = {input_id(row_id) for row_id in ids}
             for record in read_shard(self.plan[shard]):
-                if record.image_id in ids and record.data is not None:
-                    decoded = decoding.decode(record.data, resolution=resolution, channels=channels, aligner=aligner)
-                    if decoded.ok:
-                        found[record.image_id] = torch.from_numpy(decoded.image)
+                if record.image_id in inputs and record.data is not None:
+                    rows = decoding.decode_rows(record.data, resolution=resolution, channels=channels, aligner=aligner)
+                    for row_id, decoded in zip(decoding.row_ids(record.image_id, rows), rows):
+                        if decoded.ok and row_id in ids:
+                            found[row_id] = torch.from_numpy(decoded.image)
         missing = [i for i in image_ids if i not in found]
         if missing:
             raise FileNotFoundError(f"{self.uri}: inputs no longer readable: {missing[:5]}")
