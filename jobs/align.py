@@ -23,10 +23,10 @@ from PIL import Image
 from pipeline.data.align_settings import AlignConfig
 from pipeline.data.align_sheet import SheetRow, contact_sheet
 from pipeline.data.decode import Decoded, DecodeSettings, open_image
-from pipeline.data.sources import InputRecord, plan_shards, read_shard
+from pipeline.data.sources import InputRecord, plan_input, read_shard
 from pipeline.errors import LatentmillError
 from pipeline.store.faces_schema import FACES
-from pipeline.uris import is_local, read_if_exists, write_bytes
+from pipeline.uris import check_writable_dir, is_local, read_if_exists, write_bytes
 
 __all__ = ["AlignConfig", "run"]
 
@@ -82,9 +82,7 @@ def _decode(decoding: DecodeSettings, aligner, resolution: int, record: InputRec
 
 
 def _records(config: AlignConfig) -> tuple[int | None, Iterator[InputRecord]]:
-    shards = plan_shards(config.input, layout=config.input_format, shard_size=config.shard_size,
-                         image_column=config.image_column, id_column=config.id_column,
-                         on_duplicate_id=config.on_duplicate_id)
+    shards = plan_input(config)
     known = all(s.layout == "folder" for s in shards)
     total = sum(len(s.members) for s in shards) if known else None
     return total, (record for shard in shards for record in read_shard(shard))
@@ -95,6 +93,7 @@ def run(config: AlignConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     config.check()
+    check_writable_dir(config.output, setting="--output")
     root = config.output.rstrip("/")
     table_uri = posixpath.join(root, TABLE)
     if read_if_exists(table_uri) is not None and not config.overwrite:

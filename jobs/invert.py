@@ -1,7 +1,9 @@
 """`latentmill invert`: invert a dataset into a Parquet latent store on Ray.
 
-1. Check every argument, the input (exists, not empty) and the output (a writable directory), then
-   load every model once on the driver: all before Ray starts, errors naming the setting.
+1. Preflight (pipeline/runtime/preflight.py): every setting, the input (exists, not empty), the
+   output (a writable directory) and every model, loaded once on the driver and checked against the
+   generator; all problems reported at once before Ray starts. A missing prior is fitted and cached,
+   absent default weights downloaded when reachable.
 2. Claim the store (one writer at a time), then prepare it: the saved plan, the recipe compared with
    the store's (a different one is refused), damaged finished shards moved aside to be redone.
 3. Run the shards to do on the actor pool.
@@ -17,9 +19,9 @@ import time
 import torch
 
 from pipeline.runtime.config import InvertConfig
-from pipeline.runtime.invert_store import check_arguments, pin_precision, prepare_store
+from pipeline.runtime.invert_store import pin_precision, prepare_store
+from pipeline.runtime.preflight import preflight_invert
 from pipeline.runtime.ray_runner import RunSummary, run_shards
-from pipeline.runtime.shard_processor import load_models
 from pipeline.store.latent_store import failed_entries, manifest_entries
 from pipeline.store.store_lock import claim_store
 from pipeline.uris import write_bytes
@@ -28,11 +30,12 @@ from pipeline.uris import write_bytes
 def run(config: InvertConfig, *, processor_class: type | None = None) -> RunSummary:
     """Invert config.input into the store config.output; processor_class: see run_shards."""
     started = time.perf_counter()
-    fresh_plan = check_arguments(config)
+    checked = preflight_invert(config, device=torch.device("cpu"))
+    config, fresh_plan, models = checked.config, checked.shards, checked.models
     config, precision_line = pin_precision(config)
-    if precision_line:
-        print(f"latentmill: {precision_line}", file=sys.stderr)
-    models = load_models(config, torch.device("cpu"))  # fail fast on any weight or compatibility problem
+    for line in [*checked.notes, precision_line]:
+        if line:
+            print(f"latentmill: {line}", file=sys.stderr)
     with claim_store(config.output, wait=config.wait):
         prepared = prepare_store(config, models, fresh_plan=fresh_plan)
         if prepared.finished or prepared.redone:

@@ -34,6 +34,25 @@ class _Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
 
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
+        """One error style for every mistake, click's (a misspelt option) and latentmill's alike:
+        'error: <what to change>' and the --help to read, exit status 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.UsageError as exc:
+            where = f"\nsee `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="latentmill")

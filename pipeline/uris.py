@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,20 @@ def local_path(uri: str, *, setting: str, cache_dir: str | Path | None = None) -
         return Path(fsspec.open_local(f"filecache::{uri}", filecache={"cache_storage": str(cache)}))
     except FileNotFoundError:
         raise WeightsNotFoundError(f"{setting}: no file at '{uri}'. Point {setting} at an existing checkpoint.") from None
+
+
+def check_writable_dir(uri: str, *, setting: str) -> None:
+    """Refuse, naming `setting`, a local output that is a file or cannot be created or written."""
+    if not is_local(uri):
+        return
+    path = Path(uri.removeprefix("file://")).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{setting} {uri} is a file; give a directory")
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    try:  # a real probe: permission bits do not tell for root, read-only mounts or pseudo filesystems
+        os.rmdir(tempfile.mkdtemp(prefix=".latentmill-probe-", dir=existing))
+    except OSError:
+        raise ValueError(f"{setting} {uri} is not writable (checked {existing}); choose another {setting}") from None
 
 
 def read_bytes(uri: str, *, setting: str, cache_dir: str | Path | None = None) -> bytes:

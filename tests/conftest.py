@@ -12,6 +12,9 @@ import torch
 from pipeline.models.stylegan2 import Discriminator, Generator
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests never download: third-party weights absent here are errors at once (tests/test_known_weights.py
+# serves a download from a local server with this unset).
+os.environ.setdefault("LATENTMILL_OFFLINE", "1")
 
 
 def _fixture_dir() -> Path:

@@ -153,8 +153,6 @@ def test_missing_identity_weights_fail_before_any_work(assets, tmp_path):
 
 
 def test_invalid_settings_name_the_option(assets, tmp_path):
-    with pytest.raises(ValueError, match="--stages compress needs --prior"):
-        run(config(assets, tmp_path / "store", prior=None))
     with pytest.raises(ValueError, match="--stages: unknown"):
         run(config(assets, tmp_path / "store", stages=("refine", "sharpen")))
 

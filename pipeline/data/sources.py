@@ -106,6 +106,20 @@ def detect_layout(uri: str) -> str:
     return "folder"
 
 
+def plan_input(settings: InputSettings) -> list[ShardSpec]:
+    """The shards of `settings.input`; a ValueError naming --input when it does not exist or holds nothing."""
+    try:
+        shards = plan_shards(settings.input, layout=settings.input_format, shard_size=settings.shard_size,
+                             image_column=settings.image_column, id_column=settings.id_column,
+                             on_duplicate_id=settings.on_duplicate_id)
+    except FileNotFoundError:
+        raise ValueError(f"--input {settings.input}: no such file or directory; point --input at a folder of images, "
+                         ".tar shards or .parquet files (local or any fsspec URI)") from None
+    if not shards or all(s.layout == "folder" and not s.members for s in shards):
+        raise ValueError(f"--input {settings.input} holds no inputs (no files, .tar shards or .parquet files)")
+    return shards
+
+
 def plan_shards(uri: str, *, layout: str = "auto", shard_size: int = 1000, image_column: str = "image",
                 id_column: str | None = None, on_duplicate_id: str = "suffix") -> list[ShardSpec]:
     """The shards of an input dataset, in a deterministic order."""

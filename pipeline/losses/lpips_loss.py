@@ -3,8 +3,9 @@
 `lpips` ships its small linear heads inside the package but downloads the VGG/AlexNet backbone from
 the internet, which clusters and this project cannot rely on. Here the network is built with a
 random backbone (`pnet_rand=True`) and the backbone's torchvision weights are loaded from a URI;
-the default is the file torchvision itself caches (`$TORCH_HOME/hub/checkpoints/...`). A missing
-file is an error naming `--lpips-weights`.
+the default is the file torchvision itself caches (`$TORCH_HOME/hub/checkpoints/...`), downloaded
+there when absent and reachable. A missing file is an error naming `--lpips-weights` and the
+options that need no weights.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ MAX_RESOLUTION = 256  # larger images are area-downsampled first, as the officia
 
 
 def default_backbone_uri(net: str) -> str:
+    """torchvision's own cache file; VGG16's is downloaded there when absent and reachable."""
+    if net == "vgg":
+        from pipeline.models.known_weights import VGG16, ensure_weights
+
+        return str(ensure_weights(VGG16))
     return os.path.join(torch.hub.get_dir(), "checkpoints", BACKBONE_FILES[net])
 
 

@@ -50,11 +50,19 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
         return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
     def validate(self) -> None:
-        """Fail before any work, naming the setting."""
-        check_choices(self)
-        InversionSettings.check(self)
-        InputSettings.check(self)
-        DecodeSettings.check(self)
+        """Fail before any work, naming the setting (every problem found, one per line)."""
+        problems = self.problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, each as a sentence naming its option."""
+        found = []
+        for group_check in (check_choices, InversionSettings.check, InputSettings.check, DecodeSettings.check):
+            try:
+                group_check(self)
+            except ValueError as exc:
+                found.append(str(exc))
         checks = [
             (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
              "--batch-size must be auto or at least 1"),
@@ -63,10 +71,7 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
             (self.decode_threads >= 1, "--decode-threads must be at least 1"),
             (self.cpus_per_actor > 0, "--cpus-per-actor must be positive"),
             (self.num_gpus >= 0, "--num-gpus must be 0 or more"),
-            ("compress" not in self.stages or self.prior is not None, "--stages compress needs --prior"),
             ("encode" not in self.stages or self.encoder is not None or "refine" in self.stages,
              "--stages encode needs --encoder (or add refine, which then starts from w_avg)"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        return found + [message for ok, message in checks if not ok]

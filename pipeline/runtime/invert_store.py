@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import posixpath
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import fsspec
 
-from pipeline.data.sources import ShardSpec, plan_shards
+from pipeline.data.sources import ShardSpec, plan_input, plan_shards
 from pipeline.runtime.config import InvertConfig
 from pipeline.stages.chain import InversionModels
 from pipeline.store.latent_store import failed_entries, manifest_entries, remove_shard
 from pipeline.store.store_recipe import RECIPE_FILE, make_recipe, mismatch_error, recipe_differences
 from pipeline.store.verify import ShardProblem, VerifyReport, check_shard, repair_store
-from pipeline.uris import is_local, read_json_if_exists, write_bytes
+from pipeline.uris import check_writable_dir, read_json_if_exists, write_bytes
 
 
 @dataclass
@@ -70,27 +68,21 @@ def pin_precision(config: InvertConfig) -> tuple[InvertConfig, str | None]:
 
 
 def check_arguments(config: InvertConfig) -> list[ShardSpec]:
-    """Every setting, the input and the output, before Ray starts; returns the input's fresh plan."""
+    """Every setting, the input and the output, before Ray starts; returns the input's fresh plan.
+    (`pipeline/runtime/preflight.py` makes the same checks and the models', reporting all at once.)"""
     config.validate()
-    try:
-        shards = _plan(config)
-    except FileNotFoundError:
-        raise ValueError(f"--input {config.input}: no such file or directory") from None
-    if not shards or all(s.layout == "folder" and not s.members for s in shards):
-        raise ValueError(f"--input {config.input} holds no inputs (no files, .tar shards or .parquet files)")
-    _check_output(config.output)
+    shards = check_input(config)
+    check_output(config.output)
     return shards
 
 
-def _check_output(output: str) -> None:
-    if not is_local(output):
-        return
-    path = Path(output.removeprefix("file://")).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--output {output} is a file; give a directory (new or an existing store)")
-    existing = next(p for p in [path, *path.parents] if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--output {output} is not writable (checked {existing}); choose another --output")
+def check_input(config: InvertConfig) -> list[ShardSpec]:
+    """The input's plan; refuses an input that does not exist or holds nothing to invert."""
+    return plan_input(config)
+
+
+def check_output(output: str) -> None:
+    check_writable_dir(output, setting="--output")
 
 
 def _forget_everything(store: str) -> None:

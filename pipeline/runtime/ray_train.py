@@ -33,6 +33,9 @@ def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipeline.runtime.preflight import preflight_training
+
+    preflight_training(config, name)
     output = Path(config.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     loop_config = dataclasses.asdict(config) | {"output": str(output)}

@@ -2,9 +2,10 @@
 
 The default embedding is facenet-pytorch's InceptionResnetV1 trained on VGGFace2. facenet-pytorch
 downloads those weights on first use; here they are read from a URI instead (default: the file
-facenet-pytorch itself caches, `$TORCH_HOME/checkpoints/20180402-114759-vggface2.pt`), and a missing
-file is an error naming `--facenet-weights`, raised before any work starts. Inputs are assumed
-aligned (FFHQ-style crops); `--align faces` crops with MTCNN first.
+facenet-pytorch itself caches, `$TORCH_HOME/checkpoints/20180402-114759-vggface2.pt`, downloaded
+there when absent and reachable: pipeline/models/known_weights.py), and a missing file is an error
+naming `--facenet-weights` and the way to run without it, raised before any work starts. Inputs are
+assumed aligned (FFHQ-style crops); `--align ffhq` aligns with MTCNN's landmarks first.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from torch import nn
 from pipeline.errors import CheckpointError
 from pipeline.models.checkpoints import read_state_dict
 
-FACENET_FILE = "20180402-114759-vggface2.pt"
 FACENET_SETTING = "--facenet-weights"
 FACENET_RESOLUTION = 160
 
@@ -30,10 +30,6 @@ class IdentityModel(Protocol):
     def embed(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
-def default_facenet_uri() -> str:
-    return os.path.join(os.path.dirname(torch.hub.get_dir()), "checkpoints", FACENET_FILE)  # $TORCH_HOME
-
-
 class FaceNetIdentity(nn.Module):
     """facenet-pytorch InceptionResnetV1 with its weights from a URI."""
 
@@ -41,7 +37,11 @@ class FaceNetIdentity(nn.Module):
         super().__init__()
         from facenet_pytorch import InceptionResnetV1
 
-        uri = weights_uri or default_facenet_uri()
+        if weights_uri is None:  # facenet-pytorch's own cache file, downloaded there when absent and reachable
+            from pipeline.models.known_weights import FACENET, ensure_weights
+
+            weights_uri = str(ensure_weights(FACENET))
+        uri = weights_uri
         state = read_state_dict(uri, setting=FACENET_SETTING)
         self.net = InceptionResnetV1(pretrained=None, classify=False)
         state = {k: v for k, v in state.items() if not k.startswith("logits.")}  # the classifier is unused

@@ -1,0 +1,153 @@
+"""Everything `latentmill invert` needs, checked before any work, every problem reported at once.
+
+A first run used to fail once per missing piece (the prior, then LPIPS's weights, then FaceNet's),
+each discovered only after the previous was fixed. The preflight checks them all: the settings, the
+input (exists, holds inputs), the output (a writable directory), the generator, and every model made
+for it (encoder, prior, perceptual net, identity net, each loaded and checked against the generator),
+and raises one PreflightError listing each problem with its fix and, for downloaded weights, the way
+to run without them. What it can supply itself it supplies and says so: a missing prior is fitted
+once per generator and cached (pipeline/priors/prior_cache.py), absent LPIPS and FaceNet weights are
+downloaded when the network allows (pipeline/models/known_weights.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+
+from pipeline.data.sources import ShardSpec
+from pipeline.errors import LatentmillError
+from pipeline.models.model_set import ModelSet, add_models, load_model_set
+from pipeline.runtime.config import InvertConfig
+from pipeline.uris import local_path
+
+T = TypeVar("T")
+
+
+class PreflightError(LatentmillError, ValueError):
+    """One or more things a run needs are missing or wrong; the message lists them all."""
+
+    def __init__(self, command: str, problems: list[str]) -> None:
+        self.problems = problems
+        if len(problems) == 1:
+            text = f"{problems[0]}\nNothing was run."
+        else:
+            listing = "\n".join(f"  {i}. {problem}" for i, problem in enumerate(problems, 1))
+            text = f"{len(problems)} problems; nothing was run. Fix them all, then rerun `latentmill {command}`:\n" \
+                   f"{listing}"
+        super().__init__(text)
+
+
+@dataclass
+class Preflight:
+    config: InvertConfig  # with a cached prior filled in where the run needed one and was given none
+    shards: list[ShardSpec]
+    models: ModelSet
+    notes: list[str] = field(default_factory=list)  # what the preflight did for the run, to tell the user
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def attempt(self, check: Callable[[], T]) -> T | None:
+        """check()'s result, or None with its error recorded (a user's mistake, never a crash)."""
+        try:
+            return check()
+        except (LatentmillError, ValueError, FileNotFoundError, PermissionError) as exc:
+            self.found.append(str(exc).strip())
+            return None
+
+
+def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu") -> Preflight:
+    """Check everything `config` needs and load its models (on `device`); raise PreflightError listing
+    every problem found."""
+    from pipeline.runtime.invert_store import check_input, check_output
+
+    problems = _Problems()
+    problems.found.extend(config.problems())
+    shards = problems.attempt(lambda: check_input(config))
+    problems.attempt(lambda: check_output(config.output))
+    models = problems.attempt(lambda: load_model_set(config.generator, device=device))
+    wants_refine, wants_identity = "refine" in config.stages, "identity" in config.stages
+    if models is not None:
+        problems.attempt(lambda: add_models(models, encoder=config.encoder))
+        problems.attempt(lambda: add_models(models, prior=config.prior))
+        if wants_refine:
+            problems.attempt(lambda: add_models(models, perceptual=config.perceptual,
+                                                lpips_weights=config.lpips_weights))
+        if wants_identity:
+            problems.attempt(lambda: add_models(models, identity_model=config.identity_model,
+                                                facenet_weights=config.facenet_weights))
+    else:  # without a generator nothing can be checked against it; files can still be found missing
+        for uri, setting in ((config.encoder, "--encoder"), (config.prior, "--prior")):
+            if uri:
+                problems.attempt(lambda uri=uri, setting=setting: local_path(uri, setting=setting))
+        if wants_refine and config.perceptual == "lpips":
+            problems.attempt(lambda: _perceptual_weights(config))
+        if wants_identity and config.identity_model == "facenet":
+            problems.attempt(lambda: _identity_weights(config))
+    if problems.found:
+        raise PreflightError("invert", problems.found)
+    notes = []
+    if config.prior is None and "compress" in config.stages:
+        from pipeline.priors.prior_cache import cached_prior
+
+        cached = cached_prior(models.G, progress=config.progress)
+        models.prior = cached.prior.to(models.device)
+        config = dataclasses.replace(config, prior=str(cached.path))
+        notes.append(cached.describe())
+    return Preflight(config, shards, models, notes)
+
+
+def _perceptual_weights(config: InvertConfig) -> None:
+    from pipeline.losses.lpips_loss import default_backbone_uri
+
+    if config.lpips_weights:
+        local_path(config.lpips_weights, setting="--lpips-weights")
+    else:
+        default_backbone_uri("vgg")
+
+
+def _identity_weights(config: InvertConfig) -> None:
+    from pipeline.models.known_weights import FACENET, ensure_weights
+
+    if config.facenet_weights:
+        local_path(config.facenet_weights, setting="--facenet-weights")
+    else:
+        ensure_weights(FACENET)
+
+
+def preflight_training(config: object, command: str) -> None:
+    """What a training job reads, checked on the driver before Ray Train starts its workers (where a
+    missing file would surface as a worker's traceback): the data, the generator, the perceptual
+    net's weights, the real images and backbone weights, every problem at once."""
+    from pipeline.data.sources import plan_shards
+    from pipeline.models.checkpoints import load_networks
+
+    problems = _Problems()
+
+    def data(uri: str, setting: str) -> None:
+        try:
+            shards = plan_shards(uri)
+        except FileNotFoundError:
+            raise ValueError(f"{setting} {uri}: no such file or directory") from None
+        if not shards or all(s.layout == "folder" and not s.members for s in shards):
+            raise ValueError(f"{setting} {uri} holds no images")
+
+    if getattr(config, "data", None):
+        problems.attempt(lambda: data(config.data, "--data"))
+    if getattr(config, "real_images", None):
+        problems.attempt(lambda: data(config.real_images, "--real-images"))
+    if getattr(config, "generator", None):
+        problems.attempt(lambda: load_networks(config.generator, device="cpu", setting="--generator"))
+    if getattr(config, "backbone_weights", None):
+        problems.attempt(lambda: local_path(config.backbone_weights, setting="--backbone-weights"))
+    if getattr(config, "perceptual", None) == "lpips":
+        problems.attempt(lambda: _perceptual_weights(config))
+    if problems.found:
+        raise PreflightError(command, problems.found)
