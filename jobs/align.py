@@ -26,7 +26,7 @@ from pipeline.data.decode import Decoded, DecodeSettings, open_image
 from pipeline.data.sources import InputRecord, plan_input, read_shard
 from pipeline.errors import LatentmillError
 from pipeline.store.faces_schema import FACES
-from pipeline.uris import check_writable_dir, is_local, read_if_exists, write_bytes
+from pipeline.uris import check_writable_dir, link, read_if_exists, write_bytes
 
 __all__ = ["AlignConfig", "run"]
 
@@ -141,9 +141,9 @@ def run(config: AlignConfig) -> dict[str, Any]:
     pq.write_table(table, buffer)
     write_bytes(table_uri, buffer.getvalue().to_pybytes())
     ok = len(columns["image_id"]) - sum(errors.values())
-    return {"inputs": inputs, "faces": ok, "errors": dict(errors), "table": _link(table_uri),
-            "images": _link(posixpath.join(root, IMAGES)),
-            "contact_sheet": _link(posixpath.join(root, SHEET)) if sheet else None}
+    return {"inputs": inputs, "faces": ok, "errors": dict(errors), "table": link(table_uri),
+            "images": link(posixpath.join(root, IMAGES)),
+            "contact_sheet": link(posixpath.join(root, SHEET)) if sheet else None}
 
 
 def _sheet_row(record: InputRecord, rows: list[Decoded]) -> list[SheetRow]:
@@ -189,12 +189,3 @@ def _add_row(columns, names: _Names, root: str, config: AlignConfig, record: Inp
     columns["output"].append(stem + ".png")
     columns["mask"].append(mask_name)
     columns["known_fraction"].append(float(decoded.valid.mean()) if decoded.valid is not None else 1.0)
-
-
-def _link(uri: str) -> str:
-    """An absolute file:// link for local outputs (clickable in terminals), the URI otherwise."""
-    if is_local(uri):
-        from pathlib import Path
-
-        return Path(uri.removeprefix("file://")).expanduser().resolve().as_uri()
-    return uri

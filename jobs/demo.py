@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from jobs import curate, invert, rebalance
 from pipeline.demo import demo_config
+from pipeline.uris import link
 
 
 def run(output: str, *, limit: int | None = None, steps: int = 100, batch_size: int = 48, num_gpus: float = 0.0,
@@ -39,5 +40,7 @@ def run(output: str, *, limit: int | None = None, steps: int = 100, batch_size: 
     except ValueError as exc:  # e.g. a --limit subset with a single group
         echo(f"rebalance skipped: {exc}")
     report = build_report(config.output, device=device)
-    echo(f"report: {report}")
+    echo(f"report: {link(report)}")
+    echo("next:   open the report; then try `latentmill invert --input YOUR_IMAGES --output out/store --generator "
+         "YOUR_GENERATOR` (README: Invert your own images)")
     return report

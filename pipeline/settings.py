@@ -63,6 +63,8 @@ class DeviceSettings:
 @dataclass(kw_only=True)
 class RaySettings:
     address: str | None = setting(None, "Ray cluster address (default: $RAY_ADDRESS, else an embedded Ray).")
+    verbose: bool = setting(False, "Show Ray's own start-up banners and its workers' logs (off: latentmill's lines "
+                                   "and progress only).")
 
 
 @dataclass(kw_only=True)

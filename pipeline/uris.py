@@ -51,6 +51,14 @@ def local_path(uri: str, *, setting: str, cache_dir: str | Path | None = None) -
         raise WeightsNotFoundError(f"{setting}: no file at '{uri}'. Point {setting} at an existing checkpoint.") from None
 
 
+def link(uri: str) -> str:
+    """An absolute file:// URL for a local path (clickable in terminals and mail), else the URI itself."""
+    if is_local(uri):
+        trailing = "/" if uri.endswith("/") else ""
+        return Path(uri.removeprefix("file://")).expanduser().resolve().as_uri() + trailing
+    return uri
+
+
 def check_writable_dir(uri: str, *, setting: str) -> None:
     """Refuse, naming `setting`, a local output that is a file or cannot be created or written."""
     if not is_local(uri):

@@ -126,7 +126,8 @@ def test_killed_run_resumes_without_duplicates_or_gaps(assets, tmp_path):
     assert 2 <= done_before < 8, "the run was killed midway"
     finished = subprocess.run(command + ["--steps", "60"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert f"({done_before} already done)" in finished.stdout or f"({done_before + 1} already done)" in finished.stdout
+    assert f"found {done_before} of 8 shards done; resuming" in finished.stderr or \
+        f"found {done_before + 1} of 8 shards done; resuming" in finished.stderr
     frame = read_latents(str(output))
     assert frame["image_id"].is_unique
     assert sorted(frame["image_id"]) == sorted(assets["messy"])
@@ -169,15 +170,16 @@ def test_invert_and_reconstruct_from_the_command_line(ray_local, assets, tmp_pat
                                   "--generator", assets["generator"], "--prior", assets["prior"], "--stages",
                                   "refine,compress", "--perceptual", "discriminator", "--steps", "2", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "4 images: 4 ok, 0 errors" in result.output and "manifest.json" in result.output
+    assert "the store: 4 rows, 4 ok, 0 errors" in result.output and "manifest.json" in result.output
+    assert f"next:      latentmill report {store}" in result.output
     result = runner.invoke(main, ["reconstruct", str(store), "--ids", "rgb_0.png,photo.jpg", "--out",
                                   str(tmp_path / "png"), "--column", "w_compressed", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["photo.w_compressed.png", "rgb_0.w_compressed.png"]
     assert Image.open(tmp_path / "png" / "photo.w_compressed.png").size == (32, 32)
-    bad = runner.invoke(main, ["invert", "--input", str(tmp_path), "--output", str(tmp_path / "x"), "--generator",
-                               assets["generator"], "--stages", "compress"])
-    assert bad.exit_code == 2 and "--prior" in bad.output
+    bad = runner.invoke(main, ["invert", "--input", str(tmp_path / "none"), "--output", str(tmp_path / "x"),
+                               "--generator", assets["generator"], "--prior", str(tmp_path / "p.safetensors")])
+    assert bad.exit_code == 2 and "--prior" in bad.output and "--input" in bad.output
 
 
 def test_a_batch_too_large_for_the_actors_is_one_error_and_auto_is_the_default(ray_local, assets, tmp_path):

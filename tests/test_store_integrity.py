@@ -162,10 +162,10 @@ def test_a_fuzzed_corpus_of_every_format_yields_one_row_per_file_and_keeps_good_
 def test_a_failing_batch_is_bisected_down_to_the_inputs_that_cause_it(generator, tmp_path, monkeypatch):
     real = shard_processor.invert_batch
 
-    def failing_on_poison(models, settings, images, masks, ids):
+    def failing_on_poison(models, settings, images, masks, ids, **kwargs):
         if "poison.png" in ids:
             raise RuntimeError("CUDA out of memory (simulated for one input)")
-        return real(models, settings, images, masks, ids)
+        return real(models, settings, images, masks, ids, **kwargs)
 
     monkeypatch.setattr(shard_processor, "invert_batch", failing_on_poison)
     files = {**good(7), "poison.png": png_bytes(colorful(seed=99))}

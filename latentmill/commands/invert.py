@@ -34,15 +34,35 @@ def invert(**options: object) -> None:
     config = InvertConfig(**options)
     with as_usage_errors(ValueError):
         summary = run(config)
-    click.echo(f"processed {summary.shards_done} shards ({summary.shards_skipped} already done), "
-               f"{summary.rows} images: {summary.ok} ok, {summary.errors} errors, "
-               f"{summary.images_per_second:.2f} images/s after a start-up of {summary.startup_seconds:.1f} s, "
-               f"{summary.retries} retries")
-    click.echo(f"latents: {config.output.rstrip('/')}/latents/  manifest: {config.output.rstrip('/')}/manifest.json")
+    echo_run_summary(config.output, summary)
     if summary.shards_failed:
         click.echo(f"error: {len(summary.shards_failed)} shards failed after retries: {summary.shards_failed}; "
                    "see manifest/*.failed.json, then rerun to retry them", err=True)
         sys.exit(1)
+
+
+def echo_run_summary(output: str, summary) -> None:
+    """The end of a run in a few lines: what this run did, what the store holds (errors by reason),
+    where it is (absolute links) and the command to run next."""
+    from pipeline.store.store import open_store
+    from pipeline.uris import link
+
+    store = output.rstrip("/")
+    if summary.shards_done or summary.shards_failed:
+        click.echo(f"this run:  {summary.shards_done} shards, {summary.rows} rows in {summary.seconds:.0f} s "
+                   f"({summary.images_per_second:.2f} rows/s after a start-up of {summary.startup_seconds:.1f} s), "
+                   f"{summary.retries} retries" + (f", {len(summary.shards_failed)} shards failed"
+                                                   if summary.shards_failed else ""))
+    else:
+        click.echo(f"this run:  nothing to do, all {summary.shards_skipped} shards were already done")
+    opened = open_store(store)
+    rows = opened.to_arrow(["status"]).num_rows
+    reasons = opened.error_reasons()
+    errors = sum(reasons.values())
+    by_reason = f" ({', '.join(f'{n} {reason}' for reason, n in reasons.items())})" if reasons else ""
+    click.echo(f"the store: {rows} rows, {rows - errors} ok, {errors} errors{by_reason}")
+    click.echo(f"latents:   {link(store + '/latents/')}\nmanifest:  {link(store + '/manifest.json')}")
+    click.echo(f"next:      latentmill report {store}   (then open {link(store + '/report.html')})")
 
 
 @click.command()

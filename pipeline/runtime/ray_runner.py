@@ -10,7 +10,6 @@ process died, retries a shard up to `--max-retries` times, then records it as fa
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import traceback
@@ -23,6 +22,8 @@ from tqdm.auto import tqdm
 from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
 from pipeline.runtime.config import InvertConfig
+from pipeline.runtime.progress_board import ProgressBoard
+from pipeline.runtime.ray_init import init_ray
 from pipeline.store.latent_store import record_failure
 
 
@@ -44,12 +45,17 @@ class RunSummary:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
-def init_ray(address: str | None) -> None:
-    import ray
+PROGRESS_POLL_S = 0.5  # how often the driver reads the rows finished inside shards in flight
 
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, configure_logging=False,
-                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::UserWarning"}})
+
+class BoardReport:
+    """What an actor calls to report progress: forwards to the board actor, without waiting."""
+
+    def __init__(self, board: Any) -> None:
+        self.board = board
+
+    def __call__(self, shard: str, rows: int, stage: str | None) -> None:
+        self.board.report.remote(shard, rows, stage)
 
 
 def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummary,
@@ -66,11 +72,14 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
 
     from pipeline.runtime.shard_processor import ShardProcessor
 
-    init_ray(config.address)
+    init_ray(config.address, verbose=config.verbose,
+             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::UserWarning"}})
     Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor)(processor_class or ShardProcessor)
     models_ref = ray.put(models) if models is not None else None
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    report = BoardReport(board)
     size = min(config.concurrency, max(len(shards), 1))
-    actors = [Actor.remote(config, None, models_ref) for _ in range(size)]
+    actors = [Actor.remote(config, None, models_ref, report) for _ in range(size)]
     try:
         started_actors = ray.get([actor.ready.remote() for actor in actors])
     except ray.exceptions.RayTaskError as exc:  # the actors cannot work (e.g. the batch does not fit)
@@ -88,15 +97,24 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     idle = list(actors)
     start = time.perf_counter()
     bar = tqdm(total=len(shards), desc="shards", unit="shard", disable=not config.progress, position=0)
-    known = all(spec.layout == "folder" for spec in shards)  # tar/Parquet counts are known only once read
+    # tar/Parquet counts are known only once read; with --faces all a photo may become several rows
+    known = all(spec.layout == "folder" for spec in shards) and config.faces != "all"
     image_bar = tqdm(total=sum(len(s.members) for s in shards) if known else None, desc="images", unit="img",
                      disable=not config.progress, position=1)
+    finished_rows = 0  # rows of finished shards; the board adds the rows of shards in flight
     while queue or running:
         while queue and idle:
             actor = idle.pop()
             spec, attempt = queue.popleft()
+            board.restart.remote(spec.shard_id)
             running[actor.process.remote(spec, attempt)] = (actor, spec, attempt)
-        done, _ = ray.wait(list(running), num_returns=1)
+        done, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_POLL_S if config.progress else None)
+        if not done:  # nothing finished yet: show the rows finished inside the shards in flight
+            in_flight, stage = ray.get(board.read.remote())
+            image_bar.n = finished_rows + in_flight
+            image_bar.set_postfix(stage=stage, ok=summary.ok, errors=summary.errors, refresh=False)
+            image_bar.refresh()
+            continue
         actor, spec, attempt = running.pop(done[0])
         try:
             entry = ray.get(done[0])
@@ -104,7 +122,7 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
             died = isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
             if died:  # the worker process is gone: replace it
                 ray.kill(actor, no_restart=True)
-                actor = Actor.remote(config, None, models_ref)
+                actor = Actor.remote(config, None, models_ref, report)
             idle.append(actor)
             if attempt <= config.max_retries:
                 summary.retries += 1
@@ -122,11 +140,15 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
         summary.ok += entry["ok"]
         summary.errors += entry["errors"]
         bar.update(1)
-        image_bar.update(entry["rows"])
-        image_bar.set_postfix(ok=summary.ok, errors=summary.errors)
+        board.restart.remote(spec.shard_id)
+        finished_rows += entry["rows"]
+        image_bar.n = finished_rows
+        image_bar.set_postfix(ok=summary.ok, errors=summary.errors, refresh=False)
+        image_bar.refresh()
     bar.close()
     image_bar.close()
     summary.seconds = time.perf_counter() - start
     for actor in idle:  # every live actor is idle now; replaced ones were killed when replaced
         ray.kill(actor, no_restart=True)
+    ray.kill(board, no_restart=True)
     return summary

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,11 +28,11 @@ def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, 
 
     `config` is a dataclass with `output`, `steps`, `num_workers` and `use_gpu` fields.
     """
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.runtime.preflight import preflight_training
+    from pipeline.runtime.ray_init import init_ray
 
     preflight_training(config, name)
     output = Path(config.output).resolve()
@@ -44,8 +43,7 @@ def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, 
         print(f"resuming from {resume} (step {checkpoint_step(resume)} of {config.steps})")
         loop_config["_resume_from"] = str(resume)
     (output / "config.json").write_text(json.dumps(loop_config, indent=2))
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, configure_logging=False)
+    init_ray(address, verbose=getattr(config, "verbose", False))
     TorchTrainer(
         train_loop,
         train_loop_config=loop_config,

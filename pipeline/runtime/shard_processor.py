@@ -17,7 +17,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -66,12 +66,18 @@ class _Row:
     mask: np.ndarray | None
 
 
+ProgressReport = Callable[[str, int, "str | None"], None]  # (shard, rows finished in it so far, stage now)
+
+
 class ShardProcessor:
-    def __init__(self, config: InvertConfig, device: str | None = None, models: InversionModels | None = None) -> None:
+    def __init__(self, config: InvertConfig, device: str | None = None, models: InversionModels | None = None,
+                 progress: ProgressReport | None = None) -> None:
         """models: the driver's loaded (and checked) models, shipped once through Ray's object store,
-        so an actor never parses a checkpoint again; loaded from the config's URIs when absent."""
+        so an actor never parses a checkpoint again; loaded from the config's URIs when absent.
+        progress: told the rows finished in the current shard after each batch, and each stage."""
         start = time.perf_counter()
         self.config = config
+        self.progress = progress
         wants_gpu = config.num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device(device or ("cuda" if wants_gpu else "cpu"))
         self.models = models.to(self.device) if models is not None else load_models(config, self.device)
@@ -148,6 +154,8 @@ class ShardProcessor:
         if self.problem is not None:
             raise self.problem
         start = time.perf_counter()
+        self._shard, self._finished = spec.shard_id, 0
+        self._report("decode")
         records = list(read_shard(spec))
         columns: dict[str, list] = {f.name: [] for f in self.schema}
         rows: list[_Row] = []
@@ -161,11 +169,17 @@ class ShardProcessor:
                         values.append(None)
                     if self._fill_row(len(rows) - 1, row, columns):
                         pending.append(len(rows) - 1)
+                    else:
+                        self._finished += 1  # an error row is done once decoded
                     if len(pending) == self.batch_size:
                         self._run_batch(pending, rows, columns)
+                        self._finished += len(pending)
+                        self._report(None)
                         pending = []
         if pending:
             self._run_batch(pending, rows, columns)
+        self._finished = len(rows)
+        self._report("write")
 
         columns["shard"] = [spec.shard_id] * len(rows)
         columns["model_fingerprint"] = [self.generator_fingerprint] * len(rows)
@@ -179,6 +193,10 @@ class ShardProcessor:
                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_shard(self.config.output, spec.shard_id, table, entry)
         return entry
+
+    def _report(self, stage: str | None) -> None:
+        if self.progress is not None:
+            self.progress(self._shard, self._finished, stage)
 
     @staticmethod
     def _fill_row(i: int, row: _Row, columns: dict[str, list]) -> bool:
@@ -209,7 +227,7 @@ class ShardProcessor:
             masks = torch.from_numpy(np.stack([rows[i].mask if rows[i].mask is not None else full for i in index]))
         ids = [rows[i].row_id for i in index]
         try:
-            out = invert_batch(self.models, self.stage_settings, images, masks, ids)
+            out = invert_batch(self.models, self.stage_settings, images, masks, ids, on_stage=self._report)
         except Exception as exc:  # NaNs, out of memory, a model error: find the inputs that cause it
             if len(index) > 1:  # results do not depend on batching, so halves give the same rows
                 half = len(index) // 2

@@ -7,7 +7,7 @@ Pure torch: takes decoded images, returns per-image columns of the latents table
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +43,14 @@ def _render(G: Generator, ws: torch.Tensor, noise_mode: str) -> torch.Tensor:
 
 
 def invert_batch(models: InversionModels, settings: InversionSettings, images: torch.Tensor,
-                 masks: torch.Tensor | None, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    """images [N, C, R, R] in [-1, 1], masks [N, 1, R, R] -> {column: [N, ...] numpy} (latents flattened)."""
+                 masks: torch.Tensor | None, image_ids: Sequence[str],
+                 on_stage: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+    """images [N, C, R, R] in [-1, 1], masks [N, 1, R, R] -> {column: [N, ...] numpy} (latents flattened).
+    on_stage: told the name of each stage as it starts (for progress)."""
+    def stage(name: str) -> None:
+        if on_stage is not None:
+            on_stage(name)
+
     G, n = models.G, images.shape[0]
     device = G.w_avg.device
     images = images.to(device)
@@ -54,6 +60,7 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
 
     ws = G.w_avg.expand(n, G.num_ws, -1).clone()
     if "encode" in settings.stages and models.E is not None:
+        stage("encode")
         with torch.no_grad():
             ws = encode(models.E, images, masks).float()
         out["w_encoded"] = _np(ws)
@@ -62,6 +69,7 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
             out["prior_nll_encoded"] = _np(prior.nll(ws))
 
     if "refine" in settings.stages:
+        stage("refine")
         result = refine(G, images, ws, settings, masks=masks, perceptual=models.perceptual, prior=prior,
                         noise_mode=NOISE_MODE, seeds=[image_seed(i) for i in image_ids])
         ws, recon = result.ws, result.images
@@ -77,6 +85,7 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
 
     compressed = None
     if "compress" in settings.stages and prior is not None:
+        stage("compress")
         with torch.no_grad():
             compressed = prior.compress(ws, settings.tau)
         out["w_compressed"] = _np(compressed)
@@ -84,6 +93,7 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
         out["compression_delta"] = _np((compressed - ws).square().mean(dim=(1, 2)).sqrt())
 
     if "identity" in settings.stages and models.identity is not None:
+        stage("identity")
         with torch.no_grad():
             target = models.identity.embed(images)  # once, for the refined and the compressed scores
         out["id_cosine_refined"] = _np(cosine_to(models.identity, target, recon))

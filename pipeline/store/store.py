@@ -13,6 +13,7 @@ DecodeSettings, so they are the exact pixels the latents were fitted to.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -103,6 +104,14 @@ class Store:
                     frame[column] = [None if v is None else np.asarray(v, np.float32).reshape(self.latent_shape)
                                      for v in frame[column]]
         return frame
+
+    def error_reasons(self) -> dict[str, int]:
+        """How many error rows the store holds, by reason (the text before the first colon), most first."""
+        table = self.to_arrow(["status", "error"])
+        reasons = Counter(error.split(":", 1)[0] for status, error in
+                          zip(table.column("status").to_pylist(), table.column("error").to_pylist())
+                          if status == "error" and error)
+        return dict(reasons.most_common())
 
     def ok_rows(self, column: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """The ok rows that have `column`; refuses a store where some ok row lacks it."""

@@ -22,7 +22,8 @@ RECIPE_VERSION = 1
 # InvertConfig fields that never change a row (how fast, where, how verbose), and model URIs, which
 # the recipe replaces by the fingerprints of what they hold (a moved file is the same model).
 EXECUTION_SETTINGS = frozenset({"output", "overwrite", "batch_size", "concurrency", "num_gpus", "cpus_per_actor",
-                                "decode_threads", "max_retries", "address", "progress", "compile", "wait"})
+                                "decode_threads", "max_retries", "address", "verbose", "progress", "compile",
+                                "wait"})
 MODEL_URIS = frozenset({"generator", "encoder", "prior", "lpips_weights", "facenet_weights", "identity_model"})
 
 
