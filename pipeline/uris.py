@@ -51,6 +51,13 @@ def local_path(uri: str, *, setting: str, cache_dir: str | Path | None = None) -
         raise WeightsNotFoundError(f"{setting}: no file at '{uri}'. Point {setting} at an existing checkpoint.") from None
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (what a store records, so it reads from any directory); other URIs as given."""
+    if not is_local(uri):
+        return uri
+    return str(Path(uri.removeprefix("file://")).expanduser().absolute())
+
+
 def link(uri: str) -> str:
     """An absolute file:// URL for a local path (clickable in terminals and mail), else the URI itself."""
     if is_local(uri):

@@ -14,36 +14,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from latentmill.cli import main
-from pipeline.models.bundle import write_bundle
-from pipeline.models.checkpoints import load_generator
-from pipeline.models.embedding import EmbeddingNet
-from pipeline.models.encoder import Encoder
-from pipeline.priors.gaussian import fit_prior_file
 from pipeline.report.html_report import build_report
 from pipeline.report.svg_charts import histogram_svg, line_chart_svg
-from pipeline.runtime.config import InvertConfig
 from pipeline.store.store import read_latents
-from tests.datasets import messy_folder
-from tests.stores import invert_here
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, fixture_dir):
-    root = tmp_path_factory.mktemp("report")
-    generator = str(fixture_dir / "sg2ada_32px.pkl")
-    G = load_generator(generator)
-    prior = str(root / "prior.safetensors")
-    fit_prior_file(generator, prior, num_samples=5000, batch_size=5000)
-    write_bundle(str(root / "E.safetensors"), {"E": Encoder.for_generator(G, base_channels=8, max_channels=16)})
-    write_bundle(str(root / "identity.safetensors"), {"identity": EmbeddingNet(resolution=16, base_channels=8,
-                                                                                max_channels=16, embedding_dim=8)})
-    expected = messy_folder(root / "input")
-    config = InvertConfig(input=str(root / "input"), output=str(root / "store"), generator=generator,
-                          encoder=str(root / "E.safetensors"), prior=prior,
-                          identity_model=str(root / "identity.safetensors"), perceptual="discriminator", steps=3,
-                          batch_size=4, shard_size=8, progress=False)
-    invert_here(config)
-    return {"uri": str(root / "store"), "expected": expected}
+def store(report_store):
+    return report_store
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +33,51 @@ def report(store):
 def test_the_report_references_only_images_it_wrote(report):
     path, page = report
     sources = re.findall(r'src="([^"]+)"', page)
-    assert sources == ["report/sample.png", "report/worst.png"]
+    assert sources and all(src.startswith("report/") for src in sources)
     for src in sources:
         image = Image.open(path.parent / src)
-        assert image.width == image.height, "4 images (rows) x input | encoded | refined | compressed"
-    assert "input | w_encoded | w_refined | w_compressed" in page
+        assert min(image.size) >= 128, "no picture is shown below 128 px"
+
+
+def test_the_verdict_comes_first_and_says_what_ran_and_how_well(report, store):
+    _, page = report
+    verdict = page.index('class="verdict"')
+    assert verdict < page.index('<table class="sheet">') and verdict < page.index("<svg")
+    expected = store["expected"]
+    ok = sum(status == "ok" for status in expected.values())
+    assert f"{ok} of {len(expected)} images inverted" in page
+    for line in ("What ran", "When", "Problems", "In-domain check"):
+        assert f"<b>{line}</b>" in page
+    assert "32 px" in page and "soft and blobby" in page, "the small model's reconstructions are explained"
+
+
+def test_contact_sheets_are_labelled_rows_with_each_images_metrics(report, store):
+    _, page = report
+    sheet = page[page.index('<h2 id="sample">'):page.index('<h2 id="worst">')]
+    for header in ("image", "MSE", "perceptual", "identity", "input", "encoded", "refined", "compressed"):
+        assert f"<th>{header}</th>" in sheet
+    frame = read_latents(store["uri"]).set_index("image_id")
+    rows = re.findall(r'<td class="id">([^<]+)</td><td class="num ">([0-9.]+)</td>', sheet)
+    assert len(rows) == 4
+    for image_id, mse in rows:
+        assert float(mse) == pytest.approx(frame.loc[image_id, "mse"], abs=1e-4)
+    assert sheet.count('target="_blank"><img') == 4 * 4, "every tile opens at full size"
+
+
+def test_the_in_domain_check_inverts_the_generators_own_samples(report):
+    _, page = report
+    section = page[page.index('<h2 id="in-domain">'):]
+    section = section[:section.index("</table>")]
+    assert section.count("<tr>") == 1 + 4 and "generator&#x27;s sample" in section
+
+
+def test_a_self_contained_report_embeds_every_picture(store, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(store["uri"], copy, ignore=shutil.ignore_patterns("report*"))
+    page = Path(build_report(str(copy), sheet_size=2, in_domain=2, self_contained=True)).read_text()
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert sources and all(src.startswith("data:image/") for src in sources)
+    assert not (copy / "report").exists() or not any((copy / "report").glob("*.png"))
 
 
 def test_the_report_has_the_metric_histograms_and_the_curve_as_valid_svg(report):
@@ -96,14 +114,14 @@ def test_the_curve_agrees_with_the_store_and_compression_is_monotone_in_tau(repo
 def test_the_report_command_writes_the_report_the_library_writes(store, report, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(store["uri"], copy, ignore=shutil.ignore_patterns("report*"))
-    result = CliRunner().invoke(main, ["report", str(copy), "--sheet-size", "4", "--device", "cpu"])
+    result = CliRunner().invoke(main, ["report", str(copy), "--sheet-size", "4", "--device", "cpu", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == f"report: {copy}/report.html"
+    assert result.output.strip() == f"report: {(copy / 'report.html').as_uri()}"
     _, library_page = report
-    # the same page, but for the summary's "store" row (the settings still name the original --output)
-    assert (copy / "report.html").read_text() == library_page.replace(store["uri"], str(copy), 1)
-    for name in ("sample.png", "worst.png"):
-        assert (copy / "report" / name).read_bytes() == (Path(store["uri"]) / "report" / name).read_bytes()
+    # the same page, but for the title and the store's name (the settings still name the original --output)
+    assert (copy / "report.html").read_text() == library_page.replace(store["uri"], str(copy), 2)
+    for picture in (Path(store["uri"]) / "report").glob("*.png"):
+        assert (copy / "report" / picture.name).read_bytes() == picture.read_bytes()
 
 
 def test_svg_histograms_count_every_finite_value():

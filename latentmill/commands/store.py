@@ -22,23 +22,33 @@ _generator = click.option("--generator", default=None, help="Generator URI (defa
 @click.option("--sheet-size", default=12, show_default=True, help="Images per contact sheet.")
 @click.option("--curve-images", default=48, show_default=True,
               help="Images used for the compression-vs-truncation curve.")
+@click.option("--in-domain", default=4, show_default=True,
+              help="The generator's own samples inverted with the store's recipe, to tell model capacity from "
+                   "pipeline faults (0: skip).")
+@click.option("--self-contained", is_flag=True, help="Embed every picture in report.html (one file to mail or "
+              "attach) instead of writing them to STORE/report/.")
 @_generator
 @options_from(DeviceSettings)
-def report(store: str, sheet_size: int, curve_images: int, generator: str | None, device: str) -> None:
-    """Write STORE/report.html: contact sheets (input | encoded | refined | compressed), histograms of
-    MSE, perceptual distance, identity cosine and prior NLL, errors, and the compression-vs-truncation
-    curve (identity kept vs distance from the prior as tau and psi vary).
+@click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar.")
+def report(store: str, sheet_size: int, curve_images: int, in_domain: int, self_contained: bool,
+           generator: str | None, device: str, progress: bool) -> None:
+    """Write STORE/report.html: a verdict (what ran, how well, what failed), labelled contact sheets
+    (input | encoded | refined | compressed with each image's metrics), an in-domain check, histograms
+    of MSE, perceptual distance, identity cosine and prior NLL, errors, the compression-vs-truncation
+    curve, and the curation and rebalancing sections when they have run.
 
     \b
-    Example:
+    Examples:
       latentmill report out/store && xdg-open out/store/report.html
+      latentmill report out/store --self-contained      # one file to mail
     """
     from pipeline.report.html_report import build_report
+    from pipeline.uris import link
 
     with as_usage_errors(FileNotFoundError, ValueError):
         uri = build_report(store, sheet_size=sheet_size, curve_images=curve_images, generator=generator,
-                           device=device)
-    click.echo(f"report: {uri}")
+                           device=device, self_contained=self_contained, in_domain=in_domain, progress=progress)
+    click.echo(f"report: {link(uri)}")
 
 
 @click.command()

@@ -19,43 +19,55 @@ import torch
 from PIL import Image
 
 from pipeline.devices import resolve_device
-from pipeline.imaging import grid_image, png_bytes
+from pipeline.report.images import ImageRow, ReportImages, fmt, image_table
+from pipeline.report.in_domain import SEED as IN_DOMAIN_SEED
+from pipeline.report.in_domain import in_domain_check, store_inversion_settings
 from pipeline.report.svg_charts import histogram_svg, line_chart_svg
+from pipeline.report.verdict import toy_caption, verdict_block
 from pipeline.report.tradeoff import TradeoffPoint, compression_truncation_curve
 from pipeline.store.derived_outputs import inputs_key, reuse_or_compute
 from pipeline.store.latent_store import latent_array
 from pipeline.models.model_set import ModelSet
 from pipeline.store.store import Store, open_store
-from pipeline.uris import write_bytes
+from pipeline.stages.identity import FACENET_NAME, identity_band
+from pipeline.uris import read_json_if_exists, write_bytes
 
 SHEET_COLUMNS = ("input", "w_encoded", "w_refined", "w_compressed")
-MIN_TILE = 96  # pixels: small generators' images are upscaled (nearest) to at least this
 
 
 def _join(store: str, name: str) -> str:
     return store.rstrip("/") + "/" + name
 
 
-def contact_sheet(G: Any, meta: dict[str, Any], rows: pd.DataFrame, inputs: torch.Tensor) -> tuple[bytes, list[str]]:
-    """PNG of one line per image: the input, then G of each latent column present (gray where absent)."""
-    tiles, present = [], ["input"]
+TILE_TITLES = {"input": "input", "w_encoded": "encoded", "w_refined": "refined", "w_compressed": "compressed"}
+
+
+def sheet_rows(G: Any, meta: dict[str, Any], rows: pd.DataFrame, inputs: torch.Tensor,
+               notes: dict[str, str] | None = None) -> tuple[list[ImageRow], list[str]]:
+    """One labelled row per image: id, metrics, then the input and G of each latent column present."""
     columns = [c for c in SHEET_COLUMNS[1:] if c in rows and rows[c].notna().all()]
-    present += columns
     rendered = {}
     with torch.no_grad():
         for column in columns:
             ws = torch.from_numpy(latent_array(rows, column, meta["latent_shape"])).to(G.w_avg.device)
             rendered[column] = G.synthesis(ws, noise_mode=meta.get("noise_mode", "const")).float().cpu()
-    for i in range(len(rows)):
-        tiles.append(inputs[i].float())
-        tiles += [rendered[c][i] for c in columns]
-    return png_bytes(_upscaled(grid_image(torch.stack(tiles), nrow=len(present)), meta["img_resolution"])), present
+    facenet = meta.get("identity_model") == FACENET_NAME
+    out = []
+    for i, row in enumerate(rows.itertuples(index=False)):
+        values = row._asdict()
+        metrics = {title: fmt(values.get(column)) for column, title in METRIC_TITLES.items()
+                   if column in rows and rows[column].notna().any()}
+        classes = {}
+        identity = values.get("id_cosine_refined")
+        if facenet and identity is not None and np.isfinite(identity):
+            metrics["identity"] += f" ({identity_band(identity)})"
+            classes["identity"] = identity_band(identity).replace(" ", "-")
+        out.append(ImageRow(str(values["image_id"]), metrics, [inputs[i]] + [rendered[c][i] for c in columns],
+                            note=(notes or {}).get(values["image_id"], ""), classes=classes))
+    return out, ["input"] + [TILE_TITLES[c] for c in columns]
 
 
-def _upscaled(grid: Image.Image, resolution: int) -> Image.Image:
-    """Small generators' tiles enlarged (nearest neighbour) to at least MIN_TILE pixels."""
-    scale = max(1, -(-MIN_TILE // resolution))
-    return grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST) if scale > 1 else grid
+METRIC_TITLES = {"mse": "MSE", "mse_encoded": "MSE encoded", "perceptual": "perceptual", "id_cosine_refined": "identity"}
 
 
 def _histograms(frame: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
@@ -105,8 +117,7 @@ def _curve(store: Store, models: ModelSet, rows: pd.DataFrame,
     nll = [p.prior_nll for p in points if p.prior_nll > 0]
     wide = bool(nll) and max(nll) > 20 * min(nll)  # e.g. truncation far outside the prior's support
     chart = line_chart_svg(series, title=f"identity kept vs distance from the prior ({len(rows)} images)",
-                           x_label="prior NLL / w_dim of the moved latents", y_label=f"identity cosine ({name})",
-                           log_x=wide)
+                           x_label="prior NLL / w_dim of the moved latents", y_label=f"identity cosine ({name})", log_x=wide)
     return chart, points
 
 
@@ -130,30 +141,28 @@ def _flagged_rows(flags: pd.DataFrame, sheet_size: int) -> tuple[pd.DataFrame, p
     return outliers, duplicates
 
 
-def _curation_section(store: str, G: Any, meta: dict[str, Any], ok: pd.DataFrame, flags: pd.DataFrame,
-                      settings: dict[str, Any], inputs: dict[str, torch.Tensor], sheet_size: int) -> str:
+def _curation_section(G: Any, meta: dict[str, Any], ok: pd.DataFrame, flags: pd.DataFrame,
+                      settings: dict[str, Any], inputs: dict[str, torch.Tensor], sheet_size: int,
+                      images: ReportImages) -> str:
     """Counts of `latentmill curate` flags, the strongest outliers and the duplicate pairs."""
     counts = [("rows curated", len(flags)), ("outliers (prior NLL > p%g)" % settings["outlier_percentile"],
                                              int(flags["outlier"].sum())),
               (f"near-duplicates (cosine >= {settings['duplicate_threshold']} by {settings['duplicates_by']})",
                int(flags["duplicate"].sum())),
               ("bad reconstructions", int(flags["bad_reconstruction"].sum())), ("flagged", int(flags["flagged"].sum()))]
-    parts = ["<h2>Curation</h2>" + _table(counts)]
+    parts = ['<h2 id="curation">Curation</h2>' + _table(counts)]
     outliers, duplicates = _flagged_rows(flags, sheet_size)
     if not outliers.empty:
         rows = ok.set_index("image_id").loc[outliers["image_id"]].reset_index()
-        png, present = contact_sheet(G, meta, rows, _stack(inputs, rows["image_id"]))
-        write_bytes(_join(store, "report/outliers.png"), png)
-        parts.append(f"<h3>Outliers, highest prior NLL first</h3><p>Columns: {' | '.join(present)}.</p>"
-                     '<img class="sheet" src="report/outliers.png" alt="outliers">')
+        notes = {r.image_id: f"prior NLL {r.prior_nll:.1f} (p{r.prior_nll_percentile:.0f})"
+                 for r in outliers.itertuples()}
+        labelled, tiles = sheet_rows(G, meta, rows, _stack(inputs, rows["image_id"]), notes)
+        parts.append("<h3>Outliers, highest prior NLL first</h3>" + image_table(labelled, tiles, images, "outliers"))
     if not duplicates.empty:
-        ids = [i for pair in zip(duplicates["duplicate_of"], duplicates["image_id"]) for i in pair]
-        grid = _upscaled(grid_image(_stack(inputs, ids).float(), nrow=2), meta["img_resolution"])
-        write_bytes(_join(store, "report/duplicates.png"), png_bytes(grid))
-        listing = ", ".join(f"{html.escape(a)} ~ {html.escape(b)}" for a, b in zip(duplicates["duplicate_of"],
-                                                                                 duplicates["image_id"]))
-        parts.append(f"<h3>Near-duplicates (first member | duplicate)</h3><p>{listing}</p>"
-                     '<img class="sheet" src="report/duplicates.png" alt="near-duplicates">')
+        pairs = [ImageRow(f"{a} ~ {b}", {"cosine": fmt(c)}, [inputs[a], inputs[b]])
+                 for a, b, c in zip(duplicates["duplicate_of"], duplicates["image_id"], duplicates["duplicate_cosine"])]
+        parts.append("<h3>Near-duplicates</h3>" + image_table(pairs, ["first member", "duplicate"], images,
+                                                               "duplicates"))
     return "".join(parts)
 
 
@@ -161,7 +170,7 @@ def _stack(inputs: dict[str, torch.Tensor], image_ids: Any) -> torch.Tensor:
     return torch.stack([inputs[i] for i in image_ids])
 
 
-def _rebalance_section(store: str) -> str | None:
+def _rebalance_section(store: str, resolution: int, images: ReportImages) -> str | None:
     """Before / target / after counts of the last `latentmill rebalance` of this store, and its preview."""
     import fsspec
 
@@ -171,18 +180,30 @@ def _rebalance_section(store: str) -> str | None:
     summary = json.loads(fs.cat_file(path))
     rows = "".join(f"<tr><td>{html.escape(g)}</td><td>{summary['before'][g]}</td><td>{summary['target_counts'][g]}</td>"
                    f"<td>{summary['added'][g]}</td><td>{summary['after'][g]}</td></tr>" for g in summary["before"])
-    text = (f"<h2>Rebalancing</h2><p>Groups <code>{html.escape(summary['groups_spec'])}</code>, target "
-            f"<code>{html.escape(summary['target'])}</code>, method {html.escape(summary['method'])}; "
-            f"{summary['candidates']} candidates, rejected: {html.escape(json.dumps(summary['rejected']))}; "
-            f"output {html.escape(str(summary['output']))}.</p>"
+    rejected = ", ".join(f"{n} for {html.escape(str(why))}" for why, n in summary["rejected"].items()) or "none"
+    text = (f'<h2 id="rebalancing">Rebalancing</h2><p>Groups <code>{html.escape(summary["groups_spec"])}</code>, '
+            f'target <code>{html.escape(summary["target"])}</code>, method {html.escape(summary["method"])}; '
+            f"{summary['candidates']} candidates, rejected: {rejected}; output "
+            f"<code>{html.escape(str(summary['output']))}</code>.</p>"
             f"<table><tr><th>group</th><th>before</th><th>target</th><th>added</th><th>after</th></tr>{rows}</table>")
     if summary.get("shortfall"):
-        text += f"<p>Short of target: {html.escape(json.dumps(summary['shortfall']))}.</p>"
-    if fs.exists(_join(path.rsplit("/", 1)[0], "preview.png")):
-        columns = "member | background | collage | new sample" if summary["method"] == "compose" else \
-            "nearest member | new sample"
-        text += (f"<p>Accepted samples, columns: {columns}.</p>"
-                 '<img class="sheet" src="rebalance/preview.png" alt="rebalanced samples">')
+        short = ", ".join(f"{html.escape(str(g))} by {n}" for g, n in summary["shortfall"].items())
+        text += f"<p>Short of target: {short}.</p>"
+    preview = _join(path.rsplit("/", 1)[0], "preview.png")
+    if fs.exists(preview):
+        columns = ["member", "background", "collage", "new sample"] if summary["method"] == "compose" else \
+            ["nearest member", "new sample"]
+        with fs.open(preview, "rb") as f:
+            grid = Image.open(f).convert("RGB")
+        # the preview is a grid of resolution-sized cells with 2 px padding: shown at >= 128 px a cell
+        scale = max(1, -(-128 // resolution))
+        shown = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+        src = images.add("rebalance-preview", shown)
+        head = "".join(f"<th>{c}</th>" for c in columns)
+        text += (f"<p>Accepted samples, one per row, columns left to right: {' | '.join(columns)}.</p>"
+                 f'<table class="plain"><tr>{head}</tr><tr><td colspan="{len(columns)}"><a href="{src}" '
+                 f'target="_blank"><img class="preview" src="{src}" alt="rebalanced samples" width="{shown.width}">'
+                 "</a></td></tr></table>")
     return text
 
 
@@ -192,40 +213,46 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 
 def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, generator: str | None = None,
-                 device: str | torch.device = "cpu") -> str:
-    """Write STORE/report.html and its PNGs; returns the report's URI. Reuses them when the store's
-    rows, the settings, the curation and the rebalancing are unchanged since the last report."""
+                 device: str | torch.device = "cpu", self_contained: bool = False, in_domain: int = 4,
+                 progress: bool = False) -> str:
+    """Write STORE/report.html (and its pictures under STORE/report/, unless self_contained embeds
+    them); returns the report's URI. Reuses them when the store's rows, the settings, the curation
+    and the rebalancing are unchanged since the last report."""
     folder, uri = _join(store, "report"), _join(store, "report.html")
     reads = [_join(store, name) for name in ("curation/summary.json", "curation/flags.parquet",
                                              "rebalance/summary.json", "rebalance/preview.png")]
-    key = inputs_key(store, {"sheet_size": sheet_size, "curve_images": curve_images, "generator": generator},
-                     depends_on=reads)
+    key = inputs_key(store, {"sheet_size": sheet_size, "curve_images": curve_images, "generator": generator,
+                             "self_contained": self_contained, "in_domain": in_domain}, depends_on=reads)
     return reuse_or_compute(
         folder, key, outputs=[uri], reuse=lambda: uri, what="report (the store, its curation and rebalancing)",
         compute=lambda: _build_report(store, sheet_size=sheet_size, curve_images=curve_images, generator=generator,
-                                      device=device))
+                                      device=device, self_contained=self_contained, in_domain=in_domain,
+                                      progress=progress))
+
+
+STEPS = ("read the store", "decode inputs", "contact sheets", "in-domain check", "compression curve", "write")
 
 
 def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: str | None,
-                  device: str | torch.device) -> str:
+                  device: str | torch.device, self_contained: bool, in_domain: int, progress: bool) -> str:
+    from tqdm.auto import tqdm
+
     device = resolve_device(device)
-    opened = open_store(uri)
+    opened = open_store(uri)  # a store that is not one, or a generator that is missing: said before any bar
     store, meta = opened.uri, opened.metadata
-    frame = opened.to_pandas().sort_values("image_id", kind="stable").reset_index(drop=True)
     models = opened.load_models(device, generator=generator)
+    bar = tqdm(total=len(STEPS), desc="report", unit="step", disable=not progress)
+
+    def step(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update(1)
+
+    images = ReportImages(store, self_contained=self_contained)
+    frame = opened.to_pandas().sort_values("image_id", kind="stable").reset_index(drop=True)
     G = models.G
     ok = frame[frame["status"] == "ok"]
     errors = frame[frame["status"] != "ok"]
-    sections = []
-
-    summary = [("store", store), ("rows", len(frame)), ("ok", len(ok)), ("errors", len(errors)),
-               ("generator", meta.get("generator")), ("encoder", meta.get("encoder")), ("prior", meta.get("prior")),
-               ("perceptual metric", meta.get("perceptual_metric")), ("identity model", meta.get("identity_model")),
-               ("resolution", meta.get("img_resolution")), ("latent shape", meta.get("latent_shape"))]
-    for key in ("mse_encoded", "mse", "perceptual", "id_cosine_refined", "id_cosine_compressed"):
-        if key in ok and ok[key].notna().any():
-            summary.append((f"median {key}", f"{ok[key].median():.4f}"))
-    sections.append("<h2>Summary</h2>" + _table(summary))
+    step("read the store")
 
     sample = worst = curve_rows = ok.head(0)
     if not ok.empty:
@@ -244,22 +271,29 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
                                             | set(duplicates["duplicate_of"]))])
     shown_rows = pd.concat(shown).drop_duplicates("image_id")
     inputs = opened.read_inputs(shown_rows["shard"].tolist(), shown_rows["image_id"].tolist()) if len(shown_rows) else {}
+    step("decode inputs")
 
+    sections: list[tuple[str, str, str]] = []  # (anchor, title for the contents, html)
     if not ok.empty:
-        for title, name, rows in (("A random sample", "sample", sample), ("The worst reconstructions (highest MSE)",
-                                                                        "worst", worst)):
+        for title, name, rows in (("A random sample", "sample", sample),
+                                  ("The worst reconstructions (highest MSE)", "worst", worst)):
             if rows.empty:
                 continue
-            png, present = contact_sheet(G, meta, rows, _stack(inputs, rows["image_id"]))
-            path = f"report/{name}.png"
-            write_bytes(_join(store, path), png)
-            ids = ", ".join(html.escape(i) for i in rows["image_id"])
-            sections.append(f"<h2>{title}</h2><p>Columns: {' | '.join(present)}. Rows: {ids}.</p>"
-                            f'<img class="sheet" src="{path}" alt="{name} contact sheet">')
+            labelled, tiles = sheet_rows(G, meta, rows, _stack(inputs, rows["image_id"]))
+            sections.append((name, title, f'<h2 id="{name}">{title}</h2><p>Each row: an input and its '
+                             "reconstructions from each stored latent; click a picture for its full size.</p>"
+                             + image_table(labelled, tiles, images, name)))
+    step("contact sheets")
+
+    domain_html, domain_line = _in_domain_section(opened, G, device, in_domain, ok, images)
+    if domain_html:
+        sections.append(("in-domain", "In-domain check", domain_html))
+    step("in-domain check")
 
     charts = _histograms(frame, meta)
     if charts:
-        sections.append("<h2>Metrics</h2><div class='charts'>" + "".join(charts) + "</div>")
+        sections.append(("metrics", "Metrics", '<h2 id="metrics">Metrics</h2><div class="charts">'
+                         + "".join(charts) + "</div>"))
 
     chart, points = _curve(opened, models, curve_rows, inputs)
     table = ""
@@ -269,32 +303,114 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
                     f"<tr><td>{p.method}</td><td>{p.parameter:g}</td><td>{p.prior_nll:.3f}</td>"
                     f"<td>{p.identity:.4f}</td><td>{p.mse:.4f}</td></tr>" for p in points) + "</table>"
         write_bytes(_join(store, "report/tradeoff.json"), json.dumps([asdict(p) for p in points], indent=1).encode())
-    sections.append("<h2>Compression vs truncation</h2><p>Both pull refined latents towards the prior: "
-                    "truncation scales all of w - w_avg by psi, compression log-compresses only the PCA "
-                    "components beyond tau sigma. Higher and further left is better.</p>" + chart + table)
+    sections.append(("tradeoff", "Compression vs truncation",
+                     '<h2 id="tradeoff">Compression vs truncation</h2><p>Both pull refined latents towards the prior: '
+                     "truncation scales all of w - w_avg by psi, compression log-compresses only the PCA "
+                     "components beyond tau sigma. Higher and further left is better.</p>" + chart + table))
+    step("compression curve")
 
     if curated is not None:
-        sections.append(_curation_section(store, G, meta, ok, *curated, inputs, sheet_size))
-    rebalanced = _rebalance_section(store)
+        sections.append(("curation", "Curation", _curation_section(G, meta, ok, *curated, inputs, sheet_size, images)))
+    rebalanced = _rebalance_section(store, meta["img_resolution"], images)
     if rebalanced:
-        sections.append(rebalanced)
+        sections.append(("rebalancing", "Rebalancing", rebalanced))
 
     if not errors.empty:
         reasons = errors["error"].fillna("?").str.split(":", n=1).str[0].value_counts()
         listing = "".join(f"<tr><td>{html.escape(str(r.image_id))}</td><td>{html.escape(str(r.error))}</td></tr>"
                           for r in errors.head(50).itertuples())
-        sections.append("<h2>Errors</h2>" + _table(list(reasons.items())) +
-                        f"<table><tr><th>image</th><th>error</th></tr>{listing}</table>")
+        sections.append(("errors", "Errors", '<h2 id="errors">Errors</h2>' + _table(list(reasons.items())) +
+                         f"<table><tr><th>image</th><th>error</th></tr>{listing}</table>"))
 
     settings = meta.get("settings", {})
-    sections.append("<h2>Settings</h2>" + _table(sorted(settings.items())))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>latentmill report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:0.5em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}}
-img.sheet{{image-rendering:pixelated;max-width:100%}}.charts svg{{margin:4px}}</style></head>
-<body><h1>latentmill report</h1>
-{''.join(sections)}
+    models_table = [("generator", meta.get("generator")), ("encoder", meta.get("encoder")), ("prior", meta.get("prior")),
+                    ("perceptual metric", meta.get("perceptual_metric")), ("identity model", meta.get("identity_model")),
+                    ("resolution", meta.get("img_resolution")), ("latent shape", meta.get("latent_shape"))]
+    sections.append(("settings", "Models and settings", '<h2 id="settings">Models and settings</h2>'
+                     + _table(models_table) + _table([(k, _setting_text(v)) for k, v in sorted(settings.items())])))
+
+    manifest = read_json_if_exists(_join(store, "manifest.json"))
+    verdict = verdict_block(frame, meta, manifest, opened.manifest, list((manifest or {}).get("shards_failed", [])),
+                            domain_line, toy_caption(meta, _is_demo_generator(opened)))
+    contents = " · ".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title, _ in sections)
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>latentmill report: {html.escape(store)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{STYLE}</style></head>
+<body><h1>latentmill report</h1><p class="store"><code>{html.escape(store)}</code></p>
+{verdict}
+<nav>{contents}</nav>
+{''.join(body for _, _, body in sections)}
 </body></html>"""
     uri = _join(store, "report.html")
     write_bytes(uri, page.encode())
+    step("write")
+    bar.close()
     return uri
+
+
+POOR_IN_DOMAIN_MSE = 0.05  # [-1, 1] units: an RMS error above 11% of the range on the model's own images
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}
+table.sheet td.tile{padding:2px}table.sheet img,img.preview{image-rendering:pixelated;display:block}
+td.num{font-variant-numeric:tabular-nums;text-align:right}td.id{max-width:220px;word-break:break-all}
+span.note{color:#666;font-size:12px}td.same-person{background:#e6f4ea}td.uncertain{background:#fff4d6}
+td.different-person{background:#fde7e7}.verdict{border:2px solid #446;border-radius:6px;padding:0.2em 1em;
+background:#f6f7fb}.headline{font-size:1.15em;font-weight:600}.caption{color:#555;font-style:italic}
+nav{margin:1em 0;font-size:14px}.charts svg{margin:4px;overflow:visible}code{font-size:12px}"""
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return "-" if value is None else str(value)
+
+
+def _is_demo_generator(opened: Store) -> bool:
+    from pipeline.demo import DemoBundle
+
+    try:
+        bundle = DemoBundle.locate()
+    except (FileNotFoundError, OSError, ValueError):
+        return False
+    from pipeline.models.checkpoints import load_generator
+    from pipeline.models.fingerprint import fingerprint
+
+    return fingerprint(load_generator(str(bundle.generator))) == opened.metadata.get("generator_fingerprint")
+
+
+def _in_domain_section(opened: Store, G: Any, device: torch.device, n: int, ok: pd.DataFrame,
+                       images: ReportImages) -> tuple[str | None, str | None]:
+    """The in-domain check's section and its one-line reading for the verdict (None, None when off)."""
+    if n <= 0:
+        return None, None
+    meta = opened.metadata
+    try:
+        models = opened.load_models(device, encoder=bool(meta.get("encoder")), prior=bool(meta.get("prior")),
+                                    perceptual=meta.get("perceptual_metric") or "none")
+    except (OSError, ValueError) as exc:
+        return f'<h2 id="in-domain">In-domain check</h2><p>Not run: {html.escape(str(exc))}</p>', None
+    check = in_domain_check(models, store_inversion_settings(meta.get("settings", {})), n)
+    rows = [ImageRow(f"sample {i}", {"MSE": fmt(check.mse[i]),
+                                     **({"perceptual": fmt(check.perceptual[i])} if check.perceptual is not None else {})},
+                     [check.samples[i], check.reconstructions[i]]) for i in range(n)]
+    own = float(np.median(check.mse))
+    theirs = float(ok["mse"].median()) if "mse" in ok and ok["mse"].notna().any() else None
+    if theirs is None:
+        reading = f"the generator's own samples reconstruct to median MSE {own:.4f}."
+    elif own > POOR_IN_DOMAIN_MSE:
+        reading = (f"even the generator's own samples reconstruct poorly (median MSE {own:.4f}; your images "
+                   f"{theirs:.4f}): look at the settings (steps, learning rate, perceptual metric) and the models "
+                   "before the data.")
+    elif theirs <= 2 * own:
+        reading = (f"the generator's own samples reconstruct to median MSE {own:.4f}, your images to {theirs:.4f}: "
+                   "the pipeline reconstructs your images about as well as the model allows.")
+    else:
+        reading = (f"the generator's own samples reconstruct {theirs / own:.0f}x better (median MSE {own:.4f}) than "
+                   f"your images ({theirs:.4f}): the pipeline works, and the gap is what this model can represent "
+                   "of your images (another domain, alignment or framing, or a small model).")
+    body = (f'<h2 id="in-domain">In-domain check</h2><p>{n} images the generator made itself (seed '
+            f"{IN_DOMAIN_SEED}), inverted with this store's encoder, "
+            f"prior and settings: {html.escape(reading)}</p>"
+            + image_table(rows, ["generator's sample", "inverted"], images, "in-domain"))
+    return body, html.escape(reading)

@@ -23,7 +23,7 @@ from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
 from pipeline.models.model_set import ModelSet, add_models, load_model_set
 from pipeline.runtime.config import InvertConfig
-from pipeline.uris import local_path
+from pipeline.uris import absolute, local_path
 
 T = TypeVar("T")
 
@@ -68,6 +68,7 @@ def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu"
     every problem found."""
     from pipeline.runtime.invert_store import check_input, check_output
 
+    config = with_absolute_paths(config)
     problems = _Problems()
     problems.found.extend(config.problems())
     shards = problems.attempt(lambda: check_input(config))
@@ -102,6 +103,17 @@ def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu"
         config = dataclasses.replace(config, prior=str(cached.path))
         notes.append(cached.describe())
     return Preflight(config, shards, models, notes)
+
+
+LOCAL_URI_SETTINGS = ("input", "output", "generator", "encoder", "prior", "lpips_weights", "facenet_weights")
+
+
+def with_absolute_paths(config: InvertConfig) -> InvertConfig:
+    """Local paths made absolute: the store records them, and a store must read from any directory."""
+    changes = {name: absolute(getattr(config, name)) for name in LOCAL_URI_SETTINGS if getattr(config, name)}
+    if config.identity_model != "facenet":
+        changes["identity_model"] = absolute(config.identity_model)
+    return dataclasses.replace(config, **changes)
 
 
 def _perceptual_weights(config: InvertConfig) -> None:

@@ -21,6 +21,22 @@ from pipeline.errors import CheckpointError
 from pipeline.models.checkpoints import read_state_dict
 
 FACENET_SETTING = "--facenet-weights"
+FACENET_NAME = "facenet-vggface2"
+# How to read a FaceNet (VGGFace2) cosine between two aligned faces. Verification on unit embeddings
+# conventionally thresholds the Euclidean distance near 1.1 (cosine = 1 - d^2 / 2, about 0.4); pairs
+# of one person typically lie below distance 0.9 (cosine above about 0.6). Used by the report to
+# label identity scores; meaningful only with FaceNet's weights and aligned faces.
+FACENET_SAME_PERSON = 0.6
+FACENET_DIFFERENT_PERSON = 0.4
+
+
+def identity_band(cosine: float) -> str:
+    """What a FaceNet cosine between input and reconstruction says about identity."""
+    if cosine >= FACENET_SAME_PERSON:
+        return "same person"
+    if cosine >= FACENET_DIFFERENT_PERSON:
+        return "uncertain"
+    return "different person"
 FACENET_RESOLUTION = 160
 
 
@@ -73,7 +89,7 @@ def load_identity_model(spec: str = "facenet", *, facenet_weights: str | None = 
     anything else is the URI of a latentmill bundle holding an `EmbeddingNet` (e.g. the demo's).
     """
     if spec == "facenet":
-        return FaceNetIdentity(facenet_weights).to(device), "facenet-vggface2"
+        return FaceNetIdentity(facenet_weights).to(device), FACENET_NAME
     from pipeline.models.checkpoints import load_networks
     from pipeline.models.embedding import EmbeddingNet
 

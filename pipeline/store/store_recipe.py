@@ -50,7 +50,7 @@ def recipe_differences(stored: dict[str, Any], current: dict[str, Any],
     added to latentmill after the store was made) differs only if this run moves it off its default:
     at the default it reproduces what the store's rows were made with."""
     lines = []
-    if stored.get("input") != current.get("input"):
+    if not _same_place(stored.get("input"), current.get("input")):
         lines.append(f"--input: {stored.get('input')} in the store, {current.get('input')} now")
     elif stored.get("plan") != current.get("plan"):
         lines.append(f"the input's shard plan: {stored.get('shards')} shards in the store, {current.get('shards')} "
@@ -75,6 +75,13 @@ def mismatch_error(store: str, lines: list[str]) -> StoreRecipeMismatch:
         f"--output {store} holds rows made with another recipe; nothing was run:\n{listing}\n"
         f"Ways out: rerun with the store's recipe ({store.rstrip('/')}/{RECIPE_FILE} lists it), add --overwrite to "
         "redo every row with the new one, or write to a new --output.")
+
+
+def _same_place(a: str | None, b: str | None) -> bool:
+    """Two --input URIs name the same data (a store made with a relative path, rerun with it absolute)."""
+    from pipeline.uris import absolute
+
+    return a == b or (a is not None and b is not None and absolute(a) == absolute(b))
 
 
 def _normal(value: Any) -> Any:
