@@ -25,7 +25,7 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     cfg.validate()
     store = open_store(cfg.store)
     root = layout.join(store.uri, layout.CURATION)
-    key = inputs_key(cfg.store, {k: v for k, v in asdict(cfg).items() if k != "device"})
+    key = inputs_key(cfg.store, {k: v for k, v in asdict(cfg).items() if k not in ("device", "progress")})
     return reuse_or_compute(
         root, key, outputs=[root + "/flags.parquet", root + "/summary.json"], compute=lambda: flag_store(store, cfg, key),
         reuse=lambda: {**json.loads(read_bytes(root + "/summary.json", setting="curation")), "reused": True},

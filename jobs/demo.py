@@ -28,7 +28,7 @@ def run(output: str, *, limit: int | None = None, steps: int = 100, batch_size: 
         echo(f"inverted {summary.rows} images ({summary.ok} ok, {summary.errors} errors) in "
              f"{summary.seconds:.0f} s after a start-up of {summary.startup_seconds:.0f} s; latents: "
              f"{config.output}/latents/")
-    flags = curate.run(curate.CurateConfig(store=config.output, device=device))
+    flags = curate.run(curate.CurateConfig(store=config.output, device=device, progress=progress))
     echo(("curate: reused: " if flags.get("reused") else "curate: ") +
          f"{flags['outliers']} outliers, {flags['duplicates']} near-duplicates, "
          f"{flags['bad_reconstructions']} bad reconstructions")
@@ -39,7 +39,7 @@ def run(output: str, *, limit: int | None = None, steps: int = 100, batch_size: 
              ", ".join(f"{g} {counts['before'][g]} -> {counts['after'][g]}" for g in counts["before"]))
     except ValueError as exc:  # e.g. a --limit subset with a single group
         echo(f"rebalance skipped: {exc}")
-    report = build_report(config.output, device=device)
+    report = build_report(config.output, device=device, progress=progress)
     echo(f"report: {link(report)}")
     echo("next:   open the report; then try `latentmill invert --input YOUR_IMAGES --output out/store --generator "
          "YOUR_GENERATOR` (README: Invert your own images)")

@@ -27,6 +27,19 @@ class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with the whole first sentence of its help, wrapped, never cut off."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.commands[name]
+            if command.hidden:
+                continue
+            text = " ".join((command.help or "").split("\n\n")[0].split())
+            first = text.split(". ")[0].rstrip(".") + "."
+            rows.append((name, first))
+        with formatter.section("Commands, in the order of a workflow"):
+            formatter.write_dl(rows, col_spacing=2)
+
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)

@@ -101,3 +101,16 @@ def options_from(cls: type, *, first: tuple[str, ...] = ()) -> Callable[[Callabl
             command = _parameter(f, hints[f.name])(command)
         return command
     return decorate
+
+
+class OldSpellings(click.Option):
+    """An option whose later names are old spellings: accepted, never shown in --help (one name per
+    concept across commands: `--output`, not `--out` here and `--output` there)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        names, text = record
+        shown = self.opts[0] + names[len(", ".join(self.opts)):] if names.startswith(", ".join(self.opts)) else names
+        return shown, text

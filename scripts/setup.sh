@@ -9,7 +9,11 @@ if [ ! -f "$font" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji) >/dev/null 2>&1 \
     || echo "note: could not install fonts-noto-color-emoji; make-demo-data needs it" >&2
 fi
+echo "setup: installing latentmill into .venv with torch and torchvision (the CUDA builds, which also run on" >&2
+echo "       CPUs), ray, lpips, facenet-pytorch, pyarrow, pandas and the test tools: about 3 GB to download," >&2
+echo "       6 GB on disk, a few minutes on a fresh machine (seconds when .venv is already there)" >&2
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
 .venv/bin/python -c "import pipeline, torch, torchvision, ray, lpips, facenet_pytorch" \
   || { echo "setup failed: the environment does not import" >&2; exit 1; }
+echo "setup: done; .venv holds $(du -sh .venv 2>/dev/null | cut -f1). Next: .venv/bin/latentmill demo" >&2

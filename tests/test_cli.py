@@ -68,6 +68,21 @@ def test_help_explains_every_option_of_every_command(run):
         assert run(name, "--help").exit_code == 0
 
 
+def test_top_level_help_lists_whole_sentences_in_workflow_order(run):
+    text = run("--help").output
+    listing = text[text.index("Commands, in the order of a workflow"):]
+    names = [line.split()[0] for line in listing.splitlines()[1:] if line.startswith("  ") and not line.startswith("   ")]
+    assert names[:4] == ["demo", "align", "invert", "verify"]
+    assert "..." not in listing, "no description is cut off"
+
+
+def test_one_name_per_concept_across_commands(run):
+    """Old spellings stay accepted but are not shown: every command says --output, never --out."""
+    for name in main.commands:
+        assert "--out " not in run(name, "--help").output.replace("--output", ""), name
+    assert any("--out" in p.opts for p in main.commands["reconstruct"].params), "the old spelling still works"
+
+
 def test_fit_prior_writes_a_prior_for_the_generator(run, fixture_dir, tmp_path):
     from pipeline.models.checkpoints import load_generator
     from pipeline.priors.gaussian import GaussianizedPrior

@@ -12,8 +12,10 @@ from pipeline.data.align_settings import AlignConfig
 @click.command()
 @options_from(AlignConfig, first=("input", "output", "align", "faces", "resolution"))
 def align(**options: object) -> None:
-    """Detect the faces of a dataset (facenet-pytorch's MTCNN, weights included) and align each as FFHQ
-    was made: an oriented square from the eye and mouth landmarks, resampled to --resolution.
+    """Detect and align every face of a dataset as FFHQ was made, before inverting it.
+
+    Faces are found by facenet-pytorch's MTCNN (weights included) and each is cut as an oriented
+    square from its eye and mouth landmarks, resampled to --resolution.
 
     Writes OUTPUT/images/ (PNG per face; a .mask.png beside it marks pixels outside the photo, so the
     folder is a ready input for `latentmill invert`) and OUTPUT/faces.parquet (box, landmarks,

@@ -7,7 +7,7 @@ import json
 import click
 
 from pipeline.settings import DeviceSettings
-from latentmill.options import options_from
+from latentmill.options import OldSpellings, options_from
 
 
 @click.command()
@@ -77,7 +77,7 @@ def convert(src: str, dst: str) -> None:
               help="Per-pixel noise: the stored constant maps, fresh random maps, or none.")
 @click.option("--class-idx", type=int, default=None, help="Class label for conditional generators.")
 @click.option("--which", default="G_ema", show_default=True, help="Network in the checkpoint: G_ema or G.")
-@click.option("--output", "--out", "out_path", default="samples.png", show_default=True,
+@click.option("--output", "--out", "out_path", cls=OldSpellings, default="samples.png", show_default=True,
               help="Where to write the image grid.")
 @click.option("--nrow", default=8, show_default=True, help="Images per row of the grid.")
 @options_from(DeviceSettings)

@@ -12,9 +12,11 @@ from pipeline.evaluation.settings import EvaluateConfig
 @click.command()
 @options_from(EvaluateConfig, first=("output", "generator", "encoder", "prior", "images", "studies"))
 def evaluate(**options: object) -> None:
-    """Measure the papers' claims on a model: inversion quality against cost (with the official
-    projector recipe as baseline), the prior's effect on interpolation, compression against
-    truncation, composition, and StyleSpace detection accuracy. Writes OUTPUT/eval.json and
+    """Measure the papers' claims on a model, with the official recipes as baselines.
+
+    Inversion quality against cost (with the official projector recipe as baseline), the prior's
+    effect on interpolation, compression against truncation, composition, and StyleSpace
+    detection accuracy. Writes OUTPUT/eval.json and
     OUTPUT/eval.html; every figure carries its settings and the model fingerprints.
 
     \b

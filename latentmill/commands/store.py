@@ -7,7 +7,7 @@ import json
 import click
 
 from latentmill.errors import as_usage_errors, parse_ids
-from latentmill.options import options_from
+from latentmill.options import OldSpellings, options_from
 from pipeline.settings import DeviceSettings, LatentColumnSettings
 from pipeline.stages.curation_settings import CurateConfig
 from pipeline.stages.rebalance_settings import RebalanceConfig
@@ -32,10 +32,12 @@ _generator = click.option("--generator", default=None, help="Generator URI (defa
 @click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar.")
 def report(store: str, sheet_size: int, curve_images: int, in_domain: int, self_contained: bool,
            generator: str | None, device: str, progress: bool) -> None:
-    """Write STORE/report.html: a verdict (what ran, how well, what failed), labelled contact sheets
-    (input | encoded | refined | compressed with each image's metrics), an in-domain check, histograms
-    of MSE, perceptual distance, identity cosine and prior NLL, errors, the compression-vs-truncation
-    curve, and the curation and rebalancing sections when they have run.
+    """Write STORE/report.html, the page to read (and send) after a run.
+
+    A verdict (what ran, how well, what failed), labelled contact sheets (input | encoded | refined
+    | compressed with each image's metrics), an in-domain check, histograms of MSE, perceptual
+    distance, identity cosine and prior NLL, errors, the compression-vs-truncation curve, and the
+    curation and rebalancing sections when they have run.
 
     \b
     Examples:
@@ -105,7 +107,7 @@ def rebalance(**options: object) -> None:
 @click.command()
 @click.argument("store")
 @click.option("--ids", required=True, help="Comma-separated image ids, or @FILE with one id per line.")
-@click.option("--output", "--out", "out_dir", required=True, help="Directory for the PNGs (created).")
+@click.option("--output", "--out", "out_dir", cls=OldSpellings, required=True, help="Directory for the PNGs (created).")
 @_latent_column
 @_generator
 @options_from(DeviceSettings)

@@ -40,7 +40,8 @@ class SearchProgress:
 def near_duplicate_pairs(features: torch.Tensor, threshold: float, *, block_size: int | None = None,
                          max_pairs: int = 10_000_000, resume: SearchProgress | None = None,
                          on_progress: Callable[[SearchProgress], None] | None = None,
-                         progress_every_s: float = 60.0) -> DuplicatePairs:
+                         progress_every_s: float = 60.0,
+                         on_rows: Callable[[int], None] | None = None) -> DuplicatePairs:
     """All pairs of rows of features [N, D] whose cosine is at least `threshold`.
 
     Rows are normalized once; each block of `block_size` rows is compared with the rows after its
@@ -48,7 +49,8 @@ def near_duplicate_pairs(features: torch.Tensor, threshold: float, *, block_size
     The default block holds about 2^28 similarities (4,096 rows at 65k, 256 at 1M). Runs on the
     tensor's device (a GPU for large N). A long search reports `SearchProgress` to `on_progress`
     every `progress_every_s` seconds; passing one back as `resume` continues from it (rows before
-    its `next_row` are done, whatever block size found them).
+    its `next_row` are done, whatever block size found them). `on_rows` is told the rows searched
+    after each block (for a progress bar).
     """
     x = F.normalize(features.float(), dim=1)
     n = x.shape[0]
@@ -80,6 +82,8 @@ def near_duplicate_pairs(features: torch.Tensor, threshold: float, *, block_size
         firsts.append((i + start).cpu())
         seconds.append((j + start).cpu())
         cosines.append(sims[i, j].cpu())
+        if on_rows is not None:
+            on_rows(min(start + b, n))
     return DuplicatePairs(cat(firsts, np.int64), cat(seconds, np.int64), cat(cosines, np.float32))
 
 

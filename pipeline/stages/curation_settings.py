@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
-from pipeline.settings import DeviceSettings, LatentColumnSettings, check_choices, setting
+from pipeline.settings import DeviceSettings, LatentColumnSettings, ProgressSettings, check_choices, setting
 
 DUPLICATE_FEATURES = ("latent", "identity")
 
 
 @dataclass(kw_only=True)
-class CurateConfig(LatentColumnSettings, DeviceSettings):
+class CurateConfig(LatentColumnSettings, DeviceSettings, ProgressSettings):
     store: str = setting(MISSING, "The latent store to curate.", positional=True)
     outlier_percentile: float = setting(99.0, "Rows whose prior NLL is above this percentile of the store are "
                                               "outliers.")

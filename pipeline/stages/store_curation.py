@@ -16,6 +16,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+from tqdm.auto import tqdm
 import pandas as pd
 import pyarrow as pa
 import torch
@@ -97,9 +98,16 @@ def flag_store(store: Store, cfg: CurateConfig, key: str) -> dict[str, Any]:
     else:
         features = (ws - ws.mean(dim=0)).flatten(1)
     progress_uri = layout.join(store.uri, layout.CURATION, SEARCH_PROGRESS)
+    bar = tqdm(total=len(ok), desc="curate: near-duplicate search", unit="row", disable=not cfg.progress)
+
+    def searched(rows: int) -> None:
+        bar.n = rows
+        bar.refresh()
+
     pairs = near_duplicate_pairs(features, cfg.duplicate_threshold, block_size=cfg.block_size,
                                  resume=_load_search(progress_uri, key, len(ok)),
-                                 on_progress=lambda p: _save_search(progress_uri, key, len(ok), p))
+                                 on_progress=lambda p: _save_search(progress_uri, key, len(ok), p), on_rows=searched)
+    bar.close()
     groups = duplicate_groups(len(ok), pairs)
     best = np.full(len(ok), np.nan, dtype=np.float32)  # each row's highest cosine to another group member
     np.fmax.at(best, pairs.first, pairs.cosine)

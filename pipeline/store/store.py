@@ -13,6 +13,7 @@ DecodeSettings, so they are the exact pixels the latents were fitted to.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -95,14 +96,21 @@ class Store:
                 tables.append(pq.read_table(f, columns=list(columns) if columns else None))
         return pa.concat_tables(tables, promote_options="default")
 
-    def to_pandas(self, columns: Iterable[str] | None = None, *, latents_as_arrays: bool = False) -> pd.DataFrame:
-        """Every row as a DataFrame; latents_as_arrays reshapes each w_* value to [num_ws, w_dim]."""
+    def to_pandas(self, columns: Iterable[str] | None = None, *, latents_as_arrays: bool = False,
+                  meta_as_columns: bool = False) -> pd.DataFrame:
+        """Every row as a DataFrame; latents_as_arrays reshapes each w_* value to [num_ws, w_dim];
+        meta_as_columns expands each input's JSON sidecar (`meta`) into columns `meta.<key>`."""
         frame = self.to_arrow(columns).to_pandas()
         if latents_as_arrays:
             for column in LATENT_COLUMNS:
                 if column in frame:
                     frame[column] = [None if v is None else np.asarray(v, np.float32).reshape(self.latent_shape)
                                      for v in frame[column]]
+        if meta_as_columns and "meta" in frame:
+            parsed = [json.loads(v) if isinstance(v, str) else {} for v in frame["meta"]]
+            expanded = pd.json_normalize([p if isinstance(p, dict) else {"value": p} for p in parsed])
+            expanded.columns = [f"meta.{c}" for c in expanded.columns]
+            frame = pd.concat([frame.drop(columns="meta"), expanded.set_index(frame.index)], axis=1)
         return frame
 
     def error_reasons(self) -> dict[str, int]:
