@@ -154,7 +154,8 @@ def _curation_section(G: Any, meta: dict[str, Any], ok: pd.DataFrame, flags: pd.
     outliers, duplicates = _flagged_rows(flags, sheet_size)
     if not outliers.empty:
         rows = ok.set_index("image_id").loc[outliers["image_id"]].reset_index()
-        notes = {r.image_id: f"prior NLL {r.prior_nll:.1f} (p{r.prior_nll_percentile:.0f})"
+        w_dim = meta["latent_shape"][1]  # the report's one NLL scale: per dimension, 1 = a typical latent
+        notes = {r.image_id: f"prior NLL/w_dim {r.prior_nll / w_dim:.2f} (p{r.prior_nll_percentile:.0f})"
                  for r in outliers.itertuples()}
         labelled, tiles = sheet_rows(G, meta, rows, _stack(inputs, rows["image_id"]), notes)
         parts.append("<h3>Outliers, highest prior NLL first</h3>" + image_table(labelled, tiles, images, "outliers"))

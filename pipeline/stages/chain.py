@@ -76,12 +76,14 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
         out["w_refined"] = _np(ws)
         out["refine_steps"] = result.steps_run.cpu().numpy().astype(np.int32)
         if models.perceptual is not None:
-            out["perceptual"] = _np(result.losses["perceptual"])
+            out["perceptual_refined"] = out["perceptual"] = _np(result.losses["perceptual"])
         if prior is not None:
             out["prior_nll_refined"] = _np(prior.nll(ws))
     else:
         recon = _render(G, ws, NOISE_MODE)
     out["mse"] = _np(masked_mse(recon, images, masks))
+    if "refine" in settings.stages:
+        out["mse_refined"] = out["mse"]
 
     compressed = None
     if "compress" in settings.stages and prior is not None:
