@@ -80,7 +80,7 @@ def test_demo_runs_every_stage_on_a_subset_and_writes_a_report(ray_local, tmp_pa
     sources = re.findall(r'src="([^"]+)"', page)
     assert sources and all((tmp_path / "store" / s).is_file() for s in sources)
     assert "compression (tau)" in page and "truncation (psi)" in page
-    assert "<h2>Curation</h2>" in page and "curate:" in result.output
+    assert '<h2 id="curation">Curation</h2>' in page and "curate:" in result.output
     store = str(tmp_path / "store")
     outputs = [tmp_path / "store" / p for p in ("report.html", "curation/flags.parquet", "latents")]
     before = {p: p.stat().st_mtime_ns for p in outputs}
@@ -95,7 +95,7 @@ def test_demo_runs_every_stage_on_a_subset_and_writes_a_report(ray_local, tmp_pa
         assert curated.exit_code == 0, curated.output
         assert "4 rows:" in curated.output
     reported = CliRunner().invoke(main, ["report", store, "--device", "cpu"])
-    assert reported.exit_code == 0 and "<h2>Curation</h2>" in (tmp_path / "store" / "report.html").read_text()
+    assert reported.exit_code == 0 and '<h2 id="curation">Curation</h2>' in (tmp_path / "store" / "report.html").read_text()
 
 
 def test_composition_keeps_the_pasted_parts(bundle):

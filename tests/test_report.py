@@ -87,7 +87,7 @@ def test_the_report_has_the_metric_histograms_and_the_curve_as_valid_svg(report)
         xml.dom.minidom.parseString(svg)
     titles = " ".join(svgs)
     for title in ("pixel MSE", "perceptual distance (discriminator)", "identity cosine (embedding:identity",
-                  "prior NLL / w_dim", "identity kept vs distance from the prior"):
+                  "prior NLL (a typical latent: about", "identity kept vs distance from the prior"):
         assert title in titles
 
 

@@ -93,7 +93,7 @@ def prior_effect(models: EvalModels, images: torch.Tensor, *, steps: int, frames
                  prior_weight: float = 0.01) -> dict[str, Any]:
     """Project each image with and without the prior, interpolate between consecutive pairs in W+,
     and measure path length (perceptual distance between neighbouring frames, summed: PPL-style),
-    midpoint prior NLL / w_dim and midpoint realism (KID to the real images)."""
+    midpoint prior NLL (about w_dim for a typical latent) and midpoint realism (KID to the real images)."""
     G, n = models.G, len(images) - len(images) % 2
     images = images[:n].to(models.device)
     init = initial_latents(models, images)
@@ -116,8 +116,8 @@ def prior_effect(models: EvalModels, images: torch.Tensor, *, steps: int, frames
             mid_images = G.synthesis(mid, noise_mode="const").float()
         rows.append({"setting": label, "prior_weight": weight, "pairs": len(a), "frames": frames,
                      "path_length": path.mean().item(),
-                     "midpoint_prior_nll": (models.prior.nll(mid) / G.w_dim).mean().item(),
-                     "endpoint_prior_nll": (models.prior.nll(ws) / G.w_dim).mean().item(),
+                     "midpoint_prior_nll": models.prior.nll(mid).mean().item(),
+                     "endpoint_prior_nll": models.prior.nll(ws).mean().item(),
                      "midpoint_realism_kid": models.realism(mid_images.cpu()),
                      "endpoint_mse": (result.images.float() - images).square().mean().item()})
     with_prior, without = rows

@@ -89,8 +89,8 @@ def _histograms(frame: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
         charts.append(histogram_svg({k.removeprefix("id_cosine_"): v for k, v in cosines.items()},
                                     title=f"identity cosine ({meta.get('identity_model', '?')})", x_label="cosine"))
     if nll := have("prior_nll_encoded", "prior_nll_refined", "prior_nll_compressed"):
-        charts.append(histogram_svg({k.removeprefix("prior_nll_"): v / w_dim for k, v in nll.items()},
-                                    title="prior NLL / w_dim (1 = typical sample)", x_label="NLL / w_dim"))
+        charts.append(histogram_svg({k.removeprefix("prior_nll_"): v for k, v in nll.items()},
+                                    title=f"prior NLL (a typical latent: about {w_dim})", x_label="prior NLL"))
     return charts
 
 
@@ -117,7 +117,7 @@ def _curve(store: Store, models: ModelSet, rows: pd.DataFrame,
     nll = [p.prior_nll for p in points if p.prior_nll > 0]
     wide = bool(nll) and max(nll) > 20 * min(nll)  # e.g. truncation far outside the prior's support
     chart = line_chart_svg(series, title=f"identity kept vs distance from the prior ({len(rows)} images)",
-                           x_label="prior NLL / w_dim of the moved latents", y_label=f"identity cosine ({name})", log_x=wide)
+                           x_label="prior NLL of the moved latents", y_label=f"identity cosine ({name})", log_x=wide)
     return chart, points
 
 
@@ -154,8 +154,7 @@ def _curation_section(G: Any, meta: dict[str, Any], ok: pd.DataFrame, flags: pd.
     outliers, duplicates = _flagged_rows(flags, sheet_size)
     if not outliers.empty:
         rows = ok.set_index("image_id").loc[outliers["image_id"]].reset_index()
-        w_dim = meta["latent_shape"][1]  # the report's one NLL scale: per dimension, 1 = a typical latent
-        notes = {r.image_id: f"prior NLL/w_dim {r.prior_nll / w_dim:.2f} (p{r.prior_nll_percentile:.0f})"
+        notes = {r.image_id: f"prior NLL {r.prior_nll:.1f} (p{r.prior_nll_percentile:.0f})"
                  for r in outliers.itertuples()}
         labelled, tiles = sheet_rows(G, meta, rows, _stack(inputs, rows["image_id"]), notes)
         parts.append("<h3>Outliers, highest prior NLL first</h3>" + image_table(labelled, tiles, images, "outliers"))
@@ -299,7 +298,7 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
     chart, points = _curve(opened, models, curve_rows, inputs)
     table = ""
     if points:
-        table = "<table><tr><th>method</th><th>tau / psi</th><th>prior NLL / w_dim</th><th>identity cosine</th>" \
+        table = "<table><tr><th>method</th><th>tau / psi</th><th>prior NLL</th><th>identity cosine</th>" \
                 "<th>MSE</th></tr>" + "".join(
                     f"<tr><td>{p.method}</td><td>{p.parameter:g}</td><td>{p.prior_nll:.3f}</td>"
                     f"<td>{p.identity:.4f}</td><td>{p.mse:.4f}</td></tr>" for p in points) + "</table>"

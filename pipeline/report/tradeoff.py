@@ -3,7 +3,7 @@
 Both move inverted latents towards the typical region of the generator. Truncation scales every
 direction by psi towards w_avg; compression (methods.md, stage 3) only log-compresses the PCA
 components beyond tau sigma in the gaussianized space. Sweeping tau and psi traces one curve each:
-x = prior NLL / w_dim (1 = a typical sample), y = identity cosine between the input and G(w).
+x = prior NLL (the store's scale: about w_dim for a typical latent), y = identity cosine between the input and G(w).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ DEFAULT_PSIS = (0.2, 0.4, 0.6, 0.8, 1.0)
 class TradeoffPoint:
     method: str  # 'compression' | 'truncation'
     parameter: float  # tau or psi
-    prior_nll: float  # mean over images of NLL / w_dim
+    prior_nll: float  # mean over images of prior.nll (about w_dim for a typical latent)
     identity: float  # mean identity cosine with the inputs
     mse: float  # mean pixel MSE against the inputs
     realism: float | None = None  # a feature-distribution distance of the images (e.g. KID), if asked
@@ -51,7 +51,7 @@ def compression_truncation_curve(G: Generator, prior: GaussianizedPrior, identit
         for (x, w), target in zip(batches, targets):
             moved = transform(w)
             recon = G.synthesis(moved, noise_mode=noise_mode).float()
-            nll.append(prior.nll(moved) / G.w_dim)
+            nll.append(prior.nll(moved))
             cos.append(cosine_to(identity, target, recon))
             mse.append((recon - x).square().mean(dim=(1, 2, 3)))
             if realism is not None:

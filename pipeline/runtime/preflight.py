@@ -53,6 +53,7 @@ class Preflight:
 class _Problems:
     def __init__(self) -> None:
         self.found: list[str] = []
+        self.errors: list[Exception] = []
 
     def attempt(self, check: Callable[[], T]) -> T | None:
         """check()'s result, or None with its error recorded (a user's mistake, never a crash)."""
@@ -60,7 +61,17 @@ class _Problems:
             return check()
         except (LatentmillError, ValueError, FileNotFoundError, PermissionError) as exc:
             self.found.append(str(exc).strip())
+            self.errors.append(exc)
             return None
+
+    def raise_if_any(self, command: str) -> None:
+        """One of latentmill's own errors is raised as itself (its type tells callers what it is: a
+        missing weights file is still a WeightsNotFoundError); anything else, or several problems, as
+        one PreflightError (a ValueError) listing them all."""
+        if len(self.found) == 1 and isinstance(self.errors[0], LatentmillError):
+            raise self.errors[0]
+        if self.found:
+            raise PreflightError(command, self.found)
 
 
 def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu") -> Preflight:
@@ -70,7 +81,8 @@ def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu"
 
     config = with_absolute_paths(config)
     problems = _Problems()
-    problems.found.extend(config.problems())
+    for message in config.problems():
+        problems.attempt(lambda message=message: _raise(ValueError(message)))
     shards = problems.attempt(lambda: check_input(config))
     problems.attempt(lambda: check_output(config.output))
     models = problems.attempt(lambda: load_model_set(config.generator, device=device))
@@ -92,8 +104,7 @@ def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu"
             problems.attempt(lambda: _perceptual_weights(config))
         if wants_identity and config.identity_model == "facenet":
             problems.attempt(lambda: _identity_weights(config))
-    if problems.found:
-        raise PreflightError("invert", problems.found)
+    problems.raise_if_any("invert")
     notes = []
     if config.prior is None and "compress" in config.stages:
         from pipeline.priors.prior_cache import cached_prior
@@ -103,6 +114,10 @@ def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu"
         config = dataclasses.replace(config, prior=str(cached.path))
         notes.append(cached.describe())
     return Preflight(config, shards, models, notes)
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 LOCAL_URI_SETTINGS = ("input", "output", "generator", "encoder", "prior", "lpips_weights", "facenet_weights")
@@ -161,5 +176,4 @@ def preflight_training(config: object, command: str) -> None:
         problems.attempt(lambda: local_path(config.backbone_weights, setting="--backbone-weights"))
     if getattr(config, "perceptual", None) == "lpips":
         problems.attempt(lambda: _perceptual_weights(config))
-    if problems.found:
-        raise PreflightError(command, problems.found)
+    problems.raise_if_any(command)

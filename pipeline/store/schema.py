@@ -41,7 +41,7 @@ _COLUMNS: list[tuple[str, pa.DataType | tuple[pa.DataType, int] | None, bool, st
     ("perceptual_refined", pa.float32(), True, "the same as perceptual, under the name that says which latent"),
     ("id_cosine_refined", pa.float32(), True, "identity-embedding cosine between input and G(w_refined)"),
     ("id_cosine_compressed", pa.float32(), True, "identity-embedding cosine between input and G(w_compressed)"),
-    ("prior_nll_encoded", pa.float32(), True, "prior NLL (mean over layers of squared Mahalanobis norm; about w_dim for a typical latent: divide by w_dim for the per-dimension scale of the report and evaluate) of w_encoded"),
+    ("prior_nll_encoded", pa.float32(), True, "prior NLL (mean over layers of squared Mahalanobis norm; about w_dim for a typical latent: the scale of every NLL latentmill shows) of w_encoded"),
     ("prior_nll_refined", pa.float32(), True, "prior NLL of w_refined"),
     ("prior_nll_compressed", pa.float32(), True, "prior NLL of w_compressed"),
     ("compression_delta", pa.float32(), True, "RMS change of the latent made by compression"),
