@@ -108,15 +108,21 @@ def detect_layout(uri: str) -> str:
 
 def plan_input(settings: InputSettings) -> list[ShardSpec]:
     """The shards of `settings.input`; a ValueError naming --input when it does not exist or holds nothing."""
+    return plan_dataset(settings.input, setting="--input", layout=settings.input_format,
+                        shard_size=settings.shard_size, image_column=settings.image_column,
+                        id_column=settings.id_column, on_duplicate_id=settings.on_duplicate_id)
+
+
+def plan_dataset(uri: str, *, setting: str, **options) -> list[ShardSpec]:
+    """plan_shards(uri, **options), refusing with a ValueError naming `setting` (--input, --data, ...) a
+    dataset that does not exist or holds nothing."""
     try:
-        shards = plan_shards(settings.input, layout=settings.input_format, shard_size=settings.shard_size,
-                             image_column=settings.image_column, id_column=settings.id_column,
-                             on_duplicate_id=settings.on_duplicate_id)
+        shards = plan_shards(uri, **options)
     except FileNotFoundError:
-        raise ValueError(f"--input {settings.input}: no such file or directory; point --input at a folder of images, "
+        raise ValueError(f"{setting} {uri}: no such file or directory; point {setting} at a folder of images, "
                          ".tar shards or .parquet files (local or any fsspec URI)") from None
     if not shards or all(s.layout == "folder" and not s.members for s in shards):
-        raise ValueError(f"--input {settings.input} holds no inputs (no files, .tar shards or .parquet files)")
+        raise ValueError(f"{setting} {uri} holds no inputs (no files, .tar shards or .parquet files)")
     return shards
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-from pipeline.data.sources import ShardSpec, plan_input, plan_shards
+from pipeline.data.sources import ShardSpec, plan_input
 from pipeline.runtime.config import InvertConfig
 from pipeline.stages.chain import InversionModels
 from pipeline.store.latent_store import failed_entries, manifest_entries, remove_shard
@@ -44,12 +44,6 @@ class PreparedStore:
         return line
 
 
-def _plan(config: InvertConfig) -> list[ShardSpec]:
-    return plan_shards(config.input, layout=config.input_format, shard_size=config.shard_size,
-                       image_column=config.image_column, id_column=config.id_column,
-                       on_duplicate_id=config.on_duplicate_id)
-
-
 def pin_precision(config: InvertConfig) -> tuple[InvertConfig, str | None]:
     """--precision auto becomes one concrete precision, decided once on the driver for the actors'
     device (the driver's CPU stands for CPU actors), so every row of the store is made in one
@@ -71,18 +65,9 @@ def check_arguments(config: InvertConfig) -> list[ShardSpec]:
     """Every setting, the input and the output, before Ray starts; returns the input's fresh plan.
     (`pipeline/runtime/preflight.py` makes the same checks and the models', reporting all at once.)"""
     config.validate()
-    shards = check_input(config)
-    check_output(config.output)
+    shards = plan_input(config)
+    check_writable_dir(config.output, setting="--output")
     return shards
-
-
-def check_input(config: InvertConfig) -> list[ShardSpec]:
-    """The input's plan; refuses an input that does not exist or holds nothing to invert."""
-    return plan_input(config)
-
-
-def check_output(output: str) -> None:
-    check_writable_dir(output, setting="--output")
 
 
 def _forget_everything(store: str) -> None:
@@ -103,7 +88,7 @@ def prepare_store(config: InvertConfig, models: InversionModels, *,
     if config.overwrite or saved is None:
         if config.overwrite:
             _forget_everything(store)
-        shards = fresh_plan if fresh_plan is not None else _plan(config)
+        shards = fresh_plan if fresh_plan is not None else plan_input(config)
         plan = [dataclasses.asdict(s) for s in shards]
         recipe = make_recipe(config.to_dict(), plan, models.fingerprints())
         if not config.overwrite and manifest_entries(store):

@@ -23,7 +23,7 @@ from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
 from pipeline.models.model_set import ModelSet, add_models, load_model_set
 from pipeline.runtime.config import InvertConfig
-from pipeline.uris import absolute, local_path
+from pipeline.uris import absolute, check_writable_dir, local_path
 
 T = TypeVar("T")
 
@@ -77,14 +77,14 @@ class _Problems:
 def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu") -> Preflight:
     """Check everything `config` needs and load its models (on `device`); raise PreflightError listing
     every problem found."""
-    from pipeline.runtime.invert_store import check_input, check_output
+    from pipeline.data.sources import plan_input
 
     config = with_absolute_paths(config)
     problems = _Problems()
     for message in config.problems():
         problems.attempt(lambda message=message: _raise(ValueError(message)))
-    shards = problems.attempt(lambda: check_input(config))
-    problems.attempt(lambda: check_output(config.output))
+    shards = problems.attempt(lambda: plan_input(config))
+    problems.attempt(lambda: check_writable_dir(config.output, setting="--output"))
     models = problems.attempt(lambda: load_model_set(config.generator, device=device))
     wants_refine, wants_identity = "refine" in config.stages, "identity" in config.stages
     if models is not None:
@@ -153,23 +153,14 @@ def preflight_training(config: object, command: str) -> None:
     """What a training job reads, checked on the driver before Ray Train starts its workers (where a
     missing file would surface as a worker's traceback): the data, the generator, the perceptual
     net's weights, the real images and backbone weights, every problem at once."""
-    from pipeline.data.sources import plan_shards
+    from pipeline.data.sources import plan_dataset
     from pipeline.models.checkpoints import load_networks
 
     problems = _Problems()
-
-    def data(uri: str, setting: str) -> None:
-        try:
-            shards = plan_shards(uri)
-        except FileNotFoundError:
-            raise ValueError(f"{setting} {uri}: no such file or directory") from None
-        if not shards or all(s.layout == "folder" and not s.members for s in shards):
-            raise ValueError(f"{setting} {uri} holds no images")
-
     if getattr(config, "data", None):
-        problems.attempt(lambda: data(config.data, "--data"))
+        problems.attempt(lambda: plan_dataset(config.data, setting="--data"))
     if getattr(config, "real_images", None):
-        problems.attempt(lambda: data(config.real_images, "--real-images"))
+        problems.attempt(lambda: plan_dataset(config.real_images, setting="--real-images"))
     if getattr(config, "generator", None):
         problems.attempt(lambda: load_networks(config.generator, device="cpu", setting="--generator"))
     if getattr(config, "backbone_weights", None):
