@@ -22,11 +22,17 @@ from pipeline.training.settings import GeneratorTrainingConfig
 __all__ = ["GeneratorTrainingConfig", "build_networks", "run"]
 
 
+def mapping_kwargs(cfg: GeneratorTrainingConfig) -> dict[str, Any]:
+    if cfg.mapping == "invertible":
+        return {"kind": "invertible", "num_layers": cfg.mapping_layers, "coupling": cfg.coupling}
+    return {"num_layers": cfg.mapping_layers}
+
+
 def build_networks(cfg: GeneratorTrainingConfig):
     from pipeline.models.stylegan2 import Discriminator, Generator
 
     G = Generator(z_dim=cfg.z_dim, w_dim=cfg.w_dim, img_resolution=cfg.resolution, img_channels=3,
-                  mapping_kwargs={"num_layers": cfg.mapping_layers},
+                  mapping_kwargs=mapping_kwargs(cfg),
                   synthesis_kwargs={"channel_base": cfg.channel_base, "channel_max": cfg.channel_max,
                                     "conv_clamp": 256})
     D = Discriminator(img_resolution=cfg.resolution, img_channels=3, channel_base=cfg.channel_base,

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pipeline.errors import CheckpointError, GeneratorMismatchError
-from pipeline.priors.gaussian import GaussianizedPrior, degaussianize, gaussianize, log_compress
+from pipeline.priors.gaussian import GaussianizedPrior, degaussianize, gaussianize
+from pipeline.priors.latent_prior import log_compress
 from tests.conftest import tiny_generator
 
 

@@ -33,11 +33,12 @@ from pipeline.models.pickle_globals import pickle_globals
 from pipeline.models.stylegan2 import Discriminator, Generator, uninitialized_weights
 from pipeline.models.stylegan3 import StyleGAN3Generator
 from pipeline.models.torch_weights import load_weights
+from pipeline.priors.flow import FlowPrior
 from pipeline.uris import local_path
 
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {"Generator": Generator, "StyleGAN3Generator": StyleGAN3Generator,
                                                "Discriminator": Discriminator, "Encoder": Encoder,
-                                               "EmbeddingNet": EmbeddingNet}
+                                               "EmbeddingNet": EmbeddingNet, "FlowPrior": FlowPrior}
 GENERATORS = (Generator, StyleGAN3Generator)
 
 # torch.save writes this number first in its legacy (non-zip) format.

@@ -18,7 +18,7 @@ from pipeline.errors import GeneratorMismatchError
 from pipeline.models.encoder import Encoder, load_encoder
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.stylegan2 import Discriminator, Generator
-from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.priors.load import Prior, load_prior
 from pipeline.stages.identity import IdentityModel
 
 
@@ -26,7 +26,7 @@ from pipeline.stages.identity import IdentityModel
 class ModelSet:
     G: Generator
     E: Encoder | None = None
-    prior: GaussianizedPrior | None = None
+    prior: Prior | None = None  # the gaussianized prior or a flow
     perceptual: nn.Module | None = None
     identity: IdentityModel | None = None
     names: dict[str, str] = field(default_factory=dict)  # e.g. {"perceptual": "lpips", "identity": "facenet-vggface2"}
@@ -93,7 +93,7 @@ def add_models(models: ModelSet, *, encoder: str | None = None, prior: str | Non
     if encoder:
         models.E = load_encoder(encoder, generator=models.G, device=device)
     if prior:
-        models.prior = GaussianizedPrior.load(prior, generator=models.G).to(device)
+        models.prior = load_prior(prior, generator=models.G).to(device)
     if perceptual is not None:
         module = build_perceptual(perceptual, discriminator=models.D, lpips_weights=lpips_weights)
         models.perceptual = module.to(device) if module is not None else None

@@ -13,6 +13,9 @@ from pipeline.settings import setting
 
 PERCEPTUAL_KINDS = ("lpips", "discriminator", "none")
 
+MAPPINGS = ("standard", "invertible")  # StyleGAN's MLP, or LIA's coupling stack with an exact inverse
+COUPLINGS = ("additive", "affine")  # NICE's coupling, or RealNVP's (pipeline/models/invertible.py)
+
 
 @dataclass(kw_only=True)
 class GeneratorSettings:

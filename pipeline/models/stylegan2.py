@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.models.model_settings import MAPPINGS
 from pipeline.models.resample import conv2d_resample, downsample2d, make_filter, upsample2d
 
 ACTIVATION_GAINS = {"linear": 1.0, "relu": math.sqrt(2), "lrelu": math.sqrt(2)}
@@ -200,6 +201,22 @@ class Conv2dLayer(nn.Module):
         return bias_act(x, self.bias, activation=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
 
+def broadcast_ws(mapping: nn.Module, x: torch.Tensor, truncation_psi: float, truncation_cutoff: int | None,
+                 update_w_avg: bool) -> torch.Tensor:
+    """A mapping network's last steps, whatever computed w [N, w_dim]: track w_avg (training), repeat
+    w num_ws times, truncate towards w_avg (all layers, or the first `truncation_cutoff`)."""
+    if update_w_avg and mapping.w_avg_beta is not None:
+        mapping.w_avg.copy_(x.detach().mean(dim=0).lerp(mapping.w_avg, mapping.w_avg_beta))
+    if mapping.num_ws is not None:
+        x = x.unsqueeze(1).repeat(1, mapping.num_ws, 1)  # [N, num_ws, w_dim]
+    if truncation_psi != 1:
+        if truncation_cutoff is None or mapping.num_ws is None:
+            x = mapping.w_avg.lerp(x, truncation_psi)
+        else:
+            x[:, :truncation_cutoff] = mapping.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
+    return x
+
+
 class MappingNetwork(nn.Module):
     """z (and optional label c) -> w, broadcast to num_ws copies; tracks w_avg for truncation."""
 
@@ -253,16 +270,7 @@ class MappingNetwork(nn.Module):
             x = torch.cat([x, y], dim=1) if x is not None else y
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)
-        if update_w_avg and self.w_avg_beta is not None:
-            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
-        if self.num_ws is not None:
-            x = x.unsqueeze(1).repeat(1, self.num_ws, 1)  # [N, num_ws, w_dim]
-        if truncation_psi != 1:
-            if truncation_cutoff is None or self.num_ws is None:
-                x = self.w_avg.lerp(x, truncation_psi)
-            else:
-                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
-        return x
+        return broadcast_ws(self, x, truncation_psi, truncation_cutoff, update_w_avg)
 
 
 class SynthesisLayer(nn.Module):
@@ -484,6 +492,20 @@ class SynthesisNetwork(nn.Module):
         return self.synthesis_from_styles(self.styles(ws), noise_mode, fused_modconv, noise_inputs)
 
 
+def build_mapping(z_dim: int, c_dim: int, w_dim: int, num_ws: int, mapping_kwargs: Mapping[str, Any]) -> nn.Module:
+    """The mapping network `mapping_kwargs` describe: StyleGAN's MLP, or (kind='invertible') LIA's
+    coupling stack with an exact inverse (pipeline/models/invertible.py)."""
+    kwargs = dict(mapping_kwargs)
+    kind = kwargs.pop("kind", "standard")
+    if kind == "invertible":
+        from pipeline.models.invertible import InvertibleMapping
+
+        return InvertibleMapping(z_dim, c_dim, w_dim, num_ws, **kwargs)
+    if kind != "standard":
+        raise ValueError(f"mapping kind must be one of {MAPPINGS}, got {kind!r}")
+    return MappingNetwork(z_dim, c_dim, w_dim, num_ws, **kwargs)
+
+
 class MappedGenerator(nn.Module):
     """What every generator shares: `mapping` (z, c -> ws [N, num_ws, w_dim]) feeding `synthesis`."""
 
@@ -493,7 +515,7 @@ class MappedGenerator(nn.Module):
         self.img_resolution, self.img_channels = img_resolution, img_channels
         self.synthesis = synthesis
         self.num_ws = synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **mapping_kwargs)
+        self.mapping = build_mapping(z_dim, c_dim, w_dim, self.num_ws, mapping_kwargs)
 
     @property
     def w_avg(self) -> torch.Tensor:

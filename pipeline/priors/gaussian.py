@@ -18,12 +18,12 @@ import math
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.errors import CheckpointError, GeneratorMismatchError
+from pipeline.errors import CheckpointError
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.stylegan2 import Generator
+from pipeline.priors.latent_prior import LatentPrior, mean_over_layers
 from pipeline.uris import read_bytes, write_bytes
 
 PRIOR_FORMAT = "latentmill-prior/1"
@@ -41,10 +41,23 @@ def degaussianize(vs: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(vs, _SLOPE) * _GAIN
 
 
-def log_compress(c: torch.Tensor, tau: float) -> torch.Tensor:
-    """Identity inside [-tau, tau]; beyond, sign(c) * (tau + log(1 + |c| - tau)): continuous, slope 1 at tau."""
-    magnitude = c.abs()
-    return torch.where(magnitude <= tau, c, c.sign() * (tau + torch.log1p((magnitude - tau).clamp_min(0))))
+def gaussianize_log_det(ws: torch.Tensor) -> torch.Tensor:
+    """log|det dv/dw| of `gaussianize` at ws [..., D] -> [...]: each coordinate contributes
+    log(1/sqrt 2) where w >= 0 and log(5/sqrt 2) where w < 0."""
+    negative = (ws < 0).sum(dim=-1).to(torch.float64)
+    return -0.5 * math.log(2) * ws.shape[-1] + math.log(1 / _SLOPE) * negative
+
+
+@torch.no_grad()
+def mapped_samples(G: Generator, n: int, rng: torch.Generator) -> torch.Tensor:
+    """n latents w = mapping(z) [n, w_dim] from `rng` (with uniform random labels if G is conditional):
+    the distribution every prior is fitted to."""
+    device = rng.device
+    z = torch.randn(n, G.z_dim, device=device, generator=rng)
+    c = None
+    if G.c_dim:
+        c = F.one_hot(torch.randint(G.c_dim, (n,), device=device, generator=rng), G.c_dim).float()
+    return G.mapping(z, c)[:, 0]
 
 
 class _MomentAccumulator:
@@ -72,7 +85,7 @@ class _MomentAccumulator:
         return self.shift + mean_shift, (cov + cov.T) / 2
 
 
-class GaussianizedPrior(nn.Module):
+class GaussianizedPrior(LatentPrior):
     """N(mu, Sigma) over gaussianized latents, with its PCA; made for one generator (by fingerprint)."""
 
     def __init__(self, mean: torch.Tensor, cov: torch.Tensor, w_avg: torch.Tensor, *,
@@ -108,12 +121,7 @@ class GaussianizedPrior(nn.Module):
             done = 0
             while done < num_samples:
                 n = min(batch_size, num_samples - done)
-                z = torch.randn(n, G.z_dim, device=device, generator=rng)
-                c = None
-                if G.c_dim:
-                    labels = torch.randint(G.c_dim, (n,), device=device, generator=rng)
-                    c = F.one_hot(labels, G.c_dim).float()
-                acc.add(gaussianize(G.mapping(z, c)[:, 0]))
+                acc.add(gaussianize(mapped_samples(G, n, rng)))
                 done += n
                 bar.update(n)
         mean, cov = acc.moments()
@@ -142,43 +150,24 @@ class GaussianizedPrior(nn.Module):
         """V -> W."""
         return degaussianize(vs)
 
-    def whiten(self, ws: torch.Tensor) -> torch.Tensor:
+    def to_latent(self, ws: torch.Tensor) -> torch.Tensor:
         """ws [..., D] -> PCA coordinates in units of sigma, c = U^T (v - mu) / sigma  [..., D]."""
         v = gaussianize(ws.double())
         return ((v - self.mean) @ self.components / self.sigma).to(ws.dtype)
 
-    def unwhiten(self, c: torch.Tensor) -> torch.Tensor:
-        """Inverse of `whiten`: c [..., D] -> ws [..., D]."""
+    def from_latent(self, c: torch.Tensor) -> torch.Tensor:
+        """Inverse of `to_latent`: c [..., D] -> ws [..., D]."""
         v = (c.double() * self.sigma) @ self.components.T + self.mean
         return degaussianize(v).to(c.dtype)
 
-    def nll(self, ws: torch.Tensor) -> torch.Tensor:
-        """Mean over layers of the squared Mahalanobis norm in V: ws [N, num_ws, D] -> [N] (or [N, D] -> [N]).
-
-        Constant terms of the Gaussian log-density are dropped; for samples of the prior the
-        expected value is D (w_dim). Differentiable, for use as a loss.
-        """
-        m = self.whiten(ws).square().sum(dim=-1)
-        return m.mean(dim=-1) if ws.ndim == 3 else m
-
-    def compress(self, ws: torch.Tensor, tau: float) -> torch.Tensor:
-        """Log-compress whitened components beyond tau (artifact removal); identity for |c| <= tau."""
-        if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
-        return self.unwhiten(log_compress(self.whiten(ws), tau))
-
-    def truncate(self, ws: torch.Tensor, psi: float) -> torch.Tensor:
-        """The truncation baseline: w_avg + psi * (w - w_avg)."""
-        w_avg = self.w_avg.to(ws.dtype)
-        return w_avg + psi * (ws - w_avg)
+    def log_prob(self, ws: torch.Tensor) -> torch.Tensor:
+        """Mean over layers of log p(w) in nats, in W (the log-Jacobian of W -> V included), so it
+        compares directly with FlowPrior.log_prob: ws [N, num_ws, D] or [N, D] -> [N] (float64)."""
+        c = self.to_latent(ws.double())
+        log_normal = -0.5 * (c.square().sum(dim=-1) + self.w_dim * math.log(2 * math.pi)) - self.sigma.log().sum()
+        return mean_over_layers(log_normal + gaussianize_log_det(ws), ws)
 
     # ---- persistence -----------------------------------------------------------------------
-    def check_generator(self, G: Generator) -> None:
-        if self.generator_fingerprint and fingerprint(G) != self.generator_fingerprint:
-            raise GeneratorMismatchError(
-                f"this prior was fitted for generator {self.generator_fingerprint}, not {fingerprint(G)}; "
-                "fit a prior for this generator with `latentmill fit-prior`")
-
     def save(self, uri: str) -> None:
         tensors = {"mean": self.mean, "cov": self.cov, "w_avg": self.w_avg}
         metadata = {"format": PRIOR_FORMAT, "generator_fingerprint": self.generator_fingerprint or "",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.models.stylegan2 import Generator
-from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.priors.load import Prior
 from pipeline.stages.identity import IdentityModel, cosine_to
 
 DEFAULT_TAUS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -32,7 +32,7 @@ class TradeoffPoint:
 
 
 @torch.no_grad()
-def compression_truncation_curve(G: Generator, prior: GaussianizedPrior, identity: IdentityModel,
+def compression_truncation_curve(G: Generator, prior: Prior, identity: IdentityModel,
                                  images: torch.Tensor, ws: torch.Tensor, *, taus: Sequence[float] = DEFAULT_TAUS,
                                  psis: Sequence[float] = DEFAULT_PSIS, noise_mode: str = "const",
                                  batch_size: int = 32,

@@ -131,6 +131,16 @@ def with_absolute_paths(config: InvertConfig) -> InvertConfig:
     return dataclasses.replace(config, **changes)
 
 
+TRAINING_URI_SETTINGS = ("data", "real_images", "generator", "backbone_weights", "lpips_weights", "output",
+                         "run_directory")
+
+
+def with_absolute_training_paths(config: T) -> T:
+    """A training job's local paths made absolute: Ray Train workers do not run in the caller's directory."""
+    changes = {name: absolute(getattr(config, name)) for name in TRAINING_URI_SETTINGS if getattr(config, name, None)}
+    return dataclasses.replace(config, **changes)
+
+
 def _perceptual_weights(config: InvertConfig) -> None:
     from pipeline.losses.lpips_loss import default_backbone_uri
 
@@ -167,4 +177,8 @@ def preflight_training(config: object, command: str) -> None:
         problems.attempt(lambda: local_path(config.backbone_weights, setting="--backbone-weights"))
     if getattr(config, "perceptual", None) == "lpips":
         problems.attempt(lambda: _perceptual_weights(config))
+    if getattr(config, "mapping", None) == "invertible" and config.z_dim != config.w_dim:
+        problems.found.append(f"--mapping invertible maps z onto w one to one: --z-dim ({config.z_dim}) must equal "
+                              f"--w-dim ({config.w_dim})")
+        problems.errors.append(ValueError(problems.found[-1]))
     problems.raise_if_any(command)

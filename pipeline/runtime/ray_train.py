@@ -31,9 +31,10 @@ def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.runtime.preflight import preflight_training
+    from pipeline.runtime.preflight import preflight_training, with_absolute_training_paths
     from pipeline.runtime.ray_init import init_ray
 
+    config = with_absolute_training_paths(config)
     preflight_training(config, name)
     output = Path(config.output).resolve()
     output.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from pipeline.data.decode import Decoded, DecodeSettings, decode_mask
 from pipeline.data.sources import InputRecord, ShardSpec, read_shard
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.model_set import load_model_set
+from pipeline.priors.load import exact_latent, prior_kind
 from pipeline.errors import LatentmillError
 from pipeline.runtime.batch_size import (MAX_AUTO_BATCH, actor_memory_bytes, check_batch, largest_batch,
                                           refine_bytes_per_image)
@@ -87,6 +88,9 @@ class ShardProcessor:
             "generator": config.generator, "generator_fingerprint": self.generator_fingerprint,
             "encoder": config.encoder, "encoder_fingerprint": fingerprint(self.models.E) if self.models.E else None,
             "prior": config.prior, "prior_generator_fingerprint": self.generator_fingerprint if config.prior else None,
+            "prior_kind": prior_kind(self.models.prior) if self.models.prior is not None else None,
+            "prior_fingerprint": fingerprint(self.models.prior) if self.models.prior is not None else None,
+            "z_space": exact[0] if (exact := exact_latent(G, self.models.prior)) else None,
             "num_ws": G.num_ws, "w_dim": G.w_dim, "img_resolution": G.img_resolution, "img_channels": G.img_channels,
             "noise_mode": NOISE_MODE, "perceptual_metric": self.models.names["perceptual"],
             "identity_model": self.models.names["identity"], "settings": config.to_dict(),

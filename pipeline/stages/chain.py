@@ -16,6 +16,7 @@ from pipeline.losses.pixel import masked_mse
 from pipeline.models.encoder import encode
 from pipeline.models.model_set import ModelSet
 from pipeline.models.stylegan2 import Generator
+from pipeline.priors.load import exact_latent
 from pipeline.stages.identity import cosine_to
 from pipeline.stages.inversion_settings import InversionSettings
 from pipeline.stages.refine import refine
@@ -94,6 +95,11 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
         out["prior_nll_compressed"] = _np(prior.nll(compressed))
         out["compression_delta"] = _np((compressed - ws).square().mean(dim=(1, 2)).sqrt())
 
+    exact = exact_latent(G, prior)
+    if exact is not None:
+        with torch.no_grad():
+            out["z"] = _np(exact[1](ws))
+
     if "identity" in settings.stages and models.identity is not None:
         stage("identity")
         with torch.no_grad():
@@ -101,7 +107,7 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
         out["id_cosine_refined"] = _np(cosine_to(models.identity, target, recon))
         if compressed is not None:
             out["id_cosine_compressed"] = _np(cosine_to(models.identity, target, _render(G, compressed, NOISE_MODE)))
-    for key in ("w_encoded", "w_refined", "w_compressed"):
+    for key in ("w_encoded", "w_refined", "w_compressed", "z"):
         if key in out:
             out[key] = out[key].reshape(n, -1)  # [N, num_ws * w_dim], row-major
     return out

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pipeline.models.encoder import Encoder, encode
 from pipeline.models.stylegan2 import Generator
-from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.priors.load import Prior
 
 PART_KINDS = ("half", "quadrants", "blob")
 
@@ -115,7 +115,7 @@ def compose(E: Encoder, G: Generator, parts: torch.Tensor, backgrounds: torch.Te
 
 
 @torch.no_grad()
-def sample_near(prior: GaussianizedPrior, ws_group: torch.Tensor, n: int, *, generator: torch.Generator,
+def sample_near(prior: Prior, ws_group: torch.Tensor, n: int, *, generator: torch.Generator,
                 temperature: float = 0.7) -> torch.Tensor:
     """n latents from a diagonal Gaussian fitted to a group's whitened latents [M, num_ws, D].
 

@@ -3,7 +3,8 @@
 Objective per image (methods.md, section 2):
     pixel_weight * MSE(G(w+), x) + perceptual_weight * P(G(w+), x)
     + prior_weight * NLL_V(w+) / w_dim + noise_regularize_weight * R(noise)
-where NLL_V is the gaussianized prior's mean-over-layers squared Mahalanobis norm (divided by
+where NLL_V is the prior's mean-over-layers squared norm of its standard-normal coordinates (Mahalanobis
+in V for the gaussianized prior, |z|^2 for a flow; divided by
 w_dim so that a typical latent scores about 1), and R is the official projector's noise
 autocorrelation penalty (only when noise maps are optimized). The schedule is the official
 projector's: linear lr warm-up, cosine ramp-down, and an optional decaying perturbation of w.
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from pipeline.losses.pixel import masked_mse
 from pipeline.models.stylegan2 import Generator
-from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.priors.load import Prior
 from pipeline.precision import resolve_precision
 from pipeline.stages.inversion_settings import LATENT_SPACES, RefineSettings
 
@@ -114,7 +115,7 @@ def refine(
     *,
     masks: torch.Tensor | None = None,  # [N, 1, H, W], 1 = known pixel; losses see known pixels only
     perceptual: nn.Module | None = None,  # from pipeline.losses.perceptual.build_perceptual
-    prior: GaussianizedPrior | None = None,
+    prior: Prior | None = None,
     seeds: Sequence[int] | None = None,  # per-image random streams (default: position in the batch)
     progress: bool = False,
     # The official projector's recipe beyond the settings (benchmarks and the evaluation baseline use them):

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from pipeline.data.webdataset import add_sample
 from pipeline.devices import resolve_device
 from pipeline.imaging import grid_image, png_bytes, to_uint8
-from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.priors.load import Prior
 from pipeline.stages.chain import NOISE_MODE, image_seed
 from pipeline.stages.rebalance import compose, kmeans, masked_l1, nll_cut, part_masks, sample_near, target_counts
 from pipeline.stages.rebalance_settings import RebalanceConfig
@@ -54,7 +54,7 @@ def parse_target(text: str) -> dict[str, float] | None:
         raise ValueError(f"--target must be 'uniform' or 'group=share,...', got {text!r}") from None
 
 
-def assign_groups(spec: str, ok: pd.DataFrame, ws: torch.Tensor, G: Any, prior: GaussianizedPrior | None,
+def assign_groups(spec: str, ok: pd.DataFrame, ws: torch.Tensor, G: Any, prior: Prior | None,
                   seed: int) -> pd.Series:
     """The group name of every ok row, from a --groups spec."""
     kind, _, rest = spec.partition(":")

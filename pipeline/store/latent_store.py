@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.store import layout
 from pipeline.store.layout import manifest_file, shard_file
-from pipeline.store.schema import LATENT_COLUMNS
+from pipeline.store.schema import LATENT_SHAPED_COLUMNS
 from pipeline.uris import write_bytes
 
 
@@ -76,8 +76,8 @@ def remove_shard(store: str, shard: str) -> None:
 
 def latent_array(frame: pd.DataFrame, column: str, latent_shape: Iterable[int]) -> np.ndarray:
     """One latent column as float32 [rows, num_ws, w_dim]; rows must all be non-null."""
-    if column not in LATENT_COLUMNS:
-        raise ValueError(f"{column!r} is not a latent column ({LATENT_COLUMNS})")
+    if column not in LATENT_SHAPED_COLUMNS:
+        raise ValueError(f"{column!r} is not a latent column ({LATENT_SHAPED_COLUMNS})")
     values = frame[column].to_list()
     if any(v is None for v in values):
         raise ValueError(f"some selected rows have no {column} (error rows, or the stage was off)")

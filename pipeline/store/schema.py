@@ -20,6 +20,7 @@ SCHEMA_NAME = "latents"
 SCHEMA_VERSION = 1
 METADATA_KEY = b"latentmill"
 LATENT_COLUMNS = LATENT_COLUMN_NAMES  # declared with the --column setting, which picks one
+LATENT_SHAPED_COLUMNS = (*LATENT_COLUMNS, "z")  # every column holding num_ws x w_dim values (z: the exact latents)
 LATENT_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
 # name, type (None = latent list; (type, n) = fixed-size list), nullable, description
@@ -32,7 +33,11 @@ _COLUMNS: list[tuple[str, pa.DataType | tuple[pa.DataType, int] | None, bool, st
     ("error", pa.string(), True, "'<reason>: <detail>' when status is 'error', else null"),
     ("w_encoded", None, True, "encoder output W+ (null without an encoder)"),
     ("w_refined", None, True, "refined W+ (null when refinement is off)"),
-    ("w_compressed", None, True, "refined W+ after PCA log-compression (null without a prior)"),
+    ("w_compressed", None, True, "refined W+ after log-compression beyond tau of the prior's standard-normal coordinates (PCA for the gaussianized prior, z for a flow; null without a prior)"),
+    ("z", None, True, "the exact latent of w_refined (of w_encoded without refinement), one z per layer: "
+                      "G.mapping.inverse(w) for a generator with an invertible mapping (then G.mapping(z) gives w "
+                      "back), else the flow prior's to_latent(w) (standard normal for mapped samples); null "
+                      "with neither; the metadata's z_space says which"),
     ("mse", pa.float32(), True, "pixel MSE of G(w_refined) (or of the last stage run) against the input, on known pixels, in [-1, 1] units; mse_refined and mse_encoded name the latent"),
     ("mse_encoded", pa.float32(), True, "pixel MSE of G(w_encoded)"),
     ("mse_refined", pa.float32(), True, "pixel MSE of G(w_refined) (null when refinement is off); the name that "
@@ -41,7 +46,7 @@ _COLUMNS: list[tuple[str, pa.DataType | tuple[pa.DataType, int] | None, bool, st
     ("perceptual_refined", pa.float32(), True, "the same as perceptual, under the name that says which latent"),
     ("id_cosine_refined", pa.float32(), True, "identity-embedding cosine between input and G(w_refined)"),
     ("id_cosine_compressed", pa.float32(), True, "identity-embedding cosine between input and G(w_compressed)"),
-    ("prior_nll_encoded", pa.float32(), True, "prior NLL (mean over layers of squared Mahalanobis norm; about w_dim for a typical latent: the scale of every NLL latentmill shows) of w_encoded"),
+    ("prior_nll_encoded", pa.float32(), True, "prior NLL of w_encoded: mean over layers of the squared norm of the prior's standard-normal coordinates (Mahalanobis norm in V for the gaussianized prior, |z|^2 for a flow); about w_dim for a typical latent, the scale of every NLL latentmill shows"),
     ("prior_nll_refined", pa.float32(), True, "prior NLL of w_refined"),
     ("prior_nll_compressed", pa.float32(), True, "prior NLL of w_compressed"),
     ("compression_delta", pa.float32(), True, "RMS change of the latent made by compression"),

@@ -32,7 +32,7 @@ from pipeline.errors import LatentmillError
 from pipeline.store import layout
 from pipeline.store.latent_store import latent_array, manifest_entries
 from pipeline.store.layout import shard_file
-from pipeline.store.schema import LATENT_COLUMNS, store_metadata
+from pipeline.store.schema import LATENT_SHAPED_COLUMNS, store_metadata
 from pipeline.uris import read_json_if_exists
 
 if TYPE_CHECKING:
@@ -98,11 +98,11 @@ class Store:
 
     def to_pandas(self, columns: Iterable[str] | None = None, *, latents_as_arrays: bool = False,
                   meta_as_columns: bool = False) -> pd.DataFrame:
-        """Every row as a DataFrame; latents_as_arrays reshapes each w_* value to [num_ws, w_dim];
+        """Every row as a DataFrame; latents_as_arrays reshapes each w_* (and z) value to [num_ws, w_dim];
         meta_as_columns expands each input's JSON sidecar (`meta`) into columns `meta.<key>`."""
         frame = self.to_arrow(columns).to_pandas()
         if latents_as_arrays:
-            for column in LATENT_COLUMNS:
+            for column in LATENT_SHAPED_COLUMNS:
                 if column in frame:
                     frame[column] = [None if v is None else np.asarray(v, np.float32).reshape(self.latent_shape)
                                      for v in frame[column]]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
-from pipeline.models.model_settings import GeneratorSettings, PerceptualSettings
+from pipeline.models.model_settings import COUPLINGS, MAPPINGS, GeneratorSettings, PerceptualSettings
 from pipeline.settings import ProgressSettings, TrainingRunSettings, setting
 
 BACKBONES = ("convnet", "resnet18", "resnet34", "resnet50")
@@ -69,7 +69,12 @@ class GeneratorTrainingConfig(TrainingDataSettings, CheckpointSettings, Training
     batch_size: int = setting(16, "Images per step per worker.")
     z_dim: int = setting(128, "Latent z dimensionality.")
     w_dim: int = setting(128, "Intermediate latent w dimensionality.")
-    mapping_layers: int = setting(4, "Mapping network depth.")
+    mapping_layers: int = setting(4, "Mapping network depth (coupling layers with --mapping invertible).")
+    mapping: str = setting("standard", "Mapping network: StyleGAN's MLP, or LIA's invertible coupling stack "
+                                       "(G.mapping.inverse(ws) gives the exact z; needs --z-dim == --w-dim).",
+                           choices=MAPPINGS)
+    coupling: str = setting("additive", "Coupling layers of an invertible mapping: NICE's additive or affine.",
+                            choices=COUPLINGS)
     channel_base: int = setting(4096, "Channels at resolution r: min(channel_base // r, channel_max).")
     channel_max: int = setting(256, "Channel cap.")
     lr: float = setting(0.0025, "Adam learning rate of G and D.")
