@@ -5,9 +5,10 @@ so rerunning continues where it stopped):
   1. make-demo-data    Noto colour emoji rendered at --resolution into tar shards
   2. train-generator   StyleGAN2 on them (G_ema and D are bundled; D gives the perceptual loss)
   3. fit-prior         the gaussianized prior of G_ema
-  4. train-encoder     the latent regressor for G_ema
-  5. train-identity    the emoji identity embedding
-  6. assemble          write the bundle, a sample of the data and MODEL_CARD.md into --bundle
+  4. fit-flow          the flow prior of G_ema (LIA's exact latent, post hoc)
+  5. train-encoder     the latent regressor for G_ema
+  6. train-identity    the emoji identity embedding
+  7. assemble          write the bundle, a sample of the data and MODEL_CARD.md into --bundle
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def assemble(work: Path, bundle: Path, *, timings: dict[str, float], per_shard: 
     write_bundle(str(bundle / DEMO_FILES["generator"]), {"G_ema": nets["G_ema"], "D": nets["D"]},
                  info={**gen_info, "bundled_from": "G_ema and D of jobs/train_generator.py output"})
     shutil.copy2(work / "prior.safetensors", bundle / DEMO_FILES["prior"])
+    shutil.copy2(work / "flow.safetensors", bundle / DEMO_FILES["flow"])
     shutil.copy2(work / "encoder" / "encoder.safetensors", bundle / DEMO_FILES["encoder"])
     shutil.copy2(work / "identity" / "identity.safetensors", bundle / DEMO_FILES["identity"])
     chosen = write_sample(work / "data", bundle, per_shard=per_shard, shards=shards)
@@ -78,6 +80,8 @@ def assemble(work: Path, bundle: Path, *, timings: dict[str, float], per_shard: 
     gen_cfg = json.loads((work / "generator" / "config.json").read_text())
     enc_cfg = json.loads((work / "encoder" / "config.json").read_text())
     id_cfg = json.loads((work / "identity" / "config.json").read_text())
+    flow_cfg = json.loads((work / "flow.run" / "config.json").read_text())
+    flow_eval = _last_row(work / "flow.run" / "eval_log.csv")
     g = describe_checkpoint(str(bundle / DEMO_FILES["generator"]))["networks"]
     kid_first = _first_row(work / "generator" / "eval_log.csv")
     kid_last = _last_row(work / "generator" / "eval_log.csv")
@@ -91,7 +95,7 @@ def assemble(work: Path, bundle: Path, *, timings: dict[str, float], per_shard: 
 
 Made by `python -m jobs.build_demo` (latentmill's own jobs, in this order) on {time.strftime('%Y-%m-%d')},
 hardware: {hardware} (trained on the CPU alone). Everything here loads through the
-public loaders (`load_generator`, `load_networks`, `load_encoder`, `GaussianizedPrior.load`,
+public loaders (`load_generator`, `load_networks`, `load_encoder`, `load_prior`,
 `load_identity_model`); weights are safetensors, nothing is pickled.
 Times below are wall-clock on that machine, which other jobs of the session shared at times.
 
@@ -107,6 +111,7 @@ they are training images, so the demo shows in-distribution inversions.
 |---|---|---|
 | {DEMO_FILES['generator']} | StyleGAN2 G_ema ({g['G_ema']['parameters']:,} parameters) and D ({g['D']['parameters']:,}) | {sizes[DEMO_FILES['generator']] / 1e6:.2f} MB |
 | {DEMO_FILES['prior']} | gaussianized prior (mean, covariance of lrelu_5(w / sqrt 2)) | {sizes[DEMO_FILES['prior']] / 1e6:.2f} MB |
+| {DEMO_FILES['flow']} | flow prior: the gaussianized prior plus {flow_cfg['couplings']} {flow_cfg['coupling']} couplings (exact z of every w) | {sizes[DEMO_FILES['flow']] / 1e6:.2f} MB |
 | {DEMO_FILES['encoder']} | latent regressor E(x * m, m) -> W+ | {sizes[DEMO_FILES['encoder']] / 1e6:.2f} MB |
 | {DEMO_FILES['identity']} | emoji identity embedding (EmbeddingNet, {id_cfg['embedding_dim']}-d) | {sizes[DEMO_FILES['identity']] / 1e6:.2f} MB |
 
@@ -122,6 +127,11 @@ at step {kid_last.get('step')}.
 
 ## Prior
 1,000,000 mapped z draws (`latentmill fit-prior`), {timings.get('fit-prior', float('nan')):.0f} s.
+
+## Flow
+`latentmill fit-flow`: {flow_cfg['steps']} steps of {flow_cfg['batch_size']} fresh mapped samples ({flow_cfg['steps'] * flow_cfg['batch_size']:,}), starting
+from the gaussianized fit on {flow_cfg['init_samples']:,}, {timings.get('fit-flow', float('nan')):.0f} s. Held-out log p(w) on {flow_cfg['eval_samples']:,} mapped samples:
+{float(flow_eval.get('held_out_log_prob', 'nan')):.1f} nats per latent against the gaussianized prior's {float(flow_eval.get('gaussianized_log_prob', 'nan')):.1f}.
 
 ## Encoder
 backbone {enc_cfg['backbone']}, mode {enc_cfg['mode']}, {enc_cfg['steps']} steps of batch {enc_cfg['batch_size']} on
@@ -157,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--use-gpu", action="store_true", help="Train on a GPU.")
     args = parser.parse_args(argv)
 
-    from jobs import fit_prior, make_demo_data, train_encoder, train_generator, train_identity
+    from jobs import fit_flow, fit_prior, make_demo_data, train_encoder, train_generator, train_identity
 
     work = Path(args.work)
     timings_file = work / "timings.json"
@@ -179,9 +189,14 @@ def main(argv: list[str] | None = None) -> None:
     if not (work / "prior.safetensors").exists():
         timed("fit-prior", lambda: fit_prior.run(fit_prior.FitPriorConfig(generator=generator,
                                                                           output=str(work / "prior.safetensors"))))
+    timed("fit-flow", lambda: fit_flow.run(fit_flow.FitFlowConfig(generator=generator,
+                                                                  output=str(work / "flow.safetensors"),
+                                                                  use_gpu=args.use_gpu)))
+    # The bundled encoder predates the adversarial term (study 6(d) of `latentmill evaluate` measures it),
+    # so the recipe keeps it off to rebuild the same model.
     timed("train-encoder", lambda: train_encoder.run(train_encoder.EncoderTrainingConfig(
         generator=generator, output=str(work / "encoder"), steps=args.encoder_steps, base_channels=32,
-        max_channels=128, use_gpu=args.use_gpu)))
+        max_channels=128, adversarial_weight=0.0, use_gpu=args.use_gpu)))
     timed("train-identity", lambda: train_identity.run(train_identity.IdentityTrainingConfig(
         data=str(work / "data"), output=str(work / "identity"), resolution=args.resolution,
         steps=args.identity_steps, use_gpu=args.use_gpu)))

@@ -1,7 +1,9 @@
 """`latentmill evaluate`: the papers' claims measured on one model.
 
-Five studies (pipeline/evaluation): inversion quality against cost, the prior's effect on
-interpolation, compression against truncation, composition, StyleSpace detection. Writes
+Six studies (pipeline/evaluation): inversion quality against cost, the prior's effect on
+interpolation, compression against truncation, composition, StyleSpace detection, and LIA's
+claims (lia: path lengths in z and w, optimizing z or w, refinement starts, the adversarial
+encoder, flow against gaussianized prior). Writes
 OUTPUT/eval.json (every figure with its settings and the model fingerprints) and OUTPUT/eval.html.
 Defaults evaluate the bundled demo model on its bundled sample.
 
@@ -63,7 +65,8 @@ def _resolve(cfg: EvaluateConfig) -> EvaluateConfig:
 
         demo = DemoBundle.locate()
         return replace(cfg, generator=demo.generator, encoder=cfg.encoder or demo.encoder, prior=cfg.prior or demo.prior,
-                       images=cfg.images or demo.sample, identity_model=cfg.identity_model or demo.identity)
+                       flow=cfg.flow or demo.flow, images=cfg.images or demo.sample,
+                       identity_model=cfg.identity_model or demo.identity)
     if cfg.prior is None or cfg.images is None:
         raise ValueError("--prior and --images are required with --generator")
     return cfg
@@ -87,22 +90,37 @@ def load(cfg: EvaluateConfig):
     extractor = feature_extractor(cfg.features, discriminator=loaded.D, identity=loaded.identity, device=device)
     models = EvalModels(**vars(loaded), realism=kid_to(images.to(device), extractor))
     models.names.update(perceptual=cfg.perceptual, features=f"KID on {cfg.features} features")
-    return models, images
+    return models, images, load_flow(cfg.flow, models)
+
+
+def load_flow(uri: str | None, models):
+    """The flow of study 6 (None without --flow); a gaussianized prior given as --flow is refused."""
+    from pipeline.errors import CheckpointError
+    from pipeline.priors.flow import FlowPrior
+    from pipeline.priors.load import load_prior
+
+    if uri is None:
+        return None
+    flow = load_prior(uri, generator=models.G, setting="--flow")
+    if not isinstance(flow, FlowPrior):
+        raise CheckpointError(f"--flow {uri} is a gaussianized prior; give a flow from `latentmill fit-flow`")
+    return flow.to(models.device)
 
 
 def run(cfg: EvaluateConfig) -> dict[str, Any]:
     from pipeline.evaluation.detection_study import detection_accuracy
     from pipeline.evaluation.inversion_study import inversion_cost, prior_effect
+    from pipeline.evaluation.lia_study import lia_claims
     from pipeline.evaluation.tradeoff_study import composition, compression_vs_truncation
     from pipeline.models.fingerprint import fingerprint
 
     cfg = _resolve(replace(cfg, device=str(resolve_device(cfg.device))))
     cfg.validate()
     torch.manual_seed(cfg.seed)
-    models, images = load(cfg)
+    models, images, flow = load(cfg)
     fingerprints = {"generator": fingerprint(models.G),
                     "encoder": fingerprint(models.E) if models.E is not None else None,
-                    "prior": fingerprint(models.prior)}
+                    "prior": fingerprint(models.prior), "flow": fingerprint(flow) if flow is not None else None}
     key = inputs_key(cfg, fingerprints, len(images))
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,11 +134,13 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         "compression": lambda: compression_vs_truncation(models, images, steps=cfg.study_steps),
         "composition": lambda: composition(models, images, steps=cfg.study_steps, seed=cfg.seed),
         "stylespace": lambda: detection_accuracy(models, positives=cfg.positives, trials=cfg.trials, seed=cfg.seed),
+        "lia": lambda: lia_claims(models, images, flow, steps=cfg.study_steps, seed=cfg.seed,
+                                  fine_tune_steps=cfg.fine_tune_steps, held_out=cfg.held_out),
     }
     report = {
         "model": {"generator": cfg.generator, "generator_fingerprint": fingerprints["generator"], "encoder": cfg.encoder,
                   "encoder_fingerprint": fingerprints["encoder"],
-                  "prior": cfg.prior, "identity_model": models.names["identity"],
+                  "prior": cfg.prior, "flow": cfg.flow, "identity_model": models.names["identity"],
                   "perceptual_metric": models.names["perceptual"], "realism": models.names["features"]},
         "data": {"images": cfg.images, "count": len(images), "resolution": models.G.img_resolution},
         "settings": asdict(cfg),

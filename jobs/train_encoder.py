@@ -13,6 +13,7 @@ A rerun with the same --output resumes from the newest checkpoint: same step, sa
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,13 @@ class EncoderTask(TrainingTask):
         self.E = E.to(device).train()
         self.networks = {"E": self.E}
         self.optimizers = {"optimizer": torch.optim.Adam(self.E.parameters(), lr=cfg.lr, betas=(0.9, 0.99))}
-        self.weights = LossWeights(cfg.pixel_weight, cfg.perceptual_weight, cfg.latent_weight)
+        self.weights = LossWeights(cfg.pixel_weight, cfg.perceptual_weight, cfg.latent_weight, cfg.adversarial_weight)
+        self.D = None
+        if cfg.adversarial_weight > 0:  # LIA's stage 2: a copy of G's D, fine-tuned (the perceptual net keeps the original)
+            self.D = copy.deepcopy(networks["D"]).to(device).train().requires_grad_(True)
+            self.networks["D"] = self.D
+            self.optimizers["optimizer_D"] = torch.optim.Adam(self.D.parameters(), lr=cfg.discriminator_lr,
+                                                              betas=(0.0, 0.99))
         self.real = None
         if cfg.real_images:
             from pipeline.data.image_pool import load_image_pool
@@ -64,16 +71,28 @@ class EncoderTask(TrainingTask):
 
         # through load_encoder: a checkpoint made for another --generator is refused, not resumed
         self.E.load_state_dict(load_encoder(str(directory / "model.safetensors"), generator=self.G).state_dict())
+        if self.D is not None:
+            from pipeline.models.checkpoints import load_networks
+
+            self.D.load_state_dict(load_networks(str(directory / "model.safetensors"))["D"].state_dict())
 
     def update(self, step: int, rng: torch.Generator) -> dict[str, float]:
-        from pipeline.training.encoder_training import encoder_losses, sample_training_batch
+        from pipeline.training.encoder_training import (discriminator_losses, encoder_losses, reconstruct,
+                                                        sample_training_batch)
 
         cfg = self.cfg
         batch = sample_training_batch(self.G, cfg.batch_size, rng, style_mixing_prob=cfg.style_mixing_prob,
                                       mask_weights=cfg.mask_weights, real_images=self.real,
                                       real_fraction=cfg.real_fraction if self.real is not None else 0.0)
-        losses = encoder_losses(self.E, self.G, batch, perceptual=self.perceptual, weights=self.weights)
+        reconstruction = reconstruct(self.E, self.G, batch)
+        losses = encoder_losses(self.E, self.G, batch, perceptual=self.perceptual, weights=self.weights,
+                                discriminator=self.D, reconstruction=reconstruction)
         optimizer_step(self.optimizers["optimizer"], self.E, losses["total"])
+        if self.D is not None:  # D's reals: the targets that are whole images (collages are not)
+            whole = torch.tensor([kind != "collage" for kind in batch.kinds], device=self.device)
+            d_losses = discriminator_losses(self.D, batch.targets[whole], reconstruction[1], r1_gamma=cfg.r1_gamma)
+            optimizer_step(self.optimizers["optimizer_D"], self.D, d_losses.pop("total"))
+            losses.update(d_losses)
         return {k: v.item() for k, v in losses.items()}
 
     def evaluate(self, step: int) -> dict[str, float]:

@@ -18,7 +18,7 @@ from pipeline.runtime.config import InvertConfig
 
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
 DEMO_FILES = {"generator": "generator.safetensors", "encoder": "encoder.safetensors", "prior": "prior.safetensors",
-              "identity": "identity.safetensors"}
+              "flow": "flow.safetensors", "identity": "identity.safetensors"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class DemoBundle:
     generator: str
     encoder: str
     prior: str
+    flow: str
     identity: str
     sample: str  # folder of webdataset tar shards
 

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import generator, refine
+from benchmarks import flow, generator, refine
 
 pytestmark = pytest.mark.slow  # end-to-end runs (Ray, subprocesses, training): minutes on 2 cores
 
@@ -27,6 +27,15 @@ def test_refine_benchmark_reports_a_ratio(tmp_path):
     refine.main(["--batch", "1", "--precision", "fp32", "--timing-steps", "1,2", "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["ratio"] > 0 and result["baseline_steps"] == 1000
+
+
+def test_flow_benchmark_times_fitting_and_log_prob_against_the_gaussianized_prior(tmp_path, capsys):
+    out = tmp_path / "f.json"
+    flow.main(["--generators", "demo", "--samples", "1000", "--batch-size", "500", "--log-prob-batch", "500",
+               "--device", "cpu", "--json", str(out)])
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["samples"] == 1000 and row["train_s_per_1e6_samples"] > 0 and row["gaussianized_over_flow_speed"] > 0
+    assert "| demo | 64 | 1,000 | 500 |" in capsys.readouterr().out
 
 
 def test_the_official_projectors_vgg16_stand_in_measures_lpips_and_loads_as_torchscript(tmp_path):

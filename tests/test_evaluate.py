@@ -1,4 +1,4 @@
-"""`latentmill evaluate`: five studies with their settings and fingerprints, on the demo model by default."""
+"""`latentmill evaluate`: six studies with their settings and fingerprints, on the demo model by default."""
 
 from __future__ import annotations
 
@@ -15,13 +15,18 @@ from pipeline.evaluation.realism import feature_extractor, kid_to
 
 
 @pytest.mark.slow
-def test_evaluate_writes_the_five_studies_for_the_demo_model(tmp_path):
-    result = CliRunner().invoke(main, ["evaluate", "--output", str(tmp_path), "--num-images", "6", "--refine-steps",
+def test_evaluate_writes_the_six_studies_for_the_demo_model(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", "--output", str(tmp_path), "--num-images", "8", "--refine-steps",
                                        "2,4", "--baseline-steps", "3", "--baseline-images", "1", "--study-steps", "2",
-                                       "--trials", "1", "--positives", "10", "--device", "cpu"])
+                                       "--trials", "1", "--positives", "10", "--device", "cpu",
+                                       "--fine-tune-steps", "2", "--held-out", "300"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert set(report["studies"]) == {"inversion", "prior", "compression", "composition", "stylespace"}
+    assert set(report["studies"]) == {"inversion", "prior", "compression", "composition", "stylespace", "lia"}
+    lia = report["studies"]["lia"]["parts"]
+    assert len(lia) == 5 and not any("skipped" in part for part in lia.values()), "the demo has E, D and a flow"
+    assert report["model"]["flow"].endswith("flow.safetensors")
+    assert {"realism_swd", "seam_swd_finest"} <= set(report["studies"]["composition"]["rows"][0])
     assert report["model"]["generator_fingerprint"].startswith("sha256:")
     assert report["settings"]["refine_steps"] == [2, 4] and report["data"]["count"] == 6
     methods = [r["method"] for r in report["studies"]["inversion"]["rows"]]

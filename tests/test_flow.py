@@ -207,6 +207,19 @@ def test_a_store_inverted_with_a_flow_holds_each_latents_exact_z(G, prior, tmp_p
     assert torch.allclose(compressed, flow.compress(ws, store.settings["tau"]), atol=1e-5)
 
 
+def test_the_report_says_what_z_is_and_which_rows_are_atypical_in_it(G, prior, tmp_path):
+    from pathlib import Path
+
+    from pipeline.report.html_report import build_report
+
+    flow = _perturbed(FlowPrior.from_gaussianized(prior), 0.02)
+    flow.save(str(tmp_path / "flow.safetensors"))
+    store = _store_with(tmp_path, G, str(tmp_path / "flow.safetensors"))
+    page = Path(build_report(store.uri, sheet_size=2, in_domain=0)).read_text()
+    assert '<h2 id="exact-latents">Exact latents (z)</h2>' in page and "flow.from_latent(z) gives w back" in page
+    assert "outside the middle 98%" in page and "(flow)" in page  # the settings table names the prior's kind
+
+
 def test_a_store_of_an_invertible_generator_holds_the_generators_own_z(tmp_path):
     G = invertible_generator()
     store = _store_with(tmp_path, G, None)

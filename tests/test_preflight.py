@@ -81,8 +81,29 @@ def test_the_minimal_command_fails_once_with_one_error_and_no_traceback(tmp_path
     ["train-identity", "--data", "{tmp}/no-data", "--output", "{tmp}/identity"],
     ["train-encoder", "--generator", "{tmp}/G.pkl", "--output", "{tmp}/encoder"],
     ["fit-prior", "--generator", "{tmp}/G.pkl", "--output", "{tmp}/prior.safetensors"],
+    ["fit-flow", "--generator", "{tmp}/G.pkl", "--output", "{tmp}/flow.safetensors"],
+    ["fit-flow", "--generator", "{tmp}/G.pkl", "--output", "s3://bucket/flow.safetensors"],
+    ["evaluate", "--output", "{tmp}/eval", "--flow", "{tmp}/missing-flow.safetensors"],
 ])
 def test_user_errors_are_one_error_line_in_every_command(tmp_path, args):
     result = CliRunner().invoke(main, [a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_training_settings_that_cannot_work_are_refused_before_ray_starts(tmp_path):
+    from pipeline.models.bundle import write_bundle
+    from pipeline.runtime.preflight import preflight_training
+    from pipeline.training.settings import EncoderTrainingConfig, GeneratorTrainingConfig
+    from tests.conftest import tiny_generator
+
+    g_only = str(tmp_path / "g.safetensors")
+    write_bundle(g_only, {"G_ema": tiny_generator(16)})
+    with pytest.raises(ValueError, match="--adversarial-weight 0"):
+        preflight_training(EncoderTrainingConfig(generator=g_only, output=str(tmp_path / "e")), "train-encoder")
+    preflight_training(EncoderTrainingConfig(generator=g_only, output=str(tmp_path / "e"), adversarial_weight=0.0),
+                       "train-encoder")
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ValueError, match="--z-dim .* must equal --w-dim"):
+        preflight_training(GeneratorTrainingConfig(data=str(tmp_path / "data"), output=str(tmp_path / "g"),
+                                                   mapping="invertible", z_dim=64, w_dim=128), "train-generator")

@@ -11,6 +11,7 @@ import torch
 from jobs.train_encoder import EncoderTrainingConfig, run
 from pipeline.training.checkpointing import latest_checkpoint
 from pipeline.models.bundle import write_bundle
+from pipeline.models.checkpoints import load_networks
 from pipeline.models.encoder import load_encoder
 from tests.conftest import tiny_discriminator
 
@@ -41,6 +42,16 @@ def test_training_writes_encoder_checkpoints_and_logs(ray_local, generator_file,
     assert [int(r["step"]) for r in evals] == [10, 20]
     assert {"eval_latent_mse", "eval_pixel_mse", "eval_masked_pixel_mse", "eval_perceptual"} <= set(evals[0])
     assert float(evals[-1]["eval_latent_mse"]) < float(evals[-1]["eval_w_avg_latent_mse"])
+
+
+def test_the_adversarial_term_fine_tunes_a_copy_of_the_discriminator(ray_local, generator_file, tmp_path):
+    path = run(config(generator_file, tmp_path, steps=10))  # --adversarial-weight defaults to LIA's 0.1
+    rows = list(csv.DictReader((tmp_path / "train_log.csv").open()))
+    assert {"adversarial", "d_loss", "r1"} <= set(rows[0])
+    tuned, original = load_networks(str(path))["D"], load_networks(generator_file)["D"]
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, original.state_dict()[k])]
+    assert changed, "D was fine-tuned"
+    assert (tmp_path / "checkpoints" / "step-00000010" / "optimizer_D.pt").exists()
 
 
 def test_resume_continues_at_the_saved_step_with_the_same_optimizer_state(ray_local, generator_file, tmp_path):

@@ -15,14 +15,17 @@ def evaluate(**options: object) -> None:
     """Measure the papers' claims on a model, with the official recipes as baselines.
 
     Inversion quality against cost (with the official projector recipe as baseline), the prior's
-    effect on interpolation, compression against truncation, composition, and StyleSpace
-    detection accuracy. Writes OUTPUT/eval.json and
-    OUTPUT/eval.html; every figure carries its settings and the model fingerprints.
+    effect on interpolation, compression against truncation, composition (KID and SWD), StyleSpace
+    detection accuracy, and LIA's claims (study lia: path lengths in z and w, optimizing z or w,
+    refinement starts, the adversarial encoder, a flow against the gaussianized prior). Writes
+    OUTPUT/eval.json and OUTPUT/eval.html; every figure carries its settings and the model fingerprints.
 
     \b
     Example:
       latentmill evaluate --output out/eval                      # the bundled demo model
       latentmill evaluate --output out/eval --studies inversion --num-images 8
+      latentmill evaluate --output out/eval --studies lia --generator ffhq.pkl --prior ffhq-prior.safetensors \\
+          --flow ffhq-flow.safetensors --encoder ffhq-encoder.safetensors --images faces/
     """
     from jobs.evaluate import run
 

@@ -46,9 +46,12 @@ def fit_flow(**options: object) -> None:
           --run-directory runs/ffhq-flow --num-workers 4 --use-gpu
       latentmill invert --input photos/ --output store/ --generator ffhq.pkl --prior ffhq-flow.safetensors
     """
-    from jobs.fit_flow import run
+    from jobs.fit_flow import run, run_directory
 
-    click.echo(f"wrote {run(FitFlowConfig(**options))}")
+    config = FitFlowConfig(**options)
+    with as_usage_errors(ValueError):
+        run_directory(config)  # a remote --output needs a local --run-directory: said before Ray starts
+    click.echo(f"wrote {run(config)}")
 
 
 @click.command("train-encoder")

@@ -30,10 +30,20 @@ def eval_markdown(report: dict[str, Any]) -> str:
         note = f" {study['note']}." if study.get("note") else ""
         parts.append(f"\n**{name}** ({study['seconds']} s). Claim: {study.get('claim', '')}: **{verdict}**.{note}\n\n")
         parts.append(_markdown_table(study.get("rows", [])))
+        for part_name, part in study.get("parts", {}).items():
+            parts.append(f"\n*{part_name}*. {_part_verdict(part)}\n\n" + (_markdown_table(part["rows"]) if part.get("rows") else ""))
         if name == "inversion":
             parts.append(f"\nSteps to reach the baseline's {study['quality_key']}: "
                          f"{json.dumps(study['steps_to_reach_baseline'])}\n")
     return "".join(parts)
+
+
+def _part_verdict(part: dict[str, Any]) -> str:
+    """One sentence on a study's part: its claim and whether it held, or why it did not run."""
+    if "skipped" in part:
+        return f"Not run: {part['skipped']}."
+    note = f" {part['note']}." if part.get("note") else ""
+    return f"Claim: {part.get('claim', '')}: {'holds' if part.get('holds') else 'does not hold here'}.{note}"
 
 
 def _rows_table(rows: list[dict[str, Any]]) -> str:
@@ -56,6 +66,10 @@ def eval_html(report: dict[str, Any]) -> str:
         parts.append(f"<h2>{html.escape(name)}</h2><p><b>Claim</b>: {html.escape(study.get('claim', ''))} "
                      f"&mdash; <b>{verdict}</b>. {html.escape(study.get('note', ''))} ({study['seconds']} s)</p>")
         parts.append(_rows_table(study.get("rows", [])))
+        for part_name, part in study.get("parts", {}).items():
+            parts.append(f"<h3>{html.escape(part_name)}</h3><p>{html.escape(_part_verdict(part))}</p>")
+            if part.get("rows"):
+                parts.append(_rows_table(part["rows"]))
         if name == "inversion" and study["rows"]:
             key = study["quality_key"]
             series: dict[str, list] = {}

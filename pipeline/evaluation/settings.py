@@ -8,7 +8,7 @@ from typing import Any
 from pipeline.models.model_settings import IdentitySettings, PerceptualSettings
 from pipeline.settings import DeviceSettings, check_choices, setting
 
-STUDIES = ("inversion", "prior", "compression", "composition", "stylespace")
+STUDIES = ("inversion", "prior", "compression", "composition", "stylespace", "lia")
 REALISM_FEATURES = ("discriminator", "identity", "random")
 
 
@@ -18,7 +18,9 @@ class EvaluateConfig(PerceptualSettings, IdentitySettings, DeviceSettings):
     generator: str | None = setting(None, "Generator URI (default: the bundled demo model, with its encoder, prior, "
                                           "identity model and sample).")
     encoder: str | None = setting(None, "Encoder bundle URI (studies use it to initialize and compose).")
-    prior: str | None = setting(None, "Prior URI (required with --generator).")
+    prior: str | None = setting(None, "Gaussianized prior URI (required with --generator).")
+    flow: str | None = setting(None, "Flow prior URI (from fit-flow) for study 6's flow against gaussianized "
+                                     "comparison and its exact z (default: the demo's with the demo model).")
     images: str | None = setting(None, "Real images: folder, tar shards or Parquet (required with --generator).")
     identity_model: str | None = setting(None, "'facenet' or an EmbeddingNet bundle (default: the demo's with the "
                                                "demo model, else facenet).")
@@ -34,6 +36,8 @@ class EvaluateConfig(PerceptualSettings, IdentitySettings, DeviceSettings):
     study_steps: int = setting(100, "Refinement steps inside studies 2-4.")
     trials: int = setting(20, "Planted attributes per positive count (study 5).")
     positives: tuple[int, ...] = setting((10, 20, 30), "Positive counts of study 5.")
+    fine_tune_steps: int = setting(100, "Study 6(d): encoder fine-tuning steps with and without the adversarial term.")
+    held_out: int = setting(10_000, "Study 6(e): held-out mapped samples scored by each prior.")
     seed: int = setting(0, "Seed of every random choice.")
     overwrite: bool = setting(False, "Redo studies that an earlier run with the same settings, models and images "
                                      "already finished (by default they are reused from OUTPUT/eval.json).")

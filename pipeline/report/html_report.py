@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from pipeline.devices import resolve_device
+from pipeline.report.exact_latents import exact_latent_section
 from pipeline.report.images import ImageRow, ReportImages, fmt, image_table
 from pipeline.report.in_domain import SEED as IN_DOMAIN_SEED
 from pipeline.report.in_domain import in_domain_check, store_inversion_settings
@@ -295,6 +296,10 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
         sections.append(("metrics", "Metrics", '<h2 id="metrics">Metrics</h2><div class="charts">'
                          + "".join(charts) + "</div>"))
 
+    exact = exact_latent_section(ok, meta)
+    if exact:
+        sections.append(("exact-latents", "Exact latents (z)", exact))
+
     chart, points = _curve(opened, models, curve_rows, inputs)
     table = ""
     if points:
@@ -305,8 +310,9 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
         write_bytes(_join(store, "report/tradeoff.json"), json.dumps([asdict(p) for p in points], indent=1).encode())
     sections.append(("tradeoff", "Compression vs truncation",
                      '<h2 id="tradeoff">Compression vs truncation</h2><p>Both pull refined latents towards the prior: '
-                     "truncation scales all of w - w_avg by psi, compression log-compresses only the PCA "
-                     "components beyond tau sigma. Higher and further left is better.</p>" + chart + table))
+                     "truncation scales all of w - w_avg by psi, compression log-compresses only the "
+                     + ("flow's latent" if meta.get("prior_kind") == "flow" else "PCA") +
+                     " components beyond tau sigma. Higher and further left is better.</p>" + chart + table))
     step("compression curve")
 
     if curated is not None:
@@ -323,7 +329,8 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
                          f"<table><tr><th>image</th><th>error</th></tr>{listing}</table>"))
 
     settings = meta.get("settings", {})
-    models_table = [("generator", meta.get("generator")), ("encoder", meta.get("encoder")), ("prior", meta.get("prior")),
+    models_table = [("generator", meta.get("generator")), ("encoder", meta.get("encoder")),
+                    ("prior", f"{meta.get('prior')} ({meta.get('prior_kind') or 'gaussianized'})" if meta.get("prior") else None),
                     ("perceptual metric", meta.get("perceptual_metric")), ("identity model", meta.get("identity_model")),
                     ("resolution", meta.get("img_resolution")), ("latent shape", meta.get("latent_shape"))]
     sections.append(("settings", "Models and settings", '<h2 id="settings">Models and settings</h2>'

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -141,6 +141,12 @@ def with_absolute_training_paths(config: T) -> T:
     return dataclasses.replace(config, **changes)
 
 
+def _no_discriminator(config: Any, networks: dict[str, Any]) -> None:
+    raise ValueError(f"--adversarial-weight {config.adversarial_weight} fine-tunes the generator's discriminator, but "
+                     f"--generator {config.generator} holds none (only {', '.join(sorted(networks))}); give a "
+                     "checkpoint with D, or --adversarial-weight 0")
+
+
 def _perceptual_weights(config: InvertConfig) -> None:
     from pipeline.losses.lpips_loss import default_backbone_uri
 
@@ -172,7 +178,9 @@ def preflight_training(config: object, command: str) -> None:
     if getattr(config, "real_images", None):
         problems.attempt(lambda: plan_dataset(config.real_images, setting="--real-images"))
     if getattr(config, "generator", None):
-        problems.attempt(lambda: load_networks(config.generator, device="cpu", setting="--generator"))
+        networks = problems.attempt(lambda: load_networks(config.generator, device="cpu", setting="--generator"))
+        if networks is not None and getattr(config, "adversarial_weight", 0) > 0 and "D" not in networks:
+            problems.attempt(lambda: _no_discriminator(config, networks))
     if getattr(config, "backbone_weights", None):
         problems.attempt(lambda: local_path(config.backbone_weights, setting="--backbone-weights"))
     if getattr(config, "perceptual", None) == "lpips":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +132,9 @@ def refine(
     # and GPU. A fixed rule, not a per-machine timing probe, so rows never depend on where they ran.
     fused_modconv: bool | None = False,
     micro_batch: int | None = None,  # images per forward/backward pass; None: by device (see below)
+    # Optimize another parameterization of the latent: (to, back) with back(to(ws)) == ws, e.g. a
+    # flow's (to_latent, from_latent) or (G.mapping.inverse, mapping) to optimize in z, not w (LIA's study)
+    reparameterize: tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
     **overrides: Any,  # RefineSettings fields, e.g. steps=100
 ) -> RefineResult:
     """Optimize one latent per image; returns refined ws, reconstructions and per-image final losses."""
@@ -152,7 +155,12 @@ def refine(
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
     latent = init_ws.to(device).float().detach()
-    latent = (latent.mean(dim=1) if latent_space == "w" else latent).clone().requires_grad_(True)
+    latent = latent.mean(dim=1) if latent_space == "w" else latent
+    to_parameter, from_parameter = reparameterize or (None, None)
+    if to_parameter is not None:
+        with torch.no_grad():
+            latent = to_parameter(latent).float()
+    latent = latent.clone().requires_grad_(True)
     noise: dict[str, torch.Tensor] = {}
     if optimize_noise:
         for key, layer in G.synthesis.noise_layers().items():
@@ -163,6 +171,8 @@ def refine(
     w_std = estimate_w_std(G) if w_noise_factor > 0 else 0.0
 
     def expand(lat: torch.Tensor) -> torch.Tensor:
+        if from_parameter is not None:
+            lat = from_parameter(lat).float()
         return lat[:, None].expand(-1, num_ws, -1) if latent_space == "w" else lat  # [N, num_ws, w_dim]
 
     synthesize = compiled_synthesis(G) if settings.compile else G.synthesis

@@ -37,6 +37,7 @@ class LossWeights:
     pixel: float = 1.0
     perceptual: float = 1.0
     latent: float = 1.0
+    adversarial: float = 0.0  # LIA's beta2 (0.1): non-saturating loss of D on the reconstructions
 
 
 @torch.no_grad()
@@ -81,19 +82,56 @@ def sample_training_batch(G: Generator, n: int, generator: torch.Generator, *, s
     return TrainingBatch(inputs=inputs, masks=e_masks, targets=inputs, ws=ws, latent_valid=latent_valid, kinds=kinds)
 
 
-def encoder_losses(E: nn.Module, G: Generator, batch: TrainingBatch, *, perceptual: nn.Module | None,
-                   weights: LossWeights) -> dict[str, torch.Tensor]:
-    """Scalar losses (means over the batch) for one optimizer step."""
+def reconstruct(E: nn.Module, G: Generator, batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """E's latents [N, num_ws, w_dim] for the batch and G's images of them [N, C, R, R]."""
     x, m = prepare_inputs(batch.inputs, batch.masks)
     ws_hat = E(x, m)
-    recon = G.synthesis(ws_hat, noise_mode="const")
+    return ws_hat, G.synthesis(ws_hat, noise_mode="const")
+
+
+def encoder_losses(E: nn.Module, G: Generator, batch: TrainingBatch, *, perceptual: nn.Module | None,
+                   weights: LossWeights, discriminator: nn.Module | None = None,
+                   reconstruction: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Scalar losses (means over the batch) for one optimizer step; `reconstruction` is
+    `reconstruct(E, G, batch)` when the caller needs the images too (the adversarial step does)."""
+    ws_hat, recon = reconstruction if reconstruction is not None else reconstruct(E, G, batch)
     pixel = (recon - batch.targets).square().mean()
-    perc = perceptual(recon, batch.targets).mean() if perceptual is not None else torch.zeros((), device=x.device)
+    perc = perceptual(recon, batch.targets).mean() if perceptual is not None else torch.zeros((), device=recon.device)
     valid = batch.latent_valid.float()
     per_sample = (ws_hat - batch.ws).square().mean(dim=(1, 2))
     latent = (per_sample * valid).sum() / valid.sum().clamp_min(1.0)
     total = weights.pixel * pixel + weights.perceptual * perc + weights.latent * latent
-    return {"total": total, "pixel": pixel, "perceptual": perc, "latent": latent}
+    losses = {"total": total, "pixel": pixel, "perceptual": perc, "latent": latent}
+    if discriminator is not None and weights.adversarial > 0:
+        trainable = [p.requires_grad for p in discriminator.parameters()]
+        discriminator.requires_grad_(False)  # E's step must not leave gradients in D
+        losses["adversarial"] = F.softplus(-discriminator(recon)).mean()
+        for p, flag in zip(discriminator.parameters(), trainable):
+            p.requires_grad_(flag)
+        losses["total"] = total + weights.adversarial * losses["adversarial"]
+    return losses
+
+
+def _whole_groups(D: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    mbstd = getattr(getattr(D, "b4", None), "mbstd", None)
+    group = getattr(mbstd, "group_size", None) or 1
+    keep = len(images) - len(images) % min(group, len(images)) if len(images) else 0
+    return images[:keep]
+
+
+def discriminator_losses(D: nn.Module, reals: torch.Tensor, fakes: torch.Tensor, *, r1_gamma: float) -> dict[str, torch.Tensor]:
+    """LIA's discriminator, fine-tuned beside the encoder: softplus(D(recon)) + softplus(-D(real)) and
+    R1 = (gamma / 2) E||grad_x D(x)||^2 on the reals, as in GAN training (here every step). Each set
+    is cut to a multiple of D's minibatch-std group, which D needs."""
+    reals, fakes = _whole_groups(D, reals), _whole_groups(D, fakes)
+    reals = reals.detach().requires_grad_(r1_gamma > 0)
+    real_logits = D(reals)
+    loss = F.softplus(D(fakes.detach())).mean() + F.softplus(-real_logits).mean()
+    r1 = torch.zeros((), device=reals.device)
+    if r1_gamma > 0:
+        (grad,) = torch.autograd.grad(real_logits.sum(), reals, create_graph=True)
+        r1 = grad.square().sum(dim=(1, 2, 3)).mean() * (r1_gamma / 2)
+    return {"total": loss + r1, "d_loss": loss, "r1": r1}
 
 
 @torch.no_grad()

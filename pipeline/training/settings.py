@@ -53,6 +53,11 @@ class EncoderTrainingConfig(GeneratorSettings, PerceptualSettings, CheckpointSet
     pixel_weight: float = setting(1.0, "Weight of the pixel MSE.")
     perceptual_weight: float = setting(1.0, "Weight of the perceptual loss.")
     latent_weight: float = setting(1.0, "Weight of the latent-recovery MSE.")
+    adversarial_weight: float = setting(0.1, "Weight of the adversarial term (LIA's beta2 = 0.1): G's discriminator, "
+                                             "fine-tuned alongside, judges the reconstructions (0 = off; needs a D in "
+                                             "--generator).")
+    discriminator_lr: float = setting(2e-4, "Adam learning rate of the fine-tuned discriminator.")
+    r1_gamma: float = setting(1.0, "R1 weight on the discriminator's real images, as in GAN training.")
     style_mixing_prob: float = setting(0.9, "Probability that a training latent mixes two ws at a random layer.")
     real_images: str | None = setting(None, "Dataset URI of real images (folder, tar or Parquet) mixed into each "
                                             "batch with pixel and perceptual terms only.")
