@@ -1,7 +1,7 @@
 """`latentmill demo`: the whole pipeline on the bundled demo model and sample, on an embedded Ray.
 
 The bundle (pipeline/assets/demo/, see its MODEL_CARD.md) was made by latentmill's own jobs:
-make-demo-data -> train-generator -> fit-prior -> train-encoder -> train-identity. The demo
+make-demo-data -> train-generator -> fit-prior -> fit-flow -> train-encoder -> train-identity. The demo
 inverts the bundled sample with every stage (encode, refine with the discriminator-feature
 perceptual loss, compress, identity with the bundled emoji embedding) and writes report.html.
 """

@@ -24,7 +24,7 @@ def test_evaluate_writes_the_six_studies_for_the_demo_model(tmp_path):
     report = json.loads((tmp_path / "eval.json").read_text())
     assert set(report["studies"]) == {"inversion", "prior", "compression", "composition", "stylespace", "lia"}
     lia = report["studies"]["lia"]["parts"]
-    assert len(lia) == 5 and not any("skipped" in part for part in lia.values()), "the demo has E, D and a flow"
+    assert len(lia) == 6 and not any("skipped" in part for part in lia.values()), "the demo has E, D and a flow"
     assert report["model"]["flow"].endswith("flow.safetensors")
     assert {"realism_swd", "seam_swd_finest"} <= set(report["studies"]["composition"]["rows"][0])
     assert report["model"]["generator_fingerprint"].startswith("sha256:")

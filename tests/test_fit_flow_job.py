@@ -29,26 +29,21 @@ def config(generator: str, output, steps: int) -> FitFlowConfig:
                          init_samples=5_000, eval_samples=2_000, checkpoint_every=50, progress=False, lr=3e-3)
 
 
-def test_a_fitted_flow_beats_the_gaussianized_prior_on_held_out_samples(ray_local, generator_file, tmp_path):
+def test_a_fitted_flow_beats_the_gaussianized_prior_and_a_rerun_resumes(ray_local, generator_file, tmp_path,
+                                                                          capsys):
     output = tmp_path / "flow.safetensors"
-    assert run(config(generator_file, output, steps=150)) == str(output)
+    assert run(config(generator_file, output, steps=100)) == str(output)
+    assert run(config(generator_file, output, steps=150)) == str(output)  # the same command, more steps
+    assert "resuming from" in capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "flow.run" / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 151)), "no step repeated or skipped"
+    evals = list(csv.DictReader((tmp_path / "flow.run" / "eval_log.csv").open()))
+    assert [int(r["step"]) for r in evals] == [50, 100, 150]
+    assert float(evals[-1]["gain_nats"]) > 0.5, evals[-1]  # the tiny random mapping is far from Gaussian in V
     flow = load_prior(str(output))
     assert isinstance(flow, FlowPrior)
-    rows = list(csv.DictReader((tmp_path / "flow.run" / "eval_log.csv").open()))
-    assert [int(r["step"]) for r in rows] == [50, 100, 150]
-    assert float(rows[-1]["gain_nats"]) > 0.5, rows[-1]  # the tiny random mapping is far from Gaussian in V
-    G = tiny_generator(16)
-    z = flow.to_latent(mapped_samples(G, 5_000, torch.Generator().manual_seed(11)))
+    z = flow.to_latent(mapped_samples(tiny_generator(16), 5_000, torch.Generator().manual_seed(11)))
     assert abs(z.mean().item()) < 0.1 and abs(z.std().item() - 1) < 0.1  # mapped samples become N(0, I)
-
-
-def test_rerunning_resumes_from_the_newest_checkpoint(ray_local, generator_file, tmp_path, capsys):
-    output = tmp_path / "flow.safetensors"
-    run(config(generator_file, output, steps=50))
-    run(config(generator_file, output, steps=100))
-    assert "resuming from" in capsys.readouterr().out
-    rows = list(csv.DictReader((run_directory(config(generator_file, output, 1)) / "train_log.csv").open()))
-    assert [int(r["step"]) for r in rows] == list(range(1, 101))
 
 
 def test_a_remote_output_needs_a_run_directory(generator_file):

@@ -30,19 +30,21 @@ def test_every_part_runs_and_reports_its_sample_size(G, prior, images):
     flow = FlowPrior.from_gaussianized(prior)
     study = lia_claims(models_for(G, prior, images), images, flow, steps=2, seed=0, pairs=2, frames=3,
                        held_out=200, fine_tune_steps=2)
-    assert [r["part"][0] for r in study["rows"]] == ["a", "b", "c", "d", "e"]
+    assert [r["part"][0] for r in study["rows"]] == ["a", "b", "c", "d", "e", "f"]
     for name, part in study["parts"].items():
         assert "skipped" not in part and isinstance(part["holds"], bool) and part["seconds"] >= 0, name
         assert part["rows"], name
-    a, b, c, d, e = study["parts"].values()
+    a, b, c, d, e, f = study["parts"].values()
     assert {r["space"] for r in a["rows"]} == {"z (lerp)", "w (lerp)"} and a["rows"][0]["pairs"] == 2
     assert [r["optimized"] for r in b["rows"]] == ["w", "z of the flow"] and b["rows"][0]["images"] == 8
     assert [r["start"] for r in c["rows"]] == ["encoder E(x)", "w_avg", "random mapped w"]
     assert [r["encoder"][:4] for r in d["rows"]] == ["with", "with"] and "swd" in d["rows"][0]
     assert [r["prior"] for r in e["rows"]] == ["gaussianized", "flow"]
     assert e["rows"][0]["held_out_samples"] == 200 and e["rows"][0]["off_domain_projections"] == 24
-    # an untrained flow is the gaussianized prior: the same held-out log p(w)
+    # an untrained flow is the gaussianized prior: the same held-out log p(w), the same compression
     assert e["rows"][0]["held_out_log_prob"] == pytest.approx(e["rows"][1]["held_out_log_prob"], abs=1e-3)
+    assert [(r["tau"], r["prior"]) for r in f["rows"][:2]] == [(1.0, "gaussianized"), (1.0, "flow")]
+    assert f["rows"][0]["mse"] == pytest.approx(f["rows"][1]["mse"], rel=1e-3)
 
 
 def test_parts_without_their_models_say_what_is_missing(G, prior, images):
@@ -51,6 +53,7 @@ def test_parts_without_their_models_say_what_is_missing(G, prior, images):
     parts = study["parts"]
     assert "encoder" in parts["d: adversarial encoder"]["skipped"]
     assert "--flow" in parts["e: flow vs gaussianized prior"]["skipped"]
+    assert "--flow" in parts["f: compression, flow vs gaussianized"]["skipped"]
     assert parts["b: optimize z vs w"]["rows"][1]["optimized"] == "whitened coordinates of the gaussianized prior"
     assert [r["start"] for r in parts["c: refinement starts"]["rows"]] == ["w_avg", "random mapped w"]
     assert study["note"] == f"{sum(p.get('holds', False) for p in parts.values())} of 3 parts hold on this model"

@@ -48,9 +48,9 @@ def test_sliced_wasserstein_is_zero_for_equal_sets_and_grows_with_a_shift():
 
 
 def test_swd_sees_collage_seams_that_the_coarse_level_does_not():
-    reference, other = textures(64, 0), textures(64, 1)
-    first, second = textures(64, 2), textures(64, 3)
-    masks, _ = part_masks(64, 32, generator=torch.Generator().manual_seed(0))
+    reference, other = textures(32, 0), textures(32, 1)
+    first, second = textures(32, 2), textures(32, 3)
+    masks, _ = part_masks(32, 32, generator=torch.Generator().manual_seed(0))
     collages = masks * first + (1 - masks) * second
     same = swd(reference, other)
     seams = swd(reference, collages)

@@ -17,7 +17,8 @@ def evaluate(**options: object) -> None:
     Inversion quality against cost (with the official projector recipe as baseline), the prior's
     effect on interpolation, compression against truncation, composition (KID and SWD), StyleSpace
     detection accuracy, and LIA's claims (study lia: path lengths in z and w, optimizing z or w,
-    refinement starts, the adversarial encoder, a flow against the gaussianized prior). Writes
+    refinement starts, the adversarial encoder, a flow against the gaussianized prior and its
+    compression). Writes
     OUTPUT/eval.json and OUTPUT/eval.html; every figure carries its settings and the model fingerprints.
 
     \b

@@ -57,8 +57,8 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator: torch.Genera
     for _ in range(repeats):
         d = torch.randn(a.shape[1], directions, generator=generator, dtype=a.dtype)
         d = d / d.norm(dim=0, keepdim=True)
-        pa, _ = torch.sort(a @ d, dim=0)
-        pb, _ = torch.sort(b @ d, dim=0)
+        pa, _ = torch.sort(d.T @ a.T, dim=1)  # [directions, rows]: sorting along the contiguous axis is faster
+        pb, _ = torch.sort(d.T @ b.T, dim=1)
         total += (pa - pb).abs().mean().item()
     return total / repeats
 

@@ -26,7 +26,8 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
     output: str = setting(MISSING, "Latent store URI (created); rerunning skips finished shards.")
     encoder: str | None = setting(None, "Encoder bundle URI (from train-encoder); without it, refinement starts "
                                         "from w_avg.")
-    prior: str | None = setting(None, "Prior URI (from fit-prior): prior term of refinement, compression, NLLs.")
+    prior: str | None = setting(None, "Prior URI: a gaussianized prior (fit-prior) or a flow (fit-flow, which adds "
+                                      "the z column): prior term of refinement, compression, NLLs.")
     latent_dtype: str = setting("float32", "Storage type of the latent columns.", choices=tuple(LATENT_DTYPES))
     overwrite: bool = setting(False, "Redo every row of --output, with this run's settings (the only way to change "
                                      "the recipe of an existing store).")
