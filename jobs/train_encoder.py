@@ -4,7 +4,8 @@ The same command trains on a laptop CPU (one worker, embedded Ray) or on a GPU c
 (`--num-workers N --use-gpu`, with RAY_ADDRESS or `--address`): Ray Train's TorchTrainer runs
 `train_loop_per_worker` on each worker, on the skeleton every training job shares
 (pipeline/training/loop.py: resume, seeded streams, gradient averaging, rank-0 checkpoints). Output directory:
-  encoder.safetensors          the latest encoder bundle (loads with pipeline.models.encoder.load_encoder)
+  encoder.safetensors          the latest encoder bundle (loads with pipeline.models.encoder.load_encoder;
+                               with --adversarial-weight it also holds the fine-tuned discriminator, D)
   checkpoints/step-XXXXXXXX/   model.safetensors (E), optimizer.pt, state.json: the resume points
   train_log.csv, eval_log.csv  per-step losses, held-out figures at each checkpoint (+ TensorBoard if installed)
   config.json                  the settings of the run
@@ -88,8 +89,8 @@ class EncoderTask(TrainingTask):
         losses = encoder_losses(self.E, self.G, batch, perceptual=self.perceptual, weights=self.weights,
                                 discriminator=self.D, reconstruction=reconstruction)
         optimizer_step(self.optimizers["optimizer"], self.E, losses["total"])
-        if self.D is not None:  # D's reals: the targets that are whole images (collages are not)
-            whole = torch.tensor([kind != "collage" for kind in batch.kinds], device=self.device)
+        whole = torch.tensor([kind != "collage" for kind in batch.kinds], device=self.device)
+        if self.D is not None and bool(whole.any()):  # D's reals: the targets that are whole images, not collages
             d_losses = discriminator_losses(self.D, batch.targets[whole], reconstruction[1], r1_gamma=cfg.r1_gamma)
             optimizer_step(self.optimizers["optimizer_D"], self.D, d_losses.pop("total"))
             losses.update(d_losses)

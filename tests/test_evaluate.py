@@ -28,7 +28,7 @@ def test_evaluate_writes_the_six_studies_for_the_demo_model(tmp_path):
     assert report["model"]["flow"].endswith("flow.safetensors")
     assert {"realism_swd", "seam_swd_finest"} <= set(report["studies"]["composition"]["rows"][0])
     assert report["model"]["generator_fingerprint"].startswith("sha256:")
-    assert report["settings"]["refine_steps"] == [2, 4] and report["data"]["count"] == 6
+    assert report["settings"]["refine_steps"] == [2, 4] and report["data"]["count"] == 8
     methods = [r["method"] for r in report["studies"]["inversion"]["rows"]]
     assert methods == ["encoder", "encoder + refine", "encoder + refine", "w_avg + refine", "w_avg + refine",
                        "official projector recipe"]

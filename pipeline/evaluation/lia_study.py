@@ -162,8 +162,8 @@ def adversarial_encoder(models: EvalModels, images: torch.Tensor, *, steps: int,
             opt_E.zero_grad(set_to_none=True)
             losses["total"].backward()
             opt_E.step()
-            if adversarial > 0:
-                whole = torch.tensor([k != "collage" for k in batch.kinds], device=device)
+            whole = torch.tensor([k != "collage" for k in batch.kinds], device=device)
+            if adversarial > 0 and bool(whole.any()):
                 d_loss = discriminator_losses(D, batch.targets[whole], reconstruction[1],
                                               r1_gamma=recipe["r1_gamma"])["total"]
                 opt_D.zero_grad(set_to_none=True)
