@@ -244,7 +244,7 @@ def flow_against_gaussianized(models: EvalModels, images: torch.Tensor, flow: Fl
     return {"rows": rows, "claim": "the flow is the better prior: higher held-out log p(w), better at telling "
                                    "in-domain latents from projections of off-domain images",
             "holds": gain > 0 and all(f[k] >= g[k] for k in auroc_keys),
-            "note": f"held-out log p(w) {gain:+.2f} nats per latent with the flow; off-domain images: "
+            "note": f"Held-out log p(w) {gain:+.2f} nats per latent with the flow; off-domain images: "
                     f"{', '.join(off)} ({len(images)} each), projected like the real images (encoder + {steps} "
                     f"steps without a prior); interpolation path length in the prior's latent "
                     f"{f['path_length_in_prior_latent'] / g['path_length_in_prior_latent']:.2f}x the gaussianized one's"}
@@ -277,7 +277,7 @@ def compression_through_flow(models: EvalModels, images: torch.Tensor, flow: Flo
     return {"rows": rows, "claim": "compression through the flow keeps reconstructions closer to the input (lower "
                                    "MSE) at equal or better realism (SWD within 5%)",
             "holds": better > len(pairs) / 2,
-            "note": f"the flow is closer at equal realism at {better} of {len(pairs)} values of tau; both compress "
+            "note": f"The flow is closer at equal realism at {better} of {len(pairs)} values of tau; both compress "
                     f"the same {len(images)} latents refined with the gaussianized prior ({steps} steps)"}
 
 

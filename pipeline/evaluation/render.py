@@ -88,7 +88,7 @@ def eval_html(report: dict[str, Any]) -> str:
             parts.append(line_chart_svg(series, title="faithfulness against realism", x_label="KID",
                                         y_label="masked L1 to the parts"))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:"
-             ".5em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}")
+             ".5em 0;display:block;overflow-x:auto;max-width:100%}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>latentmill evaluate</title><style>{style}" \
            f"</style></head><body>{''.join(parts)}</body></html>"
 

@@ -33,6 +33,14 @@ def exact_latent_section(ok: pd.DataFrame, meta: dict[str, Any]) -> str | None:
     listing = "".join(f"<tr><td>{html.escape(str(r.image_id))}</td><td>{r.ratio:.2f}</td></tr>"
                       for r in atypical.head(10).itertuples())
     space = meta.get("z_space") or "flow"
+    far = ("<p>Most rows lie outside it: their latents are far from the mapped latents the map was fitted "
+           "on (usual for W+ inversions), where z extrapolates steeply, so rank rows by it rather than sample "
+           "around them.</p>" if len(atypical) > len(rows) / 2 else "")
+    back = ("flow = store.load_models(prior=True).prior          # the store's flow\n"
+            "ws = flow.from_latent(torch.tensor(rows.z[0]))      # the refined w of row 0, exactly"
+            if space == "flow" else
+            "G = store.load_models().G                          # the store's generator\n"
+            "ws = G.mapping(torch.tensor(rows.z[0]))[:, 0]       # layer k of row 0's refined w from z[k], exactly")
     return (
         '<h2 id="exact-latents">Exact latents (z)</h2>'
         f"<p>The <code>z</code> column holds {html.escape(Z_SPACES.get(space, space))} of each refined latent. "
@@ -41,11 +49,10 @@ def exact_latent_section(ok: pd.DataFrame, meta: dict[str, Any]) -> str | None:
         f"<table><tr><th>rows with z</th><td>{len(rows)}</td></tr>"
         f"<tr><th>median |z|<sup>2</sup> / {dof}</th><td>{np.median(norm) / dof:.3f}</td></tr>"
         f"<tr><th>outside the middle 98%</th><td>{len(atypical)} ({len(atypical) / len(rows):.0%})</td></tr></table>"
-        + (f"<p>The least typical rows (|z|<sup>2</sup> / {dof}):</p><table><tr><th>image</th><th>ratio</th></tr>"
+        + far + (f"<p>The least typical rows (|z|<sup>2</sup> / {dof}):</p><table><tr><th>image</th><th>ratio</th></tr>"
            f"{listing}</table>" if listing else "")
         + "<p>Use it where a standard normal coordinate helps: sample near a row "
           "(<code>from_latent(z + 0.3 * randn)</code>), interpolate between rows in z, or rank rows by "
           "|z|<sup>2</sup>:</p><pre>from pipeline.store import open_store\n"
           "store = open_store(STORE); rows = store.to_pandas(latents_as_arrays=True)\n"
-          "flow = store.load_models(prior=True).prior          # the store's flow\n"
-          "ws = flow.from_latent(torch.tensor(rows.z[0]))      # the refined w of row 0, exactly</pre>")
+          f"{back}</pre>")
