@@ -26,19 +26,19 @@ def generator_file(tmp_path_factory):
 
 def config(generator: str, output, steps: int) -> FitFlowConfig:
     return FitFlowConfig(generator=generator, output=str(output), steps=steps, batch_size=256, couplings=4,
-                         init_samples=5_000, eval_samples=2_000, checkpoint_every=50, progress=False, lr=3e-3)
+                         init_samples=5_000, eval_samples=2_000, checkpoint_every=30, progress=False, lr=3e-3)
 
 
 def test_a_fitted_flow_beats_the_gaussianized_prior_and_a_rerun_resumes(ray_local, generator_file, tmp_path,
                                                                           capsys):
     output = tmp_path / "flow.safetensors"
-    assert run(config(generator_file, output, steps=100)) == str(output)
-    assert run(config(generator_file, output, steps=150)) == str(output)  # the same command, more steps
+    assert run(config(generator_file, output, steps=60)) == str(output)
+    assert run(config(generator_file, output, steps=90)) == str(output)  # the same command, more steps
     assert "resuming from" in capsys.readouterr().out
     rows = list(csv.DictReader((tmp_path / "flow.run" / "train_log.csv").open()))
-    assert [int(r["step"]) for r in rows] == list(range(1, 151)), "no step repeated or skipped"
+    assert [int(r["step"]) for r in rows] == list(range(1, 91)), "no step repeated or skipped"
     evals = list(csv.DictReader((tmp_path / "flow.run" / "eval_log.csv").open()))
-    assert [int(r["step"]) for r in evals] == [50, 100, 150]
+    assert [int(r["step"]) for r in evals] == [30, 60, 90]
     assert float(evals[-1]["gain_nats"]) > 0.5, evals[-1]  # the tiny random mapping is far from Gaussian in V
     flow = load_prior(str(output))
     assert isinstance(flow, FlowPrior)
