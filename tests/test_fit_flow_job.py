@@ -1,4 +1,4 @@
-"""`latentmill fit-flow` on a real local Ray: it beats the gaussianized prior it starts from, and resumes."""
+"""`latentmill fit-flow` on a real local Ray: it beats the gaussianized prior it starts from."""
 
 from __future__ import annotations
 
@@ -29,14 +29,16 @@ def config(generator: str, output, steps: int) -> FitFlowConfig:
                          init_samples=5_000, eval_samples=2_000, checkpoint_every=30, progress=False, lr=3e-3)
 
 
-def test_a_fitted_flow_beats_the_gaussianized_prior_and_a_rerun_resumes(ray_local, generator_file, tmp_path,
-                                                                          capsys):
+def test_a_fitted_flow_beats_the_gaussianized_prior_and_leaves_resume_points(ray_local, generator_file, tmp_path):
+    """One Ray Train run; resuming is the training loop every job shares (tested with the encoder and
+    generator jobs), so here only its resume points are checked."""
+    from pipeline.training.checkpointing import latest_checkpoint
+
     output = tmp_path / "flow.safetensors"
-    assert run(config(generator_file, output, steps=60)) == str(output)
-    assert run(config(generator_file, output, steps=90)) == str(output)  # the same command, more steps
-    assert "resuming from" in capsys.readouterr().out
+    assert run(config(generator_file, output, steps=90)) == str(output)
+    assert latest_checkpoint(tmp_path / "flow.run").name == "step-00000090"
     rows = list(csv.DictReader((tmp_path / "flow.run" / "train_log.csv").open()))
-    assert [int(r["step"]) for r in rows] == list(range(1, 91)), "no step repeated or skipped"
+    assert [int(r["step"]) for r in rows] == list(range(1, 91))
     evals = list(csv.DictReader((tmp_path / "flow.run" / "eval_log.csv").open()))
     assert [int(r["step"]) for r in evals] == [30, 60, 90]
     assert float(evals[-1]["gain_nats"]) > 0.5, evals[-1]  # the tiny random mapping is far from Gaussian in V
