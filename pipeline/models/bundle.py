@@ -47,7 +47,7 @@ def read_bundle(data: bytes, *, source: str) -> tuple[dict[str, NetworkRecord], 
     """Networks (as records) and provenance info of a bundle's bytes."""
     try:
         tensors = safetensors.torch.load(data)
-        header = _metadata(data)
+        header = safetensors_metadata(data)
         configs = json.loads(header["latentmill.networks"])
         info = json.loads(header.get("latentmill.info", "{}"))
     except (safetensors.SafetensorError, KeyError, ValueError) as exc:
@@ -60,7 +60,8 @@ def read_bundle(data: bytes, *, source: str) -> tuple[dict[str, NetworkRecord], 
     return records, info
 
 
-def _metadata(data: bytes) -> dict[str, str]:
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The string metadata of a safetensors file's header (empty if it has none)."""
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])
     return header.get("__metadata__") or {}

@@ -112,12 +112,15 @@ class FlowPrior(LatentPrior):
         write_bundle(uri, {FLOW_NETWORK: self}, info={"generator_fingerprint": self.generator_fingerprint})
 
     @classmethod
-    def load(cls, uri: str, *, generator: Generator | None = None, setting: str = "--prior") -> FlowPrior:
+    def load(cls, uri: str, *, generator: Generator | None = None, setting: str = "--prior",
+             data: bytes | None = None) -> FlowPrior:
+        """Load a saved flow (`data`: its bytes, when the caller has read them already)."""
         from pipeline.models.bundle import read_bundle
         from pipeline.models.checkpoints import build_network
         from pipeline.uris import read_bytes
 
-        records, _ = read_bundle(read_bytes(uri, setting=setting), source=f"{setting} {uri}")
+        data = read_bytes(uri, setting=setting) if data is None else data
+        records, _ = read_bundle(data, source=f"{setting} {uri}")
         record = records.get(FLOW_NETWORK)
         if record is None or record.short_class_name != cls.__name__:
             raise CheckpointError(f"{setting} {uri}: a latentmill bundle without a flow (it holds {sorted(records)})")

@@ -12,7 +12,6 @@ Shapes: ws [..., w_dim] (typically [N, num_ws, w_dim]); every function maps the 
 
 from __future__ import annotations
 
-import json
 import math
 
 import safetensors.torch
@@ -175,13 +174,16 @@ class GaussianizedPrior(LatentPrior):
         write_bytes(uri, safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
 
     @classmethod
-    def load(cls, uri: str, *, generator: Generator | None = None, setting: str = "--prior") -> GaussianizedPrior:
-        """Load a saved prior; with `generator`, refuse one fitted for another generator."""
-        data = read_bytes(uri, setting=setting)
+    def load(cls, uri: str, *, generator: Generator | None = None, setting: str = "--prior",
+             data: bytes | None = None) -> GaussianizedPrior:
+        """Load a saved prior (`data`: its bytes, when the caller has read them already); with
+        `generator`, refuse one fitted for another generator."""
+        from pipeline.models.bundle import safetensors_metadata
+
+        data = read_bytes(uri, setting=setting) if data is None else data
         try:
             tensors = safetensors.torch.load(data)
-            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-            meta = header.get("__metadata__") or {}
+            meta = safetensors_metadata(data)
             if meta.get("format") != PRIOR_FORMAT:
                 raise ValueError(f"format is {meta.get('format')!r}, expected {PRIOR_FORMAT!r}")
             prior = cls(tensors["mean"], tensors["cov"], tensors["w_avg"],

@@ -7,12 +7,12 @@ that takes `--prior` loads through here, so each accepts either.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import torch
 
 from pipeline.errors import CheckpointError
+from pipeline.models.bundle import safetensors_metadata
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.flow import FlowPrior
 from pipeline.priors.gaussian import PRIOR_FORMAT, GaussianizedPrior
@@ -41,15 +41,14 @@ def exact_latent(G: Generator, prior: Prior | None) -> tuple[str, Callable[[torc
 
 def load_prior(uri: str, *, generator: Generator | None = None, setting: str = "--prior") -> Prior:
     """The prior or flow at `uri`; with `generator`, one made for another generator is refused."""
-    head = read_bytes(uri, setting=setting)
+    data = read_bytes(uri, setting=setting)  # read once, handed to the loader it picks
     try:
-        header = json.loads(head[8 : 8 + int.from_bytes(head[:8], "little")])
-        metadata = header.get("__metadata__") or {}
+        metadata = safetensors_metadata(data)
     except (ValueError, UnicodeDecodeError):
         metadata = {}
     if metadata.get("format") == PRIOR_FORMAT:
-        return GaussianizedPrior.load(uri, generator=generator, setting=setting)
+        return GaussianizedPrior.load(uri, generator=generator, setting=setting, data=data)
     if "latentmill.networks" in metadata:
-        return FlowPrior.load(uri, generator=generator, setting=setting)
+        return FlowPrior.load(uri, generator=generator, setting=setting, data=data)
     raise CheckpointError(f"{setting} {uri}: neither a latentmill prior (`latentmill fit-prior`) nor a flow "
                           "(`latentmill fit-flow`)")
