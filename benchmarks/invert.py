@@ -29,7 +29,7 @@ from pipeline.models.encoder import Encoder
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.runtime.config import InvertConfig
 from pipeline.stages.identity import save_random_facenet
-from pipeline.store.latent_store import manifest_entries
+from pipeline.store.store import Store
 
 
 def sample_utilization(stop: threading.Event, samples: list[float]) -> None:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = run(config)
         wall = time.perf_counter() - start
         stop.set()
-        actor_seconds = sum(e["seconds"] for e in manifest_entries(config.output).values())
+        actor_seconds = sum(e["seconds"] for e in Store(config.output).finished.values())
     result = {"machine": machine_description(device), "images": args.images, "steps": args.steps,
               "batch_size": args.batch_size, "precision": args.precision, "concurrency": args.concurrency,
               "cpus_per_actor": args.cpus_per_actor,

@@ -23,7 +23,8 @@ from PIL import Image
 from pipeline.data.align_settings import AlignConfig
 from pipeline.data.align_sheet import SheetRow, contact_sheet
 from pipeline.data.decode import Decoded, DecodeSettings, open_image
-from pipeline.data.sources import InputRecord, plan_input, read_shard
+from pipeline.data.planning import plan_input
+from pipeline.data.sources import InputRecord, read_shard
 from pipeline.errors import LatentmillError
 from pipeline.store.faces_schema import FACES
 from pipeline.uris import check_writable_dir, link, read_if_exists, write_bytes
@@ -82,7 +83,7 @@ def _decode(decoding: DecodeSettings, aligner, resolution: int, record: InputRec
 
 
 def _records(config: AlignConfig) -> tuple[int | None, Iterator[InputRecord]]:
-    shards = plan_input(config)
+    shards = plan_input(config).shards
     known = all(s.layout == "folder" for s in shards)
     total = sum(len(s.members) for s in shards) if known else None
     return total, (record for shard in shards for record in read_shard(shard))

@@ -1,7 +1,8 @@
 """`latentmill curate STORE`: flag outliers, near-duplicates and bad reconstructions.
 
-Writes STORE/curation/flags.parquet and summary.json (pipeline/stages/store_curation.py), which
-`latentmill report` shows; reused when neither the store's rows nor the settings changed.
+Writes STORE/curation/flags.parquet and summary.json (pipeline/stages/store_curation.py) through
+the store's claim, which `latentmill report` then shows; reused when neither the store's rows nor
+the settings changed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 from pipeline.stages.curation_settings import CurateConfig
 from pipeline.stages.store_curation import flag_store
 from pipeline.store import layout
-from pipeline.store.derived_outputs import inputs_key, reuse_or_compute
+from pipeline.store.derived_outputs import StoreFolder, inputs_key, reuse_or_compute
 from pipeline.store.store import open_store
-from pipeline.uris import read_bytes
+from pipeline.store.writer import claim
 
 __all__ = ["CurateConfig", "run"]
 
@@ -24,9 +25,11 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     """Flag the store's rows; reuses STORE/curation when neither the rows nor the settings changed."""
     cfg.validate()
     store = open_store(cfg.store)
-    root = layout.join(store.uri, layout.CURATION)
-    key = inputs_key(cfg.store, {k: v for k, v in asdict(cfg).items() if k not in ("device", "progress")})
-    return reuse_or_compute(
-        root, key, outputs=[root + "/flags.parquet", root + "/summary.json"], compute=lambda: flag_store(store, cfg, key),
-        reuse=lambda: {**json.loads(read_bytes(root + "/summary.json", setting="curation")), "reused": True},
-        what="curate (the store's rows and the settings)")
+    with claim(store.uri, wait_hint="") as writer:
+        key = inputs_key(writer, {k: v for k, v in asdict(cfg).items() if k not in ("device", "progress")})
+        return reuse_or_compute(
+            StoreFolder(writer, layout.CURATION), key,
+            outputs=[writer.path(layout.FLAGS), writer.path(layout.CURATION_SUMMARY)],
+            compute=lambda: flag_store(writer, cfg, key),
+            reuse=lambda: {**json.loads(writer.read_bytes(layout.CURATION_SUMMARY)), "reused": True},
+            what="curate (the store's rows and the settings)")

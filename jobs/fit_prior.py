@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 
 from pipeline.devices import resolve_device
-from pipeline.priors.gaussian import GaussianizedPrior, fit_prior_file
+from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.priors.prior_cache import fit_prior_file
 from pipeline.priors.prior_settings import FitPriorConfig
 
 __all__ = ["FitPriorConfig", "run"]

@@ -1,7 +1,8 @@
 """`latentmill rebalance STORE`: add realistic samples to under-represented groups.
 
-The algorithm is pipeline/stages/store_rebalance.py; this job checks the settings, reuses --output
-when neither the store's rows, the settings nor the labels changed, and otherwise runs it.
+The algorithm is pipeline/stages/store_rebalance.py; this job checks the settings, claims the store
+(its summary and preview are copied into STORE/rebalance/ for the report), reuses --output when
+neither the store's rows, the settings nor the labels changed, and otherwise runs it.
 """
 
 from __future__ import annotations
@@ -13,23 +14,28 @@ from typing import Any
 from pipeline.stages.rebalance_settings import RebalanceConfig
 from pipeline.stages.store_rebalance import rebalance_store
 from pipeline.store import layout
-from pipeline.store.derived_outputs import inputs_key, reuse_or_compute
+from pipeline.store.derived_outputs import UriFolder, inputs_key, reuse_or_compute
 from pipeline.store.store import open_store
+from pipeline.store.writer import claim
 from pipeline.uris import read_bytes
 
 __all__ = ["RebalanceConfig", "run"]
+
+SUMMARY = "summary.json"  # in --output
 
 
 def run(cfg: RebalanceConfig) -> dict[str, Any]:
     """Rebalance the store's groups; reuses --output when neither the rows, the settings nor the labels changed."""
     cfg.validate()
     store = open_store(cfg.store)
-    out = cfg.output.rstrip("/")
+    out = UriFolder(cfg.output)
     labels = [cfg.groups.split(":", 2)[2]] if cfg.groups.startswith("labels:") and cfg.groups.count(":") >= 2 else []
-    key = inputs_key(cfg.store, {k: v for k, v in asdict(cfg).items() if k not in ("device", "progress")},
-                     depends_on=labels)
-    return reuse_or_compute(
-        out, key, outputs=[out + "/summary.json", layout.join(store.uri, layout.REBALANCE, "summary.json")],
-        compute=lambda: rebalance_store(store, cfg),
-        reuse=lambda: {**json.loads(read_bytes(out + "/summary.json", setting="--output")), "reused": True},
-        what="rebalance (the store's rows, the settings and the labels)")
+    with claim(store.uri, wait_hint="") as writer:
+        key = inputs_key(writer, {k: v for k, v in asdict(cfg).items() if k not in ("device", "progress")},
+                         depends_on=labels)
+        return reuse_or_compute(
+            out, key, outputs=[layout.join(cfg.output, SUMMARY), writer.path(layout.REBALANCE_SUMMARY)],
+            compute=lambda: rebalance_store(writer, cfg),
+            reuse=lambda: {**json.loads(read_bytes(layout.join(cfg.output, SUMMARY), setting="--output")),
+                           "reused": True},
+            what="rebalance (the store's rows, the settings and the labels)")

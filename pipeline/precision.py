@@ -1,24 +1,29 @@
-"""Choosing the autocast precision a device is fast at (`--precision auto`, the default).
+"""Choosing the autocast precision of refinement (`--precision auto`, the default), from what the device
+can do: the same choice on every run on the same kind of device, never from a timing.
 
-CUDA: bf16 where the GPU supports it, else fp16 (with loss scaling in refinement). CPU: bf16 only
-where it is faster than fp32. Machines differ: on a CPU with AVX512-BF16 or AMX, bf16 convolutions
-and matmuls beat fp32; on one with only AVX2, bf16 is emulated and 30-80x slower. So the CPU choice
-reads the CPU's flags (Linux) and, where they allow bf16, times a small matmul and convolution in
-both precisions (well under a second) and keeps the faster. The choice is made once per process.
+- CUDA: bf16 where the GPU supports it natively, else fp16 (with loss scaling in refinement).
+- CPU: bf16 where the CPU has native bf16 instructions (AVX512-BF16 or AMX-BF16, read from its
+  flags), else fp32: without them bf16 is emulated and slower than fp32.
+A timing probe was tried first and read 0.37x to 39.5x for one command on one busy machine; a store
+then refused its own resume. So the rule reads capabilities only. `LATENTMILL_CPU_BF16=0|1` forces
+the CPU's capability either way (to test both choices on one machine).
+
+A store records the precision each kind of device (`device_kind`) ran, so a cluster that mixes GPU
+kinds, or GPUs and CPUs, keeps one recipe: each actor runs its kind's recorded precision.
 """
 
 from __future__ import annotations
 
 import functools
-import time
+import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.stages.inversion_settings import PRECISIONS
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+FORCE_CPU_BF16 = "LATENTMILL_CPU_BF16"
 
 
 @functools.cache
@@ -34,53 +39,43 @@ def cpu_flags() -> frozenset[str] | None:
     return None
 
 
-def _seconds(fn, repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-@functools.cache
-def cpu_bf16_speedup() -> float:
-    """How much faster bf16 autocast runs a small matmul + convolution than fp32 on this CPU
-    (below 1: slower). 0 when the CPU's flags say it has no native bf16 (no need to time it)."""
+def cpu_has_native_bf16() -> bool:
+    """True if this CPU runs bf16 natively (or $LATENTMILL_CPU_BF16 says to act as if: 1, or not: 0)."""
+    forced = os.environ.get(FORCE_CPU_BF16)
+    if forced in ("0", "1"):
+        return forced == "1"
     flags = cpu_flags()
-    if flags is not None and not any(flag in flags for flag in NATIVE_BF16_FLAGS):
-        return 0.0
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(384, 384, generator=generator)
-    x, w = torch.randn(4, 64, 32, 32, generator=generator), torch.randn(64, 64, 3, 3, generator=generator)
-
-    def work(dtype: torch.dtype | None):
-        def run() -> None:
-            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                a @ a
-                F.conv2d(x, w, padding=1)
-        return run
-
-    return _seconds(work(None)) / _seconds(work(torch.bfloat16))
+    return flags is not None and any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
-def resolve_precision(precision: str, device: str | torch.device) -> tuple[str, str]:
-    """(the precision to run, why): 'auto' becomes what `device` is fast at; others stay as set."""
+def device_kind(device: str | torch.device) -> str:
+    """The kind of device a precision choice belongs to: 'cuda:<GPU name>', 'cpu-bf16' or 'cpu'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    if device.type == "cpu":
+        return "cpu-bf16" if cpu_has_native_bf16() else "cpu"
+    return device.type
+
+
+def resolve_precision(precision: str, device: str | torch.device,
+                      recorded: dict[str, str] | None = None) -> tuple[str, str]:
+    """(the precision to run, why): 'auto' becomes the precision `recorded` (a store's, by device kind)
+    holds for this kind of device, else what the device runs natively; others stay as set."""
     if precision != "auto":
         if precision not in PRECISIONS:
             raise ValueError(f"--precision must be auto or one of {PRECISIONS}, got {precision!r}")
         return precision, "as set"
+    kind = device_kind(device)
+    if recorded and kind in recorded:
+        return recorded[kind], f"the store's precision for {kind}"
     device = torch.device(device)
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16", "the GPU supports bf16"
         return "fp16", "the GPU has no bf16: fp16 with loss scaling"
     if device.type == "cpu":
-        speedup = cpu_bf16_speedup()
-        if speedup >= 1.2:
-            return "bf16", f"bf16 measured {speedup:.1f}x faster than fp32 on this CPU"
-        if speedup == 0.0:
-            return "fp32", "this CPU has no native bf16: no AVX512-BF16, no AMX"
-        return "fp32", f"bf16 measured {speedup:.2f}x the speed of fp32 on this CPU"
+        if cpu_has_native_bf16():
+            return "bf16", "the CPU has native bf16: AVX512-BF16 or AMX"
+        return "fp32", "the CPU has no native bf16 (no AVX512-BF16, no AMX): bf16 would be emulated"
     return "fp32", f"no reduced precision chosen for {device.type}"

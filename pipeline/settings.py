@@ -10,6 +10,7 @@ so `latentmill --help` never waits for torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import MISSING, dataclass, field
 from typing import Any, TypeVar
 
@@ -18,13 +19,16 @@ T = TypeVar("T")
 
 def setting(default: Any = MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
             cli: bool = True, metavar: str | None = None, default_factory: Any = MISSING,
-            positional: bool = False) -> Any:
+            positional: bool = False, minimum: float | None = None, maximum: float | None = None,
+            above: float | None = None) -> Any:
     """A dataclass field that is also a documented setting.
 
-    choices: the accepted values (checked by the CLI and by `check_choices`); cli=False keeps a
-    field out of the command line; positional: a CLI argument rather than an option.
+    choices: the accepted values; minimum / maximum: the range of a number (inclusive), above: a
+    bound it must exceed (all checked by `check_settings`, with every number required finite);
+    cli=False keeps a field out of the command line; positional: a CLI argument rather than an option.
     """
-    metadata = {"help": help, "choices": choices, "cli": cli, "metavar": metavar, "positional": positional}
+    metadata = {"help": help, "choices": choices, "cli": cli, "metavar": metavar, "positional": positional,
+                "minimum": minimum, "maximum": maximum, "above": above}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -35,18 +39,39 @@ def narrow(source: Any, cls: type[T]) -> T:
     return cls(**{f.name: getattr(source, f.name) for f in dataclasses.fields(cls) if f.init})
 
 
-def check_choices(settings: Any) -> None:
-    """Every field declared with choices holds one of them; raises ValueError naming the option."""
+def setting_problems(settings: Any) -> list[str]:
+    """Every field outside what its declaration allows, one sentence each naming the option: a value
+    not among its choices, a number that is not finite (nan, inf), below its minimum, not above its
+    `above` bound or beyond its maximum."""
+    problems = []
     for f in dataclasses.fields(settings):
-        choices = f.metadata.get("choices")
-        if not choices:
+        value, meta, name = getattr(settings, f.name), f.metadata, option_name(f.name)
+        choices = meta.get("choices")
+        if choices:
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            bad = [v for v in values if v not in choices]
+            if bad or (isinstance(value, (tuple, list)) and not value):
+                problems.append(f"--{name}: unknown {', '.join(map(str, bad)) or '(nothing given)'}; "
+                                f"choose from {','.join(choices)}")
             continue
-        value = getattr(settings, f.name)
-        values = value if isinstance(value, (tuple, list)) else (value,)
-        bad = [v for v in values if v not in choices]
-        if bad or (isinstance(value, (tuple, list)) and not value):
-            raise ValueError(f"--{option_name(f.name)}: unknown {', '.join(map(str, bad)) or '(nothing given)'}; "
-                             f"choose from {','.join(choices)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            problems.append(f"--{name}: {value} is not a finite number")
+        elif meta.get("minimum") is not None and value < meta["minimum"]:
+            problems.append(f"--{name} must be at least {meta['minimum']:g}, got {value:g}")
+        elif meta.get("above") is not None and value <= meta["above"]:
+            problems.append(f"--{name} must be above {meta['above']:g}, got {value:g}")
+        elif meta.get("maximum") is not None and value > meta["maximum"]:
+            problems.append(f"--{name} must be at most {meta['maximum']:g}, got {value:g}")
+    return problems
+
+
+def check_settings(settings: Any) -> None:
+    """Raise ValueError listing every `setting_problems` of `settings` (one per line)."""
+    problems = setting_problems(settings)
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def option_name(field_name: str) -> str:

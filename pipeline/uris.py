@@ -119,3 +119,67 @@ def write_bytes(uri: str, data: bytes) -> None:
         if parent:
             fs.makedirs(parent, exist_ok=True)
         fs.pipe_file(path, data)
+
+
+METADATA_CONCURRENCY = 32  # requests in flight for a store's small files on object stores
+
+
+def _is_async(fs: fsspec.AbstractFileSystem) -> bool:
+    return bool(getattr(fs, "async_impl", False))
+
+
+def read_many(uris: list[str]) -> dict[str, bytes | Exception]:
+    """The bytes of each URI (or the exception reading it raised), fetched concurrently: fsspec's async
+    batch call on object stores, a thread pool elsewhere. Local files are read one after another."""
+    if not uris:
+        return {}
+    fs, _ = fsspec.core.url_to_fs(uris[0])
+    paths = [fsspec.core.url_to_fs(u)[1] for u in uris]
+    if _is_async(fs):
+        got = fs.cat(paths, on_error="return", batch_size=METADATA_CONCURRENCY)
+        got = got if isinstance(got, dict) else {paths[0]: got}
+        return {uri: got.get(path, FileNotFoundError(uri)) for uri, path in zip(uris, paths)}
+
+    def one(path: str) -> bytes | Exception:
+        try:
+            return fs.cat_file(path)
+        except Exception as exc:  # handed back with the path, for the caller to name
+            return exc
+
+    if is_local(uris[0]):
+        return {uri: one(path) for uri, path in zip(uris, paths)}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=METADATA_CONCURRENCY) as pool:
+        return dict(zip(uris, pool.map(one, paths)))
+
+
+def list_sizes(folder: str) -> dict[str, int]:
+    """Base name -> size of every file directly in `folder` (one listing; empty when it does not exist)."""
+    fs, path = fsspec.core.url_to_fs(folder)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: int(entry.get("size") or 0)
+            for entry in entries if entry.get("type") != "directory"}
+
+
+def remove_if_exists(uri: str) -> bool:
+    """Delete the file at `uri`; False when there was none."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def move(uri: str, target: str) -> None:
+    """Move a file within one filesystem, creating the target's folder."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    _, destination = fsspec.core.url_to_fs(target)
+    parent = destination.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    fs.mv(path, destination)

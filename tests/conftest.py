@@ -102,7 +102,7 @@ def report_store(tmp_path_factory, fixture_dir):
     from pipeline.models.checkpoints import load_generator
     from pipeline.models.embedding import EmbeddingNet
     from pipeline.models.encoder import Encoder
-    from pipeline.priors.gaussian import fit_prior_file
+    from pipeline.priors.prior_cache import fit_prior_file
     from pipeline.runtime.config import InvertConfig
     from tests.datasets import messy_folder
     from tests.stores import invert_here
@@ -119,6 +119,6 @@ def report_store(tmp_path_factory, fixture_dir):
     config = InvertConfig(input=str(root / "input"), output=str(root / "store"), generator=generator,
                           encoder=str(root / "E.safetensors"), prior=prior,
                           identity_model=str(root / "identity.safetensors"), perceptual="discriminator", steps=3,
-                          batch_size=4, shard_size=8, progress=False)
+                          batch_size=4, shard_size=8, progress=False, precision="fp32")
     invert_here(config)
     return {"uri": str(root / "store"), "expected": expected}

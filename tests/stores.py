@@ -11,8 +11,8 @@ import torch
 from pipeline.models.bundle import write_bundle
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.gaussian import GaussianizedPrior
-from pipeline.store.latent_store import write_shard
 from pipeline.store.schema import SCHEMA_VERSION, latents_schema
+from pipeline.store.writer import claim
 
 
 def synthetic_store(root: Path, G: Generator, prior: GaussianizedPrior, ws: torch.Tensor, *,
@@ -34,25 +34,26 @@ def synthetic_store(root: Path, G: Generator, prior: GaussianizedPrior, ws: torc
                    model_fingerprint=["x"] * n, schema_version=[SCHEMA_VERSION] * n)
     table = pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
     store = str(root / "store")
-    write_shard(store, "s0", table, {"shard": "s0", "rows": n, "ok": n, "errors": 0})
+    with claim(store) as writer:
+        writer.shard_writer(None).write("s0", table, {"shard": "s0", "rows": n, "ok": n, "errors": 0})
     return store
 
 
 
 def invert_here(cfg):
-    """What `latentmill invert` does, in this process and without Ray (claim the store, prepare it,
-    process every shard to do); returns the store's rows. For tests of what reads or guards a store
-    made by a real inversion; Ray itself is tested in test_invert_job.py."""
-    from pipeline.runtime.invert_store import check_arguments, prepare_store
-    from pipeline.runtime.shard_processor import ShardProcessor, load_models
+    """`latentmill invert`'s orchestrator (jobs/invert.py: preflight, claim, prepare, run, summary) with the
+    shards run in this process instead of on Ray actors; returns the store's rows. Ray's pool itself is
+    tested in test_invert_job.py and test_store_chaos.py."""
+    from jobs.invert import run
+    from pipeline.runtime.local_runner import run_shards_here
     from pipeline.store.store import read_latents
-    from pipeline.store.store_lock import claim_store
 
-    check_arguments(cfg)
-    models = load_models(cfg, torch.device("cpu"))
-    with claim_store(cfg.output):
-        prepared = prepare_store(cfg, models)
-        processor = ShardProcessor(cfg, device="cpu")
-        for spec in prepared.todo:
-            processor.process(spec)
+    run(cfg, runner=run_shards_here)
     return read_latents(cfg.output)
+
+
+def manifest_entries(store: str) -> dict:
+    """The finished shards of a store: shard id -> manifest entry."""
+    from pipeline.store.manifest import read_manifest
+
+    return read_manifest(store).finished

@@ -199,7 +199,8 @@ def test_latentmill_align_writes_crops_masks_and_landmarks_ready_for_invert(tmp_
     from click.testing import CliRunner
 
     from latentmill.cli import main
-    from pipeline.data.sources import plan_shards, read_shard
+    from pipeline.data.planning import plan_shards
+    from pipeline.data.sources import read_shard
 
     face_folder(tmp_path / "in")
     out = tmp_path / "aligned"

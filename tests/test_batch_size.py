@@ -41,14 +41,16 @@ def test_a_processor_with_a_batch_too_large_refuses_to_work(tmp_path, monkeypatc
     from pipeline.models.bundle import write_bundle
     from pipeline.runtime.config import InvertConfig
     from pipeline.runtime.shard_processor import BatchSizeError, ShardProcessor
+    from pipeline.store.writer import ShardWriter
 
     generator = str(tmp_path / "G.safetensors")
     write_bundle(generator, {"G_ema": tiny_generator(16)})
     monkeypatch.setattr("pipeline.runtime.shard_processor.actor_memory_bytes", lambda *a, **k: 2**20)
     config = InvertConfig(input=str(tmp_path), output=str(tmp_path / "store"), generator=generator,
                           stages=("refine",), perceptual="none", batch_size=64)
-    processor = ShardProcessor(config)
+    never_writes = ShardWriter(config.output, token="none", recipe=None)
+    processor = ShardProcessor(config, never_writes)
     with pytest.raises(BatchSizeError, match="--batch-size 64 needs about"):
         processor.ready()
-    auto = ShardProcessor(InvertConfig(**{**config.to_dict(), "batch_size": "auto"}))
+    auto = ShardProcessor(InvertConfig(**{**config.to_dict(), "batch_size": "auto"}), never_writes)
     assert auto.ready()["batch_size"] >= 1 and "--batch-size auto: " in auto.ready()["note"]

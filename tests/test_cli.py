@@ -108,10 +108,9 @@ def test_inspect_describes_an_encoder_bundle(run, tmp_path):
 
 
 def test_channels_ranks_stylespace_channels_of_a_store(run, fixture_dir, tmp_path):
-    from pipeline.data.sources import plan_shards
     from pipeline.runtime.config import InvertConfig
-    from pipeline.runtime.shard_processor import ShardProcessor
     from tests.datasets import colorful, png_bytes
+    from tests.stores import invert_here
 
     images = tmp_path / "images"
     images.mkdir()
@@ -119,9 +118,7 @@ def test_channels_ranks_stylespace_channels_of_a_store(run, fixture_dir, tmp_pat
         (images / f"img{i}.png").write_bytes(png_bytes(colorful(seed=i)))
     config = InvertConfig(input=str(images), output=str(tmp_path / "store"), generator=str(fixture_dir / "sg2ada_32px.pkl"),
                           stages=("refine",), perceptual="none", steps=2, progress=False)
-    processor = ShardProcessor(config)  # the library runs without Ray: the actor is only its edge
-    for spec in plan_shards(str(images)):
-        processor.process(spec)
+    invert_here(config)  # the library runs without Ray: the actor pool is only its edge
     result = run("channels", tmp_path / "store", "--positives", "img0.png,img1.png,img2.png", "--top-k", "4")
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from latentmill.cli import main
 from pipeline.stages.curate import duplicate_groups, near_duplicate_pairs, percentile_rank
+from pipeline.store import layout
 from tests.stores import synthetic_store
 
 
@@ -104,12 +105,12 @@ def test_curate_resumes_an_interrupted_search_and_reuses_unchanged_results(plant
     monkeypatch.setattr(curation, "_save_search", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         curate_job.run(cfg)
-    assert saved["next_row"] == 16 and (Path(planted_store) / "curation" / curation.SEARCH_PROGRESS).exists()
+    assert saved["next_row"] == 16 and (Path(planted_store) / layout.SEARCH_PROGRESS).exists()
     monkeypatch.setattr(curation, "_save_search", real_save)
     result = CliRunner().invoke(main, ["curate", planted_store, "--block-size", "16", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "resuming the near-duplicate search at row 16 of 200" in result.output
-    assert not (Path(planted_store) / "curation" / curation.SEARCH_PROGRESS).exists()
+    assert not (Path(planted_store) / layout.SEARCH_PROGRESS).exists()
     import pandas as pd
 
     flags = pd.read_parquet(Path(planted_store) / "curation" / "flags.parquet").set_index("image_id")

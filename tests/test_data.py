@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from pipeline.data.decode import decode_image, decode_mask
-from pipeline.data.sources import detect_layout, plan_shards, read_shard
+from pipeline.data.planning import detect_layout, plan_shards
+from pipeline.data.sources import read_shard
 from tests.datasets import colorful, messy_folder, parquet_files, png_bytes, tar_shards
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from jobs.make_demo_data import DEFAULT_FONT, emoji_catalog, load_font, run
 from pipeline.data.decode import decode_image
-from pipeline.data.sources import plan_shards, read_shard
+from pipeline.data.planning import plan_shards
+from pipeline.data.sources import read_shard
 
 
 @pytest.fixture(scope="module")

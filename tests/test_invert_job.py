@@ -15,10 +15,10 @@ import pytest
 
 from jobs.invert import run
 from pipeline.errors import WeightsNotFoundError
-from pipeline.priors.gaussian import fit_prior_file
+from pipeline.priors.prior_cache import fit_prior_file
 from pipeline.runtime.config import InvertConfig
 from pipeline.stages.identity import save_random_facenet
-from pipeline.store.latent_store import manifest_entries
+from tests.stores import manifest_entries
 from pipeline.store.store import read_latents, read_store_metadata
 from tests.datasets import messy_folder, parquet_files, tar_shards
 from tests.fault_injection import crashing_once_on

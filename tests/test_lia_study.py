@@ -10,8 +10,14 @@ from pipeline.evaluation.models import EvalModels
 from pipeline.evaluation.realism import feature_extractor, kid_to
 from pipeline.models.encoder import Encoder
 from pipeline.priors.flow import FlowPrior
-from pipeline.stages.refine import refine
+from pipeline.stages.refine import refine as _refine
 from tests.conftest import tiny_discriminator
+
+
+def refine(*args, **kwargs):
+    """latentmill's refine in fp32 unless a test says otherwise: these tests compare numbers, whatever
+    `--precision auto` would pick on this machine."""
+    return _refine(*args, **{"precision": "fp32", **kwargs})
 
 
 @pytest.fixture(scope="module")

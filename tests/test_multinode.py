@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from jobs.invert import run
-from pipeline.priors.gaussian import fit_prior_file
+from pipeline.priors.prior_cache import fit_prior_file
 from pipeline.runtime.config import InvertConfig
-from pipeline.store.latent_store import manifest_entries
+from tests.stores import manifest_entries
 from pipeline.store.store import read_latents
 from tests.datasets import messy_folder
 

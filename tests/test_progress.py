@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pipeline.models.bundle import write_bundle
 from pipeline.runtime.config import InvertConfig
-from pipeline.runtime.invert_store import check_arguments
+from pipeline.data.planning import plan_input
 from pipeline.runtime.progress_board import ProgressBoard
 from pipeline.runtime.shard_processor import ShardProcessor
+from pipeline.store.writer import claim
 from tests.conftest import tiny_generator
 from tests.datasets import colorful, png_bytes
 
@@ -19,9 +20,11 @@ def test_a_shard_reports_its_rows_batch_by_batch_with_the_stage(tmp_path):
     write_bundle(str(tmp_path / "G.safetensors"), {"G_ema": tiny_generator(16)})
     cfg = InvertConfig(input=str(tmp_path / "in"), output=str(tmp_path / "store"), generator=str(tmp_path / "G.safetensors"),
                        stages=["refine"], steps=1, perceptual="none", batch_size=4, shard_size=100, progress=False)
-    shard = check_arguments(cfg)[0]
+    shard = plan_input(cfg).shards[0]
     reports = []
-    ShardProcessor(cfg, device="cpu", progress=lambda *report: reports.append(report)).process(shard)
+    with claim(cfg.output) as writer:
+        ShardProcessor(cfg, writer.shard_writer(None), device="cpu",
+                       progress=lambda *report: reports.append(report)).process(shard)
     rows = [r for _, r, _ in reports]
     assert rows == sorted(rows) and rows[-1] == 11, "monotonic, ending at every row of the shard"
     assert len({r for r in rows if 0 < r < 11}) >= 2, "it moves before the shard is done (batches of 4)"

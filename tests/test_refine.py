@@ -7,8 +7,14 @@ import torch
 
 from pipeline.losses.discriminator_features import DiscriminatorFeatureLoss
 from pipeline.losses.pixel import masked_mse
-from pipeline.stages.refine import learning_rate, refine
+from pipeline.stages.refine import learning_rate, refine as _refine
 from tests.conftest import tiny_discriminator, tiny_generator
+
+
+def refine(*args, **kwargs):
+    """latentmill's refine in fp32 unless a test says otherwise: these tests compare numbers, whatever
+    `--precision auto` would pick on this machine."""
+    return _refine(*args, **{"precision": "fp32", **kwargs})
 
 
 @pytest.fixture(scope="module")

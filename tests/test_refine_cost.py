@@ -10,8 +10,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.losses.discriminator_features import DiscriminatorFeatureLoss
 from pipeline.losses.lpips_loss import LPIPSLoss, save_random_backbone
-from pipeline.stages.refine import refine
+from pipeline.stages.refine import refine as _refine
 from tests.conftest import tiny_discriminator, tiny_generator
+
+
+def refine(*args, **kwargs):
+    """latentmill's refine in fp32 unless a test says otherwise: these tests compare numbers, whatever
+    `--precision auto` would pick on this machine."""
+    return _refine(*args, **{"precision": "fp32", **kwargs})
 
 
 def flops(fn) -> int:

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.store.latent_store import manifest_entries, shard_file
+from pipeline.store.layout import shard_file
+from tests.stores import manifest_entries
 from pipeline.store.store import read_latents
 from pipeline.store.verify import verify_store
 from tests.datasets import colorful, messy_folder, png_bytes

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from pipeline.data.sources import plan_shards
+from pipeline.data.planning import plan_shards
 from pipeline.store.store import Store
 from tests.datasets import colorful, png_bytes
 
@@ -70,5 +70,5 @@ def test_opening_something_that_is_not_a_store_says_what_to_do(tmp_path):
 
     with pytest.raises(StoreNotFoundError, match="does not exist; make one with `latentmill invert"):
         open_store(str(tmp_path / "nowhere"))
-    with pytest.raises(StoreNotFoundError, match="has no finished shards"):
+    with pytest.raises(StoreNotFoundError, match="holds no latentmill store"):
         open_store(str(tmp_path))

@@ -19,18 +19,22 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFile
 
-from pipeline.data.sources import plan_shards
+from pipeline.data.planning import plan_shards
 from pipeline.models.bundle import write_bundle
 from pipeline.runtime import shard_processor
 from pipeline.runtime.config import InvertConfig
-from pipeline.runtime.invert_store import check_arguments, prepare_store
-from pipeline.runtime.shard_processor import ShardProcessor, load_models
+from pipeline.runtime.preflight import preflight_invert
+from pipeline.runtime.local_runner import run_shards_here
+from pipeline.runtime.shard_processor import ShardProcessor
+from jobs.invert import run as run_invert
 from pipeline.store.file_names import safe_file_name
-from pipeline.store.latent_store import manifest_entries, shard_file
+from pipeline.store.layout import shard_file
+from tests.stores import manifest_entries
 from pipeline.store.store import read_latents
 from pipeline.store.store_lock import StoreLockedError, claim_store
 from pipeline.store.store_recipe import StoreRecipeMismatch
 from pipeline.store.verify import repair_store, verify_store
+from pipeline.store.writer import claim
 from tests.conftest import tiny_discriminator, tiny_generator
 from tests.datasets import colorful, png_bytes
 from tests.stores import invert_here
@@ -47,12 +51,6 @@ def config(generator: str, input: Path, output: Path, **overrides) -> InvertConf
     base = dict(input=str(input), output=str(output), generator=generator, stages=("refine",), steps=1,
                 perceptual="none", shard_size=8, batch_size=8, progress=False, decode_threads=2)
     return InvertConfig(**{**base, **overrides})
-
-
-def cpu():
-    import torch
-
-    return torch.device("cpu")
 
 
 def folder(root: Path, files: dict[str, bytes]) -> Path:
@@ -164,7 +162,7 @@ def test_a_failing_batch_is_bisected_down_to_the_inputs_that_cause_it(generator,
 
     def failing_on_poison(models, settings, images, masks, ids, **kwargs):
         if "poison.png" in ids:
-            raise RuntimeError("CUDA out of memory (simulated for one input)")
+            raise RuntimeError("a stage failed on this input (simulated)")
         return real(models, settings, images, masks, ids, **kwargs)
 
     monkeypatch.setattr(shard_processor, "invert_batch", failing_on_poison)
@@ -172,7 +170,7 @@ def test_a_failing_batch_is_bisected_down_to_the_inputs_that_cause_it(generator,
     frame = invert_here(config(generator, folder(tmp_path / "in", files), tmp_path / "store"))
     rows = frame.set_index("image_id")
     assert rows.loc["poison.png", "status"] == "error"
-    assert rows.loc["poison.png", "error"] == "stage failed: RuntimeError: CUDA out of memory (simulated for one input)"
+    assert rows.loc["poison.png", "error"] == "stage failed: RuntimeError: a stage failed on this input (simulated)"
     assert (rows.drop("poison.png")["status"] == "ok").all()
 
 
@@ -250,7 +248,8 @@ def test_verify_finds_a_truncated_shard_and_repair_makes_the_next_run_redo_it(ge
     report = verify_store(cfg.output)
     assert not report.ok and [p.shard for p in report.damaged] == ["folder-00001"]
     assert "folder-00001" in "\n".join(report.lines())
-    repair_store(cfg.output, report)
+    with claim(cfg.output) as writer:
+        repair_store(writer, report)
     assert "folder-00001" not in manifest_entries(cfg.output)
     frame = invert_here(cfg)
     assert sorted(frame["image_id"]) == sorted(good(12)) and verify_store(cfg.output).ok
@@ -293,8 +292,7 @@ def test_duplicate_ids_get_a_deterministic_suffix_or_are_refused(generator, tmp_
     frame = invert_here(cfg)
     assert sorted(frame["image_id"]) == ["x", "x~1", "y", "y~1", "z"]
     with pytest.raises(ValueError, match="--id-column id: 2 ids appear more than once"):
-        check_arguments(config(generator, tmp_path / "in", tmp_path / "store2", id_column="id",
-                               on_duplicate_id="error"))
+        invert_here(config(generator, tmp_path / "in", tmp_path / "store2", id_column="id", on_duplicate_id="error"))
 
 
 def test_file_names_made_from_ids_are_safe_bounded_and_distinct():
@@ -334,35 +332,51 @@ def test_an_orphan_sidecar_is_a_row_that_says_so(generator, tmp_path):
 # ---- arguments -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("change,message", [
-    (dict(decode_threads=0), "--decode-threads must be at least 1"),
-    (dict(max_pixels=0), "--max-pixels must be at least 64"),
-    (dict(cpus_per_actor=0), "--cpus-per-actor must be positive"),
-    (dict(num_gpus=-1), "--num-gpus must be 0 or more"),
+    (dict(decode_threads=0), "--decode-threads must be at least 1, got 0"),
+    (dict(max_pixels=0), "--max-pixels must be at least 64, got 0"),
+    (dict(cpus_per_actor=0), "--cpus-per-actor must be above 0, got 0"),
+    (dict(num_gpus=-1), "--num-gpus must be at least 0, got -1"),
+    (dict(lr=float("nan")), "--lr: nan is not a finite number"),
+    (dict(pixel_weight=float("inf")), "--pixel-weight: inf is not a finite number"),
+    (dict(early_stop_patience=-5), "--early-stop-patience must be at least 0, got -5"),
+    (dict(read_timeout=0.0), "--read-timeout must be above 0, got 0"),
 ])
 def test_bad_counts_and_limits_are_one_line_errors_before_work(generator, tmp_path, change, message):
     cfg = config(generator, folder(tmp_path / "in", good(1)), tmp_path / "store", **change)
     with pytest.raises(ValueError, match=message):
-        check_arguments(cfg)
+        preflight_invert(cfg)
     assert not (tmp_path / "store").exists()
 
 
 def test_an_empty_input_and_an_unusable_output_are_errors_before_work(generator, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="--input .* holds no inputs"):
-        check_arguments(config(generator, tmp_path / "empty", tmp_path / "store"))
+        preflight_invert(config(generator, tmp_path / "empty", tmp_path / "store"))
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="--output .* is a file"):
-        check_arguments(config(generator, folder(tmp_path / "in", good(1)), tmp_path / "afile"))
+        preflight_invert(config(generator, folder(tmp_path / "in", good(1)), tmp_path / "afile"))
 
 
-def test_an_output_without_write_permission_is_an_error_before_work(generator, tmp_path):
+def test_an_output_on_a_read_only_filesystem_is_an_error_before_work(generator, tmp_path):
+    """A real read-only mount (root ignores permission bits, so chmod proves nothing): a tmpfs mounted
+    read-only inside a private mount namespace, with the command run there."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is needed to mount a read-only filesystem")
     readonly = tmp_path / "readonly"
     readonly.mkdir()
-    readonly.chmod(0o500)
-    if os.access(readonly, os.W_OK):  # root ignores permissions
-        pytest.skip("running as root: permissions are not enforced")
-    with pytest.raises(ValueError, match="--output .* is not writable"):
-        check_arguments(config(generator, folder(tmp_path / "in2", good(1)), readonly / "store"))
+    source = folder(tmp_path / "in", good(1))
+    command = (f"mount -t tmpfs -o ro tmpfs {readonly} && {sys.executable} -m latentmill invert --input {source} "
+               f"--output {readonly}/store --generator {generator} --stages refine --perceptual none --no-progress")
+    result = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", command], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    if "mount:" in result.stderr and "store" not in result.stderr:
+        pytest.skip(f"cannot mount here: {result.stderr.strip()}")
+    assert result.returncode == 2, result.stderr
+    assert "--output" in result.stderr and "is not writable" in result.stderr and "Traceback" not in result.stderr
 
 
 # ---- storage faults and permissions ----------------------------------------------------------------
@@ -397,20 +411,21 @@ class _FullDisk(MemoryFileSystem):
 def test_a_full_disk_leaves_no_partial_shard_and_the_rerun_completes(generator, tmp_path):
     fsspec.register_implementation("fulldisk", _FullDisk, clobber=True)
     source = folder(tmp_path / "in", good(12))
-    cfg = config(generator, source, "fulldisk://store", shard_size=6)
-    models = load_models(cfg, cpu())
-    prepared = prepare_store(cfg, models)
-    processor = ShardProcessor(cfg, device="cpu")
-    processor.process(prepared.todo[0])
-    _FullDisk.budget = 100
+    cfg = config(generator, source, "fulldisk://store", shard_size=6, max_retries=0)
+
+    class FillsTheDisk(ShardProcessor):
+        def process(self, spec, attempt=1):
+            if spec.shard_id == "folder-00001":
+                _FullDisk.budget = 100
+            return super().process(spec, attempt)
+
     with pytest.raises(OSError, match="No space left"):
-        processor.process(prepared.todo[1])
+        run_invert(cfg, processor_class=FillsTheDisk, runner=run_shards_here)
     assert set(manifest_entries(cfg.output)) == {"folder-00000"}
     fs = fsspec.filesystem("fulldisk")
     assert not fs.exists(shard_file(cfg.output, "folder-00001").removeprefix("fulldisk://"))
     _FullDisk.budget = 10**9
-    for spec in prepare_store(cfg, models).todo:
-        processor.process(spec)
+    run_invert(cfg, runner=run_shards_here)
     assert sorted(read_latents(cfg.output)["image_id"]) == sorted(good(12))
 
 

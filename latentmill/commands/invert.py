@@ -29,11 +29,16 @@ def invert(**options: object) -> None:
       latentmill invert --input photos/ --output out/store --generator ffhq.pkl \\
           --encoder encoder.safetensors --prior prior.safetensors
     """
-    from jobs.invert import run
+    from jobs.invert import EveryRowFailedError, run
 
     config = InvertConfig(**options)
-    with as_usage_errors(ValueError):
-        summary = run(config)
+    try:
+        with as_usage_errors(ValueError):
+            summary = run(config)
+    except EveryRowFailedError as exc:
+        echo_run_summary(config.output, exc.summary)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     echo_run_summary(config.output, summary)
     if summary.shards_failed:
         click.echo(f"error: {len(summary.shards_failed)} shards failed after retries: {summary.shards_failed}; "
@@ -44,6 +49,7 @@ def invert(**options: object) -> None:
 def echo_run_summary(output: str, summary) -> None:
     """The end of a run in a few lines: what this run did, what the store holds (errors by reason),
     where it is (absolute links) and the command to run next."""
+    from pipeline.store import layout
     from pipeline.store.store import open_store
     from pipeline.uris import link
 
@@ -56,42 +62,45 @@ def echo_run_summary(output: str, summary) -> None:
     else:
         click.echo(f"this run:  nothing to do, all {summary.shards_skipped} shards were already done")
     opened = open_store(store)
-    rows = opened.to_arrow(["status"]).num_rows
+    rows = opened.count_rows()
     reasons = opened.error_reasons()
     errors = sum(reasons.values())
     by_reason = f" ({', '.join(f'{n} {reason}' for reason, n in reasons.items())})" if reasons else ""
     click.echo(f"the store: {rows} rows, {rows - errors} ok, {errors} errors{by_reason}")
-    click.echo(f"latents:   {link(store + '/latents/')}\nmanifest:  {link(store + '/manifest.json')}")
-    click.echo(f"next:      latentmill report {store}   (then open {link(store + '/report.html')})")
+    click.echo(f"latents:   {link(opened.path(layout.LATENTS) + '/')}\nmanifest:  {link(opened.path(layout.SUMMARY))}")
+    click.echo(f"next:      latentmill report {store}   (then open {link(opened.path(layout.REPORT))})")
 
 
 @click.command()
 @click.argument("store")
 @click.option("--repair", is_flag=True, help="Move damaged shard files to STORE/quarantine/ and drop their manifest "
-              "entries, so the next invert redoes them.")
-@click.option("--quick", is_flag=True, help="Only the cheap checks (files present, footers, row counts).")
+              "entries, and rebuild damaged records (recipe, plan, precision), so the next invert completes the store.")
+@click.option("--quick", is_flag=True, help="Only the cheap checks (files present with their recorded sizes, entries "
+              "naming the store's recipe).")
 def verify(store: str, repair: bool, quick: bool) -> None:
-    """Check every shard file of STORE against its manifest, recipe and plan; exit 1 on a problem.
+    """Check every file of STORE against its manifest, recipe and plan; exit 1 on a problem.
 
-    Checks: each finished shard's file exists, its Parquet footer reads, its rows are the manifest's;
-    schema version, and the generator fingerprint is the recipe's; ids unique across the store;
-    every planned shard finished, failed or still to run.
+    Checks: each finished shard's file exists with its recorded size and sha256, every page of every
+    column reads against its checksum, its rows are the manifest's; schema version, and the shard's
+    own recorded recipe, models and settings are the store's; ids unique across the store; every
+    planned shard finished, failed or still to run; the recipe, plan and precision records readable.
 
     \b
     Example:
       latentmill verify out/faces-latents
       latentmill verify out/faces-latents --repair && latentmill invert ...   # redo what was damaged
     """
-    from pipeline.store.store_lock import claim_store
-    from pipeline.store.verify import repair_store, verify_store
+    from pipeline.store.verify import RepairError, repair_store, verify_store
+    from pipeline.store.writer import claim
 
-    report = verify_store(store, full=not quick)
+    report = verify_store(store, full=not quick, defaults=InvertConfig.defaults())
     for line in report.lines():
         click.echo(line)
-    if repair and report.damaged:
-        with claim_store(store):
-            moved = repair_store(store, report)
-        click.echo(f"repaired: moved {len(moved)} damaged shard file(s) aside; the next invert redoes them")
+    if repair and report.repairable:
+        with claim(store, wait_hint="") as writer, as_usage_errors(RepairError):
+            for line in repair_store(writer, report):
+                click.echo(f"repaired: {line}")
+        click.echo("the next `latentmill invert` with the store's recipe redoes what was moved aside")
         return
     if not report.ok:
         sys.exit(1)

@@ -6,8 +6,8 @@ from dataclasses import MISSING, dataclass
 
 from pipeline.data.align import ALIGN_MODES
 from pipeline.data.decode import DecodeSettings, FaceSettings
-from pipeline.data.sources import InputSettings
-from pipeline.settings import ProgressSettings, check_choices, setting
+from pipeline.data.planning import InputSettings
+from pipeline.settings import ProgressSettings, check_settings, setting
 
 
 @dataclass(kw_only=True)
@@ -16,21 +16,15 @@ class AlignConfig(InputSettings, FaceSettings, ProgressSettings):
                                    "faces.parquet; images/ is an input folder for `latentmill invert`.")
     align: str = setting("ffhq", "ffhq: FFHQ's oriented square from MTCNN's eye and mouth landmarks; faces: a square "
                                  "box around the detection.", choices=ALIGN_MODES[1:])
-    resolution: int = setting(1024, "Side of the aligned squares in pixels (FFHQ: 1024; use your generator's).")
+    resolution: int = setting(1024, "Side of the aligned squares in pixels (FFHQ: 1024; use your generator's).",
+                          minimum=8, maximum=4096)
     sheet_size: int = setting(12, "Photos shown in OUTPUT/contact_sheet.png: each with its faces' squares, then the "
-                                  "aligned crops (pixels from outside the photo tinted red); 0 for none.")
-    threads: int = setting(4, "Photos decoded, searched and warped at once.")
+                                  "aligned crops (pixels from outside the photo tinted red); 0 for none.", minimum=0)
+    threads: int = setting(4, "Photos decoded, searched and warped at once.", minimum=1)
     overwrite: bool = setting(False, "Replace an existing output's faces.parquet and images.")
 
     def check(self) -> None:
-        check_choices(self)
-        InputSettings.check(self)
-        if not 8 <= self.resolution <= 4096:
-            raise ValueError("--resolution must be between 8 and 4096 pixels")
-        if self.sheet_size < 0:
-            raise ValueError("--sheet-size must be 0 or more")
-        if self.threads < 1:
-            raise ValueError("--threads must be at least 1")
+        check_settings(self)
 
     def decode_settings(self) -> DecodeSettings:
         return DecodeSettings(align=self.align, faces=self.faces, align_padding=self.align_padding)

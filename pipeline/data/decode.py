@@ -49,12 +49,9 @@ class DecodeSettings(FaceSettings):
 
     resize_policy: str = setting("center-crop", "How images become the generator's square resolution (pad marks "
                                                 "the border as unknown pixels).", choices=RESIZE_POLICIES)
-    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "Larger images are error rows (decompression bombs).")
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "Larger images are error rows (decompression bombs).",
+                              minimum=MIN_SIDE**2)
 
-    def check(self) -> None:
-        if self.max_pixels < MIN_SIDE**2:
-            raise ValueError(f"--max-pixels must be at least {MIN_SIDE**2} (images have sides of {MIN_SIDE} "
-                             "pixels or more)")
 
     @classmethod
     def recorded(cls, settings: dict) -> "DecodeSettings":

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from pipeline.data.decode import decode_image
-from pipeline.data.sources import plan_shards, read_shard
+from pipeline.data.planning import plan_shards
+from pipeline.data.sources import read_shard
 
 
 @dataclass

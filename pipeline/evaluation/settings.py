@@ -6,7 +6,7 @@ from dataclasses import MISSING, dataclass
 from typing import Any
 
 from pipeline.models.model_settings import IdentitySettings, PerceptualSettings
-from pipeline.settings import DeviceSettings, check_choices, setting
+from pipeline.settings import DeviceSettings, check_settings, setting
 
 STUDIES = ("inversion", "prior", "compression", "composition", "stylespace", "lia")
 REALISM_FEATURES = ("discriminator", "identity", "random")
@@ -29,19 +29,19 @@ class EvaluateConfig(PerceptualSettings, IdentitySettings, DeviceSettings):
     features: str = setting("discriminator", "Features of the realism distance (KID): no Inception weights offline.",
                             choices=REALISM_FEATURES)
     studies: tuple[str, ...] = setting(STUDIES, "Which studies to run.", choices=STUDIES)
-    num_images: int = setting(32, "Real images used (the first N).")
+    num_images: int = setting(32, "Real images used (the first N).", minimum=1)
     refine_steps: tuple[int, ...] = setting((25, 50, 100, 200), "Refinement step counts of the inversion study.")
-    baseline_steps: int = setting(1000, "Steps of the official projector recipe.")
-    baseline_images: int = setting(4, "Images the official recipe inverts (one at a time, so it is the slow part).")
-    study_steps: int = setting(100, "Refinement steps inside studies 2-4.")
-    trials: int = setting(20, "Planted attributes per positive count (study 5).")
+    baseline_steps: int = setting(1000, "Steps of the official projector recipe.", minimum=1)
+    baseline_images: int = setting(4, "Images the official recipe inverts (one at a time, so it is the slow part).", minimum=1)
+    study_steps: int = setting(100, "Refinement steps inside studies 2-4.", minimum=1)
+    trials: int = setting(20, "Planted attributes per positive count (study 5).", minimum=1)
     positives: tuple[int, ...] = setting((10, 20, 30), "Positive counts of study 5.")
-    fine_tune_steps: int = setting(100, "Study 6(d): encoder fine-tuning steps with and without the adversarial term.")
-    held_out: int = setting(10_000, "Study 6(e): held-out mapped samples scored by each prior.")
+    fine_tune_steps: int = setting(100, "Study 6(d): encoder fine-tuning steps with and without the adversarial term.", minimum=1)
+    held_out: int = setting(10_000, "Study 6(e): held-out mapped samples scored by each prior.", minimum=1)
     seed: int = setting(0, "Seed of every random choice.")
     overwrite: bool = setting(False, "Redo studies that an earlier run with the same settings, models and images "
                                      "already finished (by default they are reused from OUTPUT/eval.json).")
     extra: dict[str, Any] = setting(default_factory=dict, cli=False)
 
     def validate(self) -> None:
-        check_choices(self)
+        check_settings(self)

@@ -25,7 +25,7 @@ from pipeline.errors import CheckpointError, UnsafeCheckpointError
 from pipeline.models import rosinality
 from pipeline.models.bundle import read_bundle, write_bundle
 from pipeline.models.embedding import EmbeddingNet
-from pipeline.models.encoder import Encoder
+from pipeline.models.regressor import Encoder
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.network_record import NetworkRecord
 from pipeline.models.nvlabs_pickle import load_nvlabs_pickle, network_records

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.model_settings import COUPLINGS
+from pipeline.models.ws_broadcast import broadcast_ws
 
 _LRELU_SLOPE = 0.2
 
@@ -139,8 +140,6 @@ class InvertibleMapping(nn.Module):
                 truncation_cutoff: int | None = None, update_w_avg: bool = False) -> torch.Tensor:
         if z is None or z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"mapping expects z of shape [N, {self.z_dim}], got {None if z is None else list(z.shape)}")
-        from pipeline.models.stylegan2 import broadcast_ws
-
         x, _ = self.flow(z.float())
         return broadcast_ws(self, x, truncation_psi, truncation_cutoff, update_w_avg)
 

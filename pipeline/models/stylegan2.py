@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.models.invertible import InvertibleMapping
 from pipeline.models.model_settings import MAPPINGS
+from pipeline.models.ws_broadcast import broadcast_ws
 from pipeline.models.resample import conv2d_resample, downsample2d, make_filter, upsample2d
 
 ACTIVATION_GAINS = {"linear": 1.0, "relu": math.sqrt(2), "lrelu": math.sqrt(2)}
@@ -200,21 +202,6 @@ class Conv2dLayer(nn.Module):
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, self.bias, activation=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
-
-def broadcast_ws(mapping: nn.Module, x: torch.Tensor, truncation_psi: float, truncation_cutoff: int | None,
-                 update_w_avg: bool) -> torch.Tensor:
-    """A mapping network's last steps, whatever computed w [N, w_dim]: track w_avg (training), repeat
-    w num_ws times, truncate towards w_avg (all layers, or the first `truncation_cutoff`)."""
-    if update_w_avg and mapping.w_avg_beta is not None:
-        mapping.w_avg.copy_(x.detach().mean(dim=0).lerp(mapping.w_avg, mapping.w_avg_beta))
-    if mapping.num_ws is not None:
-        x = x.unsqueeze(1).repeat(1, mapping.num_ws, 1)  # [N, num_ws, w_dim]
-    if truncation_psi != 1:
-        if truncation_cutoff is None or mapping.num_ws is None:
-            x = mapping.w_avg.lerp(x, truncation_psi)
-        else:
-            x[:, :truncation_cutoff] = mapping.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
-    return x
 
 
 class MappingNetwork(nn.Module):
@@ -498,8 +485,6 @@ def build_mapping(z_dim: int, c_dim: int, w_dim: int, num_ws: int, mapping_kwarg
     kwargs = dict(mapping_kwargs)
     kind = kwargs.pop("kind", "standard")
     if kind == "invertible":
-        from pipeline.models.invertible import InvertibleMapping
-
         return InvertibleMapping(z_dim, c_dim, w_dim, num_ws, **kwargs)
     if kind != "standard":
         raise ValueError(f"mapping kind must be one of {MAPPINGS}, got {kind!r}")

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import CheckpointError
+from pipeline.models.bundle import write_bundle
 from pipeline.models.invertible import CouplingStack
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.gaussian import GaussianizedPrior, degaussianize, gaussianize, gaussianize_log_det
@@ -107,24 +107,4 @@ class FlowPrior(LatentPrior):
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, uri: str) -> None:
-        from pipeline.models.bundle import write_bundle
-
         write_bundle(uri, {FLOW_NETWORK: self}, info={"generator_fingerprint": self.generator_fingerprint})
-
-    @classmethod
-    def load(cls, uri: str, *, generator: Generator | None = None, setting: str = "--prior",
-             data: bytes | None = None) -> FlowPrior:
-        """Load a saved flow (`data`: its bytes, when the caller has read them already)."""
-        from pipeline.models.bundle import read_bundle
-        from pipeline.models.checkpoints import build_network
-        from pipeline.uris import read_bytes
-
-        data = read_bytes(uri, setting=setting) if data is None else data
-        records, _ = read_bundle(data, source=f"{setting} {uri}")
-        record = records.get(FLOW_NETWORK)
-        if record is None or record.short_class_name != cls.__name__:
-            raise CheckpointError(f"{setting} {uri}: a latentmill bundle without a flow (it holds {sorted(records)})")
-        flow = build_network(record, source=f"{setting} {uri}", name=FLOW_NETWORK)
-        if generator is not None:
-            flow.check_generator(generator)
-        return flow

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipeline.errors import CheckpointError
+from pipeline.models.bundle import safetensors_metadata
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.latent_prior import LatentPrior, mean_over_layers
@@ -178,8 +179,6 @@ class GaussianizedPrior(LatentPrior):
              data: bytes | None = None) -> GaussianizedPrior:
         """Load a saved prior (`data`: its bytes, when the caller has read them already); with
         `generator`, refuse one fitted for another generator."""
-        from pipeline.models.bundle import safetensors_metadata
-
         data = read_bytes(uri, setting=setting) if data is None else data
         try:
             tensors = safetensors.torch.load(data)
@@ -194,15 +193,3 @@ class GaussianizedPrior(LatentPrior):
         if generator is not None:
             prior.check_generator(generator)
         return prior
-
-
-def fit_prior_file(generator_uri: str, output_uri: str, *, num_samples: int = 1_000_000, batch_size: int = 10_000,
-                   device: str | torch.device = "cpu", seed: int = 0) -> GaussianizedPrior:
-    """Load a generator, fit its prior and save it (what `latentmill fit-prior` runs)."""
-    from pipeline.models.checkpoints import load_generator
-
-    G = load_generator(generator_uri, device=device)
-    prior = GaussianizedPrior.fit(G, num_samples=num_samples, batch_size=batch_size, device=device, seed=seed)
-    prior.save(output_uri)
-    return prior
-

@@ -12,9 +12,10 @@ from collections.abc import Callable
 import torch
 
 from pipeline.errors import CheckpointError
-from pipeline.models.bundle import safetensors_metadata
+from pipeline.models.bundle import read_bundle, safetensors_metadata
+from pipeline.models.checkpoints import build_network
 from pipeline.models.stylegan2 import Generator
-from pipeline.priors.flow import FlowPrior
+from pipeline.priors.flow import FLOW_NETWORK, FlowPrior
 from pipeline.priors.gaussian import PRIOR_FORMAT, GaussianizedPrior
 from pipeline.priors.latent_prior import LatentPrior
 from pipeline.uris import read_bytes
@@ -49,6 +50,20 @@ def load_prior(uri: str, *, generator: Generator | None = None, setting: str = "
     if metadata.get("format") == PRIOR_FORMAT:
         return GaussianizedPrior.load(uri, generator=generator, setting=setting, data=data)
     if "latentmill.networks" in metadata:
-        return FlowPrior.load(uri, generator=generator, setting=setting, data=data)
+        return load_flow(uri, generator=generator, setting=setting, data=data)
     raise CheckpointError(f"{setting} {uri}: neither a latentmill prior (`latentmill fit-prior`) nor a flow "
                           "(`latentmill fit-flow`)")
+
+
+def load_flow(uri: str, *, generator: Generator | None = None, setting: str = "--prior",
+              data: bytes | None = None) -> FlowPrior:
+    """A saved flow (`data`: its bytes, when the caller has read them already)."""
+    data = read_bytes(uri, setting=setting) if data is None else data
+    records, _ = read_bundle(data, source=f"{setting} {uri}")
+    record = records.get(FLOW_NETWORK)
+    if record is None or record.short_class_name != FlowPrior.__name__:
+        raise CheckpointError(f"{setting} {uri}: a latentmill bundle without a flow (it holds {sorted(records)})")
+    flow = build_network(record, source=f"{setting} {uri}", name=FLOW_NETWORK)
+    if generator is not None:
+        flow.check_generator(generator)
+    return flow

@@ -1,4 +1,5 @@
-"""The prior a run needs but was not given: fitted once per generator and cached by its fingerprint.
+"""Fitting gaussianized priors: to a file (`latentmill fit-prior`), or once per generator, cached by its
+fingerprint, for a run that needs one but was not given one.
 
 `--stages compress` (and the prior NLL columns) need the gaussianized prior of the generator. A
 newcomer rarely has one; fitting takes seconds on a GPU and about a minute on a CPU at 1e5 samples,
@@ -12,6 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from pipeline.models.checkpoints import load_generator
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.gaussian import GaussianizedPrior
@@ -50,3 +54,13 @@ def cached_prior(G: Generator, *, cache_dir: Path | None = None, num_samples: in
     prior = GaussianizedPrior.fit(G, num_samples=num_samples, batch_size=min(num_samples, 10_000), progress=progress)
     prior.save(str(path))
     return CachedPrior(path, prior, time.perf_counter() - start)
+
+
+def fit_prior_file(generator_uri: str, output_uri: str, *, num_samples: int = 1_000_000, batch_size: int = 10_000,
+                   device: str | torch.device = "cpu", seed: int = 0) -> GaussianizedPrior:
+    """Load a generator, fit its prior and save it (what `latentmill fit-prior` runs)."""
+    G = load_generator(generator_uri, device=device)
+    prior = GaussianizedPrior.fit(G, num_samples=num_samples, batch_size=batch_size, device=device, seed=seed)
+    prior.save(output_uri)
+    return prior
+

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2
 
-from pipeline.store.latent_store import latent_array
+from pipeline.store.schema import latent_array
 
 Z_SPACES = {"flow": "the flow prior's exact latent (flow.to_latent(w); flow.from_latent(z) gives w back)",
             "mapping": "the generator's own z (G.mapping.inverse(w); G.mapping(z) gives w back)"}

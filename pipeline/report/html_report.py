@@ -9,6 +9,7 @@ against truncation. Written to STORE/report.html and STORE/report/*.png; works f
 from __future__ import annotations
 
 import html
+import io
 import json
 from dataclasses import asdict
 from typing import Any
@@ -26,18 +27,16 @@ from pipeline.report.in_domain import in_domain_check, store_inversion_settings
 from pipeline.report.svg_charts import histogram_svg, line_chart_svg
 from pipeline.report.verdict import toy_caption, verdict_block
 from pipeline.report.tradeoff import TradeoffPoint, compression_truncation_curve
-from pipeline.store.derived_outputs import inputs_key, reuse_or_compute
-from pipeline.store.latent_store import latent_array
 from pipeline.models.model_set import ModelSet
-from pipeline.store.store import Store, open_store
 from pipeline.stages.identity import FACENET_NAME, identity_band
-from pipeline.uris import read_json_if_exists, write_bytes
+from pipeline.store import layout
+from pipeline.store.derived_outputs import StoreFolder, inputs_key, reuse_or_compute
+from pipeline.store.flags_schema import FLAGS
+from pipeline.store.schema import latent_array
+from pipeline.store.store import Store, open_store
+from pipeline.store.writer import StoreWriter, claim
 
 SHEET_COLUMNS = ("input", "w_encoded", "w_refined", "w_compressed")
-
-
-def _join(store: str, name: str) -> str:
-    return store.rstrip("/") + "/" + name
 
 
 TILE_TITLES = {"input": "input", "w_encoded": "encoded", "w_refined": "refined", "w_compressed": "compressed"}
@@ -122,17 +121,10 @@ def _curve(store: Store, models: ModelSet, rows: pd.DataFrame,
     return chart, points
 
 
-def _read_flags(store: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+def _read_flags(store: Store) -> tuple[pd.DataFrame, dict[str, Any]] | None:
     """The flags table of `latentmill curate` and its settings, or None if the store was not curated."""
-    import fsspec
-    import pyarrow.parquet as pq
-
-    fs, path = fsspec.core.url_to_fs(_join(store, "curation/flags.parquet"))
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
-    return table.to_pandas(), json.loads(table.schema.metadata[b"latentmill"])["settings"]
+    found = store.read_table(layout.FLAGS, FLAGS)
+    return None if found is None else (found[0].to_pandas(), found[1]["settings"])
 
 
 def _flagged_rows(flags: pd.DataFrame, sheet_size: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -171,14 +163,11 @@ def _stack(inputs: dict[str, torch.Tensor], image_ids: Any) -> torch.Tensor:
     return torch.stack([inputs[i] for i in image_ids])
 
 
-def _rebalance_section(store: str, resolution: int, images: ReportImages) -> str | None:
+def _rebalance_section(store: Store, resolution: int, images: ReportImages) -> str | None:
     """Before / target / after counts of the last `latentmill rebalance` of this store, and its preview."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(_join(store, "rebalance/summary.json"))
-    if not fs.exists(path):
+    summary = store.read_json(layout.REBALANCE_SUMMARY)
+    if summary is None:
         return None
-    summary = json.loads(fs.cat_file(path))
     rows = "".join(f"<tr><td>{html.escape(g)}</td><td>{summary['before'][g]}</td><td>{summary['target_counts'][g]}</td>"
                    f"<td>{summary['added'][g]}</td><td>{summary['after'][g]}</td></tr>" for g in summary["before"])
     rejected = ", ".join(f"{n} for {html.escape(str(why))}" for why, n in summary["rejected"].items()) or "none"
@@ -190,12 +179,11 @@ def _rebalance_section(store: str, resolution: int, images: ReportImages) -> str
     if summary.get("shortfall"):
         short = ", ".join(f"{html.escape(str(g))} by {n}" for g, n in summary["shortfall"].items())
         text += f"<p>Short of target: {short}.</p>"
-    preview = _join(path.rsplit("/", 1)[0], "preview.png")
-    if fs.exists(preview):
+    preview = store.read_bytes(layout.REBALANCE_PREVIEW)
+    if preview is not None:
         columns = ["member", "background", "collage", "new sample"] if summary["method"] == "compose" else \
             ["nearest member", "new sample"]
-        with fs.open(preview, "rb") as f:
-            grid = Image.open(f).convert("RGB")
+        grid = Image.open(io.BytesIO(preview)).convert("RGB")
         # the preview is a grid of resolution-sized cells with 2 px padding: shown at >= 128 px a cell
         scale = max(1, -(-128 // resolution))
         shown = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
@@ -217,29 +205,31 @@ def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, ge
                  device: str | torch.device = "cpu", self_contained: bool = False, in_domain: int = 4,
                  progress: bool = False) -> str:
     """Write STORE/report.html (and its pictures under STORE/report/, unless self_contained embeds
-    them); returns the report's URI. Reuses them when the store's rows, the settings, the curation
-    and the rebalancing are unchanged since the last report."""
-    folder, uri = _join(store, "report"), _join(store, "report.html")
-    reads = [_join(store, name) for name in ("curation/summary.json", "curation/flags.parquet",
-                                             "rebalance/summary.json", "rebalance/preview.png")]
-    key = inputs_key(store, {"sheet_size": sheet_size, "curve_images": curve_images, "generator": generator,
-                             "self_contained": self_contained, "in_domain": in_domain}, depends_on=reads)
-    return reuse_or_compute(
-        folder, key, outputs=[uri], reuse=lambda: uri, what="report (the store, its curation and rebalancing)",
-        compute=lambda: _build_report(store, sheet_size=sheet_size, curve_images=curve_images, generator=generator,
-                                      device=device, self_contained=self_contained, in_domain=in_domain,
-                                      progress=progress))
+    them) through the store's claim; returns the report's URI. Reuses them when the store's rows, the
+    settings, the curation and the rebalancing are unchanged since the last report."""
+    opened = open_store(store)  # a store that is not one: said before anything is claimed
+    with claim(opened.uri, wait_hint="") as writer:
+        reads = [writer.path(name) for name in (layout.CURATION_SUMMARY, layout.FLAGS, layout.REBALANCE_SUMMARY,
+                                                layout.REBALANCE_PREVIEW)]
+        key = inputs_key(writer, {"sheet_size": sheet_size, "curve_images": curve_images, "generator": generator,
+                                  "self_contained": self_contained, "in_domain": in_domain}, depends_on=reads)
+        uri = writer.path(layout.REPORT)
+        return reuse_or_compute(
+            StoreFolder(writer, layout.REPORT_FILES), key, outputs=[uri], reuse=lambda: uri,
+            what="report (the store, its curation and rebalancing)",
+            compute=lambda: _build_report(writer, sheet_size=sheet_size, curve_images=curve_images,
+                                          generator=generator, device=device, self_contained=self_contained,
+                                          in_domain=in_domain, progress=progress))
 
 
 STEPS = ("read the store", "decode inputs", "contact sheets", "in-domain check", "compression curve", "write")
 
 
-def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: str | None,
+def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, generator: str | None,
                   device: str | torch.device, self_contained: bool, in_domain: int, progress: bool) -> str:
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
-    opened = open_store(uri)  # a store that is not one, or a generator that is missing: said before any bar
     store, meta = opened.uri, opened.metadata
     models = opened.load_models(device, generator=generator)
     bar = tqdm(total=len(STEPS), desc="report", unit="step", disable=not progress)
@@ -248,7 +238,7 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
         bar.set_postfix_str(name)
         bar.update(1)
 
-    images = ReportImages(store, self_contained=self_contained)
+    images = ReportImages(opened, self_contained=self_contained)
     frame = opened.to_pandas().sort_values("image_id", kind="stable").reset_index(drop=True)
     G = models.G
     ok = frame[frame["status"] == "ok"]
@@ -262,7 +252,7 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
         worst = ok.sort_values("mse", ascending=False).head(sheet_size) if "mse" in ok else ok.head(0)
         pick = np.random.default_rng(1).choice(len(ok), size=min(curve_images, len(ok)), replace=False)
         curve_rows = ok.iloc[np.sort(pick)]
-    curated = _read_flags(store)
+    curated = _read_flags(opened)
     shown = [sample, worst]
     if meta.get("prior") and "w_refined" in ok:  # otherwise _curve draws nothing
         shown.append(curve_rows)
@@ -307,7 +297,7 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
                 "<th>MSE</th></tr>" + "".join(
                     f"<tr><td>{p.method}</td><td>{p.parameter:g}</td><td>{p.prior_nll:.3f}</td>"
                     f"<td>{p.identity:.4f}</td><td>{p.mse:.4f}</td></tr>" for p in points) + "</table>"
-        write_bytes(_join(store, "report/tradeoff.json"), json.dumps([asdict(p) for p in points], indent=1).encode())
+        opened.write_json(layout.TRADEOFF, [asdict(p) for p in points])
     sections.append(("tradeoff", "Compression vs truncation",
                      '<h2 id="tradeoff">Compression vs truncation</h2><p>Both pull refined latents towards the prior: '
                      "truncation scales all of w - w_avg by psi, compression log-compresses only the "
@@ -317,7 +307,7 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
 
     if curated is not None:
         sections.append(("curation", "Curation", _curation_section(G, meta, ok, *curated, inputs, sheet_size, images)))
-    rebalanced = _rebalance_section(store, meta["img_resolution"], images)
+    rebalanced = _rebalance_section(opened, meta["img_resolution"], images)
     if rebalanced:
         sections.append(("rebalancing", "Rebalancing", rebalanced))
 
@@ -336,8 +326,8 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
     sections.append(("settings", "Models and settings", '<h2 id="settings">Models and settings</h2>'
                      + _table(models_table) + _table([(k, _setting_text(v)) for k, v in sorted(settings.items())])))
 
-    manifest = read_json_if_exists(_join(store, "manifest.json"))
-    verdict = verdict_block(frame, meta, manifest, opened.manifest, list((manifest or {}).get("shards_failed", [])),
+    manifest = opened.summary()
+    verdict = verdict_block(frame, meta, manifest, opened.finished, list((manifest or {}).get("shards_failed", [])),
                             domain_line, toy_caption(meta, _is_demo_generator(opened)))
     contents = " · ".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title, _ in sections)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>latentmill report: {html.escape(store)}</title>
@@ -348,8 +338,8 @@ def _build_report(uri: str, *, sheet_size: int, curve_images: int, generator: st
 <nav>{contents}</nav>
 {''.join(body for _, _, body in sections)}
 </body></html>"""
-    uri = _join(store, "report.html")
-    write_bytes(uri, page.encode())
+    opened.write_bytes(layout.REPORT, page.encode())
+    uri = opened.path(layout.REPORT)
     step("write")
     bar.close()
     return uri

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from pipeline.imaging import png_bytes, to_uint8
-from pipeline.uris import write_bytes
+from pipeline.store import layout
 
 DISPLAY = 128  # pixels: the smallest a tile is shown
 FULL_SIZE_JPEG_ABOVE = 256  # full-size tiles larger than this are JPEG (quality 92), not PNG
@@ -28,8 +28,9 @@ FULL_SIZE_JPEG_ABOVE = 256  # full-size tiles larger than this are JPEG (quality
 class ReportImages:
     """Stores pictures for one report and hands back what its <img src> should say."""
 
-    def __init__(self, store: str, *, self_contained: bool) -> None:
-        self.store, self.self_contained = store.rstrip("/"), self_contained
+    def __init__(self, writer, *, self_contained: bool) -> None:
+        """writer: the claimed store (pipeline/store/writer.py) the report belongs to."""
+        self.writer, self.self_contained = writer, self_contained
         self.written: list[str] = []
 
     def add(self, name: str, image: Image.Image) -> str:
@@ -39,8 +40,8 @@ class ReportImages:
         if self.self_contained:
             kind = "jpeg" if jpeg else "png"
             return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
-        path = f"report/{name}.{'jpg' if jpeg else 'png'}"
-        write_bytes(f"{self.store}/{path}", data)
+        path = f"{layout.REPORT_FILES}/{name}.{'jpg' if jpeg else 'png'}"
+        self.writer.write_bytes(path, data)
         self.written.append(path)
         return path
 

@@ -12,9 +12,10 @@ from dataclasses import MISSING, dataclass
 from typing import Any
 
 from pipeline.data.decode import DecodeSettings
-from pipeline.data.sources import InputSettings
+from pipeline.data.planning import CHANGED_INPUT_POLICIES, InputSettings
+from pipeline.data.sources import DEFAULT_PREFETCH, DEFAULT_READ_TIMEOUT_S
 from pipeline.models.model_settings import GeneratorSettings, IdentitySettings, PerceptualSettings
-from pipeline.settings import ProgressSettings, RaySettings, check_choices, setting
+from pipeline.settings import ProgressSettings, RaySettings, setting, setting_problems
 from pipeline.stages.inversion_settings import InversionSettings
 from pipeline.store.schema import LATENT_DTYPES
 
@@ -35,12 +36,20 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
                                             "refinement fits the actor's memory with a margin (GPU: free memory "
                                             "x --num-gpus; CPU: available memory x its share of the cores), at "
                                             "most 64 on a GPU and 16 on a CPU.", metavar="N|auto")
-    concurrency: int = setting(1, "Actors (model replicas) working in parallel.")
-    num_gpus: float = setting(0.0, "GPUs per actor (0 = CPU; 0.5 packs two per GPU).")
-    cpus_per_actor: float = setting(1.0, "CPUs reserved per actor.")
-    decode_threads: int = setting(4, "Decoding threads inside each actor.")
-    max_retries: int = setting(2, "Retries of a failed shard before it is recorded as failed in the manifest.")
+    concurrency: int = setting(1, "Actors (model replicas) working in parallel.", minimum=1)
+    num_gpus: float = setting(0.0, "GPUs per actor (0 = CPU; 0.5 packs two per GPU).", minimum=0)
+    cpus_per_actor: float = setting(1.0, "CPUs reserved per actor.", above=0)
+    decode_threads: int = setting(4, "Decoding threads inside each actor.", minimum=1)
+    max_retries: int = setting(2, "Retries of a failed shard before it is recorded as failed in the manifest.",
+                          minimum=0)
     wait: bool = setting(False, "If another run is writing --output, wait for it instead of exiting.")
+    read_timeout: float = setting(DEFAULT_READ_TIMEOUT_S, "Seconds one input file may take to read before it becomes "
+                                                          "an error row (a hung mount, a FIFO).", above=0)
+    prefetch: int = setting(DEFAULT_PREFETCH, "Input files each actor reads ahead of decoding, at once.", minimum=1)
+    on_changed_input: str = setting("refuse", "When a rerun finds inputs changed since their rows were made (size or "
+                                              "modification time): refuse (say which), redo their shards, or keep the "
+                                              "rows. New inputs always become new shards.",
+                                    choices=CHANGED_INPUT_POLICIES)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -58,21 +67,10 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
 
     def problems(self) -> list[str]:
         """Every invalid setting, each as a sentence naming its option."""
-        found = []
-        for group_check in (check_choices, InversionSettings.check, InputSettings.check, DecodeSettings.check):
-            try:
-                group_check(self)
-            except ValueError as exc:
-                found.append(str(exc))
         checks = [
             (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
              "--batch-size must be auto or at least 1"),
-            (self.concurrency >= 1, "--concurrency must be at least 1"),
-            (self.max_retries >= 0, "--max-retries must be 0 or more"),
-            (self.decode_threads >= 1, "--decode-threads must be at least 1"),
-            (self.cpus_per_actor > 0, "--cpus-per-actor must be positive"),
-            (self.num_gpus >= 0, "--num-gpus must be 0 or more"),
             ("encode" not in self.stages or self.encoder is not None or "refine" in self.stages,
              "--stages encode needs --encoder (or add refine, which then starts from w_avg)"),
         ]
-        return found + [message for ok, message in checks if not ok]
+        return setting_problems(self) + [message for ok, message in checks if not ok]

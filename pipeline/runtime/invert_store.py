@@ -1,37 +1,56 @@
-"""How a run of `latentmill invert` takes its store: arguments checked, plan, recipe, resume checks.
+"""How a run of `latentmill invert` takes its store: plan, recipe, input changes, resume checks.
 
-Order (each step before any shard work): the arguments and paths are checked (`check_arguments`);
-the run claims the store (store_lock); `prepare_store` then reuses the saved plan (so a folder's
-shard membership cannot shift between a crash and its resume), compares this run's recipe with the
-store's and refuses a different one, and checks each finished shard's file cheaply, moving damaged
-ones aside so this run redoes them.
+Order (each step before any shard work, inside the run's claim on the store):
+1. A new store (or --overwrite): the input's listing is planned once; the recipe is written first
+   and the plan (plan.parquet) last, so a kill between the two leaves a store the rerun creates again.
+2. An existing store: its saved plan is followed (a folder's shard membership never shifts between a
+   crash and its resume) and this run's recipe is compared with the store's; a different one is
+   refused, listing each difference. `--precision auto` keeps what the store's rows were made in.
+3. The fresh listing is compared with the plan (sizes and versions, no file opened): new inputs
+   become new shards (said), changed inputs of finished shards are refused, redone or kept
+   (`--on-changed-input`), vanished ones are named.
+4. Each finished shard is checked cheaply (one listing: its file is there with its recorded size; its
+   entry names the store's recipe); damaged ones are moved aside to be redone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import posixpath
-import sys
 from dataclasses import dataclass, field
 
-import fsspec
-
-from pipeline.data.sources import ShardSpec, plan_input
+from pipeline.data.planning import InputChanges, InputPlan, InputSettings, Listing, compare_listing, plan_listing
+from pipeline.data.sources import ShardSpec
+from pipeline.errors import LatentmillError
 from pipeline.runtime.config import InvertConfig
+from pipeline.settings import narrow
 from pipeline.stages.chain import InversionModels
-from pipeline.store.latent_store import failed_entries, manifest_entries, remove_shard
-from pipeline.store.store_recipe import RECIPE_FILE, make_recipe, mismatch_error, recipe_differences
-from pipeline.store.verify import ShardProblem, VerifyReport, check_shard, repair_store
-from pipeline.uris import check_writable_dir, read_json_if_exists, write_bytes
+from pipeline.stages.inversion_settings import PRECISIONS
+from pipeline.store import layout
+from pipeline.store.store import StoreDamagedError
+from pipeline.store.store_recipe import make_recipe, mismatch_error, recipe_differences, recipe_digest
+from pipeline.store.verify import ShardProblem, VerifyReport, repair_store, shard_problem
+from pipeline.store.writer import StoreWriter
+from pipeline.uris import list_sizes
+
+
+class InputChangedError(LatentmillError, ValueError):
+    """Inputs whose rows the store holds changed since they were made."""
 
 
 @dataclass
 class PreparedStore:
-    shards: list[ShardSpec]
+    config: InvertConfig  # as the run goes on (--precision auto keeps a store's recorded precision)
+    plan: InputPlan
     todo: list[ShardSpec]
+    recipe_digest: str
+    recipe_models: dict[str, str | None]
     finished: int = 0  # shards already done by earlier runs
     redone: list[str] = field(default_factory=list)  # finished shards whose files were damaged: redone now
+    notes: list[str] = field(default_factory=list)  # what the preparation found and did, for the user
+
+    @property
+    def shards(self) -> list[ShardSpec]:
+        return self.plan.shards
 
     def describe(self) -> str:
         if not self.finished and not self.redone:
@@ -44,81 +63,116 @@ class PreparedStore:
         return line
 
 
-def pin_precision(config: InvertConfig) -> tuple[InvertConfig, str | None]:
-    """--precision auto becomes one concrete precision, decided once on the driver for the actors'
-    device (the driver's CPU stands for CPU actors), so every row of the store is made in one
-    precision and the recipe records which. Returns the pinned config and a line saying why."""
-    if config.precision != "auto":
-        return config, None
-    import torch
-
-    from pipeline.precision import resolve_precision
-
-    if config.num_gpus > 0 and not torch.cuda.is_available():
-        choice, why = "fp16", "GPU actors whose GPU this driver cannot query; fp16 runs fast on every CUDA GPU"
-    else:
-        choice, why = resolve_precision("auto", "cuda" if config.num_gpus > 0 else "cpu")
-    return dataclasses.replace(config, precision=choice), f"--precision auto: {choice} ({why})"
+def _planning(config: InvertConfig) -> dict:
+    settings = narrow(config, InputSettings)
+    return {"shard_size": settings.shard_size, "image_column": settings.image_column, "id_column": settings.id_column,
+            "on_duplicate_id": settings.on_duplicate_id}
 
 
-def check_arguments(config: InvertConfig) -> list[ShardSpec]:
-    """Every setting, the input and the output, before Ray starts; returns the input's fresh plan.
-    (`pipeline/runtime/preflight.py` makes the same checks and the models', reporting all at once.)"""
-    config.validate()
-    shards = plan_input(config)
-    check_writable_dir(config.output, setting="--output")
-    return shards
+def _create(writer: StoreWriter, config: InvertConfig, models: InversionModels, listing: Listing) -> PreparedStore:
+    plan = plan_listing(listing, **_planning(config))
+    recipe = make_recipe(config.to_dict(), models.fingerprints())
+    writer.write_json(layout.RECIPE, recipe)
+    writer.write_json(layout.PRECISION, {})
+    writer.write_table(layout.PLAN, plan.to_table(dataclasses.asdict(narrow(config, InputSettings))))
+    writer.reread()
+    return PreparedStore(config, plan, list(plan.shards), recipe_digest(recipe), recipe["models"])
 
 
-def _forget_everything(store: str) -> None:
-    """--overwrite: every shard of the store goes (manifest entries first), whatever its recipe."""
-    for shard in sorted(set(manifest_entries(store)) | set(failed_entries(store))):
-        remove_shard(store, shard)
-    fs, root = fsspec.core.url_to_fs(store)
-    latents = posixpath.join(root, "latents")
-    if fs.isdir(latents):
-        fs.rm(latents, recursive=True)
+def keep_store_precision(config: InvertConfig, stored: dict) -> tuple[InvertConfig, str | None]:
+    """On an existing store, `--precision auto` means the store's precision (stores made before auto was
+    recorded as such pinned one); returns the config and a line saying so, when it changed."""
+    pinned = stored.get("settings", {}).get("precision")
+    if config.precision == "auto" and pinned in PRECISIONS:
+        return (dataclasses.replace(config, precision=pinned),
+                f"--precision auto: {pinned}, the precision this store's rows were made in")
+    return config, None
 
 
-def prepare_store(config: InvertConfig, models: InversionModels, *,
-                  fresh_plan: list[ShardSpec] | None = None) -> PreparedStore:
-    """Plan, recipe and resume checks for a run that holds the store's claim."""
-    store = config.output.rstrip("/")
-    saved = read_json_if_exists(f"{store}/plan.json")
-    if config.overwrite or saved is None:
-        if config.overwrite:
-            _forget_everything(store)
-        shards = fresh_plan if fresh_plan is not None else plan_input(config)
-        plan = [dataclasses.asdict(s) for s in shards]
-        recipe = make_recipe(config.to_dict(), plan, models.fingerprints())
-        if not config.overwrite and manifest_entries(store):
-            raise mismatch_error(config.output, ["the store has finished shards but no plan.json: it was not made "
-                                                 "by this version of latentmill"])
-        # The recipe first, the plan last: the plan marks a created store, so a kill between the two
-        # leaves a store that the rerun simply creates again.
-        write_bytes(f"{store}/{RECIPE_FILE}", json.dumps(recipe, indent=2).encode())
-        write_bytes(f"{store}/plan.json", json.dumps({"input": config.input, "shards": plan}, indent=1).encode())
-        return PreparedStore(shards, list(shards))
-    plan = saved["shards"]
-    shards = [ShardSpec(**spec) for spec in plan]
-    recipe = make_recipe(config.to_dict(), plan, models.fingerprints())
-    stored = read_json_if_exists(f"{store}/{RECIPE_FILE}")
+def _apply_changes(writer: StoreWriter, config: InvertConfig, plan: InputPlan, listing: Listing,
+                   changes: InputChanges, notes: list[str]) -> bool:
+    """Act on a fresh listing's differences from the plan; True if the plan changed (and must be saved)."""
+    finished = writer.manifest.finished
+    stale = sorted(plan.shards_holding(set(changes.changed)) & set(finished))
+    if stale and config.on_changed_input == "refuse":
+        lines = "\n".join(f"  - {line}" for line in changes.describe() if "changed" in line)
+        raise InputChangedError(
+            f"--input {config.input} changed under {config.output}; nothing was run:\n{lines}\n"
+            f"{len(stale)} finished shards hold rows of those inputs ({', '.join(stale[:5])}). Ways out: "
+            "--on-changed-input redo (redo those shards), --on-changed-input keep (keep their rows), --overwrite "
+            "(redo every row), or a new --output.")
+    if stale and config.on_changed_input == "redo":
+        for shard in stale:
+            writer.remove_shard(shard)
+        notes.append(f"{len(changes.changed):,} inputs changed since their rows were made: redoing their "
+                     f"{len(stale)} shards ({', '.join(stale[:5])})")
+    elif stale:
+        notes.append(f"{len(changes.changed):,} inputs changed since their rows were made: keeping their rows "
+                     "(--on-changed-input keep)")
+    listed = listing.entries()
+    for path in changes.changed:
+        plan.files[path] = listed[path]
+    for path, image in changes.new_sidecars.items():
+        plan.add_sidecar(path, image, listed[path])
+    if changes.missing:
+        notes.append(f"{len(changes.missing):,} planned inputs are gone from --input ({', '.join(changes.missing[:5])}"
+                     f"{', ...' if len(changes.missing) > 5 else ''}): rows already made stay; shards still to run give "
+                     "them 'missing' error rows")
+    if changes.new:
+        added = plan_listing(listing, after=plan, **_planning(config))
+        plan.shards.extend(added.shards)
+        plan.files.update(added.files)
+        notes.append(f"{len(changes.new):,} new input files since the store was made: planned as {len(added.shards)} "
+                     f"new shards ({', '.join(s.shard_id for s in added.shards[:5])})")
+    return bool(changes.new or changes.changed)
+
+
+def prepare_store(writer: StoreWriter, config: InvertConfig, models: InversionModels,
+                  listing: Listing) -> PreparedStore:
+    """Plan, recipe, input changes and resume checks for a run that holds the store's claim."""
+    if config.overwrite:
+        writer.forget_shards()
+        for name in (layout.PLAN, layout.LEGACY_PLAN, layout.RECIPE, layout.PRECISION):
+            writer.remove(name)
+        writer.reread()
+    has_plan = writer.read_bytes(layout.PLAN) is not None or writer.read_bytes(layout.LEGACY_PLAN) is not None
+    if not has_plan:
+        if writer.manifest.finished:
+            raise mismatch_error(config.output, ["the store has finished shards but no plan: it was not made by "
+                                                 "this version of latentmill, or its plan was deleted"])
+        return _create(writer, config, models, listing)
+    try:
+        plan, stored = writer.input_plan, writer.recipe
+    except StoreDamagedError as exc:
+        raise StoreDamagedError(f"{exc}\nNothing was run.") from None
     if stored is None:
-        raise mismatch_error(config.output, [f"no {RECIPE_FILE}: the store does not record its recipe"])
+        raise mismatch_error(config.output, [f"no {layout.RECIPE}: the store does not record its recipe "
+                                             f"(`latentmill verify --repair {config.output}` rebuilds it)"])
+    config, kept = keep_store_precision(config, stored)
+    recipe = make_recipe(config.to_dict(), models.fingerprints())
     differences = recipe_differences(stored, recipe, defaults=InvertConfig.defaults())
     if differences:
         raise mismatch_error(config.output, differences)
-    finished = manifest_entries(store)
-    damaged = VerifyReport(config.output)
-    for shard, entry in finished.items():
-        problem, _ = check_shard(config.output, shard, entry, full=False)
+    notes = [kept] if kept else []
+    changes = compare_listing(plan, listing)
+    if _apply_changes(writer, config, plan, listing, changes, notes) or writer.read_bytes(layout.PLAN) is None:
+        writer.write_table(layout.PLAN, plan.to_table(dataclasses.asdict(narrow(config, InputSettings))))
+    writer.reread()
+    digest = recipe_digest(stored)
+    report = VerifyReport(config.output)
+    for shard, problem in writer.manifest.torn.items():
+        report.damaged.append(ShardProblem(shard, f"its manifest entry is {problem}"))
+    sizes = list_sizes(writer.path(layout.LATENTS))
+    for shard, entry in writer.manifest.finished.items():
+        problem = shard_problem(writer, shard, entry, size=sizes.get(layout.shard_file_name(shard).rsplit("/", 1)[1]),
+                                recipe=digest)
         if problem:
-            damaged.damaged.append(ShardProblem(shard, problem))
-    if damaged.damaged:
-        for item in damaged.damaged:
-            print(f"latentmill: shard {item.shard} is damaged ({item.problem}); moving it aside to redo it",
-                  file=sys.stderr)
-        repair_store(config.output, damaged)
-        finished = manifest_entries(store)
-    todo = [spec for spec in shards if spec.shard_id not in finished]
-    return PreparedStore(shards, todo, finished=len(finished), redone=[p.shard for p in damaged.damaged])
+            report.damaged.append(ShardProblem(shard, problem))
+    for item in report.damaged:
+        notes.append(f"shard {item.shard} is damaged ({item.problem}); moving it aside to redo it")
+    if report.damaged:
+        repair_store(writer, report)
+    finished = writer.manifest.finished
+    todo = [spec for spec in plan.shards if spec.shard_id not in finished]
+    return PreparedStore(config, plan, todo, digest, stored["models"], finished=len(finished),
+                         redone=[p.shard for p in report.damaged], notes=notes)

@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 
 import torch
 
-from pipeline.data.sources import ShardSpec
+from pipeline.data.planning import Listing, list_dataset
 from pipeline.errors import LatentmillError
 from pipeline.models.model_set import ModelSet, add_models, load_model_set
 from pipeline.runtime.config import InvertConfig
+from pipeline.settings import setting_problems
 from pipeline.uris import absolute, check_writable_dir, local_path
 
 T = TypeVar("T")
@@ -45,7 +46,7 @@ class PreflightError(LatentmillError, ValueError):
 @dataclass
 class Preflight:
     config: InvertConfig  # with a cached prior filled in where the run needed one and was given none
-    shards: list[ShardSpec]
+    listing: Listing  # the input's files (planned into shards when the store is made)
     models: ModelSet
     notes: list[str] = field(default_factory=list)  # what the preflight did for the run, to tell the user
 
@@ -77,13 +78,11 @@ class _Problems:
 def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu") -> Preflight:
     """Check everything `config` needs and load its models (on `device`); raise PreflightError listing
     every problem found."""
-    from pipeline.data.sources import plan_input
-
     config = with_absolute_paths(config)
     problems = _Problems()
     for message in config.problems():
         problems.attempt(lambda message=message: _raise(ValueError(message)))
-    shards = problems.attempt(lambda: plan_input(config))
+    listing = problems.attempt(lambda: list_dataset(config.input, setting="--input", layout=config.input_format))
     problems.attempt(lambda: check_writable_dir(config.output, setting="--output"))
     models = problems.attempt(lambda: load_model_set(config.generator, device=device))
     wants_refine, wants_identity = "refine" in config.stages, "identity" in config.stages
@@ -113,7 +112,7 @@ def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu"
         models.prior = cached.prior.to(models.device)
         config = dataclasses.replace(config, prior=str(cached.path))
         notes.append(cached.describe())
-    return Preflight(config, shards, models, notes)
+    return Preflight(config, listing, models, notes)
 
 
 def _raise(error: Exception) -> None:
@@ -169,14 +168,15 @@ def preflight_training(config: object, command: str) -> None:
     """What a training job reads, checked on the driver before Ray Train starts its workers (where a
     missing file would surface as a worker's traceback): the data, the generator, the perceptual
     net's weights, the real images and backbone weights, every problem at once."""
-    from pipeline.data.sources import plan_dataset
     from pipeline.models.checkpoints import load_networks
 
     problems = _Problems()
+    for message in setting_problems(config):
+        problems.attempt(lambda message=message: _raise(ValueError(message)))
     if getattr(config, "data", None):
-        problems.attempt(lambda: plan_dataset(config.data, setting="--data"))
+        problems.attempt(lambda: list_dataset(config.data, setting="--data"))
     if getattr(config, "real_images", None):
-        problems.attempt(lambda: plan_dataset(config.real_images, setting="--real-images"))
+        problems.attempt(lambda: list_dataset(config.real_images, setting="--real-images"))
     if getattr(config, "generator", None):
         networks = problems.attempt(lambda: load_networks(config.generator, device="cpu", setting="--generator"))
         if networks is not None and getattr(config, "adversarial_weight", 0) > 0 and "D" not in networks:

@@ -3,18 +3,17 @@
 Why Ray Core actors rather than a Ray Data pipeline: the shard is the unit of output and of resume
 (one atomic Parquet file plus a manifest entry per input shard), and a shard must be processed
 by one worker so its file is written once. Each actor holds one replica of G, E, prior, perceptual
-and identity models (loaded once in its constructor) and pins `--num-gpus`; inside a shard, decoding
-runs on CPU threads ahead of the batches. The driver keeps every actor busy, replaces an actor whose
-process died, retries a shard up to `--max-retries` times, then records it as failed.
+and identity models (loaded once in its constructor) and pins `--num-gpus`; inside a shard, inputs
+are read and decoded on CPU threads ahead of the batches. The driver keeps every actor busy,
+replaces an actor whose process died, retries a shard up to `--max-retries` times, then records it
+as failed (pipeline/runtime/shard_book.py).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-import traceback
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -24,26 +23,8 @@ from pipeline.errors import LatentmillError
 from pipeline.runtime.config import InvertConfig
 from pipeline.runtime.progress_board import ProgressBoard
 from pipeline.runtime.ray_init import init_ray
-from pipeline.store.latent_store import record_failure
-
-
-@dataclass
-class RunSummary:
-    shards_done: int = 0
-    shards_skipped: int = 0
-    shards_failed: list[str] = field(default_factory=list)
-    rows: int = 0
-    ok: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-    retries: int = 0
-    startup_seconds: float = 0.0  # from the start of the run until the actors were ready
-    batch_size: int | None = None  # per actor, as chosen (--batch-size auto) or given
-
-    @property
-    def images_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
-
+from pipeline.runtime.shard_book import RunSummary, ShardBook
+from pipeline.store.writer import ShardWriter
 
 PROGRESS_POLL_S = 0.5  # how often the driver reads the rows finished inside shards in flight
 
@@ -58,8 +39,19 @@ class BoardReport:
         self.board.report.remote(shard, rows, stage)
 
 
-def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummary,
-               processor_class: type | None = None, models: Any = None, started: float | None = None) -> RunSummary:
+def progress_bars(config: InvertConfig, shards: list[ShardSpec]) -> tuple[tqdm, tqdm]:
+    """A bar of shards and one of images (its total known only for folders without --faces all)."""
+    bar = tqdm(total=len(shards), desc="shards", unit="shard", disable=not config.progress, position=0)
+    known = all(spec.layout == "folder" for spec in shards) and config.faces != "all"
+    image_bar = tqdm(total=sum(len(s.members) for s in shards) if known else None, desc="images", unit="img",
+                     disable=not config.progress, position=1)
+    return bar, image_bar
+
+
+def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummary, book: ShardBook,
+               shard_writer: ShardWriter, *, processor_class: type | None = None, models: Any = None,
+               precisions: dict[str, str] | None = None, recipe_models: dict[str, str | None] | None = None,
+               started: float | None = None) -> RunSummary:
     """Process `shards` on a pool of `config.concurrency` actors; fills and returns `summary`.
 
     processor_class: the actor's class, ShardProcessor by default (a subclass may add behaviour,
@@ -78,8 +70,12 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     models_ref = ray.put(models) if models is not None else None
     board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     report = BoardReport(board)
+
+    def new_actor() -> Any:
+        return Actor.remote(config, shard_writer, None, models_ref, report, precisions, recipe_models)
+
     size = min(config.concurrency, max(len(shards), 1))
-    actors = [Actor.remote(config, None, models_ref, report) for _ in range(size)]
+    actors = [new_actor() for _ in range(size)]
     try:
         started_actors = ray.get([actor.ready.remote() for actor in actors])
     except ray.exceptions.RayTaskError as exc:  # the actors cannot work (e.g. the batch does not fit)
@@ -88,6 +84,8 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
         if isinstance(exc.cause, LatentmillError):
             raise exc.cause from None
         raise
+    for ready in started_actors:
+        book.started(ready)
     if started_actors[0]["note"]:
         print(f"latentmill: {started_actors[0]['note']}", file=sys.stderr)
     summary.batch_size = started_actors[0]["batch_size"]
@@ -96,11 +94,7 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     running: dict[Any, tuple[Any, ShardSpec, int]] = {}
     idle = list(actors)
     start = time.perf_counter()
-    bar = tqdm(total=len(shards), desc="shards", unit="shard", disable=not config.progress, position=0)
-    # tar/Parquet counts are known only once read; with --faces all a photo may become several rows
-    known = all(spec.layout == "folder" for spec in shards) and config.faces != "all"
-    image_bar = tqdm(total=sum(len(s.members) for s in shards) if known else None, desc="images", unit="img",
-                     disable=not config.progress, position=1)
+    bar, image_bar = progress_bars(config, shards)
     finished_rows = 0  # rows of finished shards; the board adds the rows of shards in flight
     while queue or running:
         while queue and idle:
@@ -120,25 +114,21 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
             entry = ray.get(done[0])
         except (RayActorError, ActorDiedError, ActorUnavailableError, ray.exceptions.RayTaskError) as exc:
             died = isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
-            if died:  # the worker process is gone: replace it
+            shard_failed = isinstance(exc, ray.exceptions.RayTaskError) and type(exc.cause).__name__ == "ShardFailure"
+            if died or shard_failed:  # the worker process is gone, or its state is suspect: a fresh one
                 ray.kill(actor, no_restart=True)
-                actor = Actor.remote(config, None, models_ref, report)
+                actor = new_actor()
             idle.append(actor)
-            if attempt <= config.max_retries:
-                summary.retries += 1
+            if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, LatentmillError) \
+                    and type(exc.cause).__name__ == "StoreClaimLostError":
+                raise exc.cause from None
+            if book.failed(spec, attempt, exc.cause if shard_failed else exc, worker_died=died):
                 queue.append((spec, attempt + 1))
             else:
-                summary.shards_failed.append(spec.shard_id)
-                record_failure(config.output, spec.shard_id, {
-                    "shard": spec.shard_id, "attempts": attempt, "worker_died": died,
-                    "error": "".join(traceback.format_exception_only(type(exc), exc)).strip()[-4000:]})
                 bar.update(1)
             continue
         idle.append(actor)
-        summary.shards_done += 1
-        summary.rows += entry["rows"]
-        summary.ok += entry["ok"]
-        summary.errors += entry["errors"]
+        book.done(entry)
         bar.update(1)
         board.restart.remote(spec.shard_id)
         finished_rows += entry["rows"]

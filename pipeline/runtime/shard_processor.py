@@ -1,13 +1,20 @@
 """Processing one input shard end to end: read, decode, run the stages in batches, write Parquet.
 
 `ShardProcessor` is a plain class: `__init__` loads every model once, `process(shard)` does one
-unit of work. Ray makes it an actor at the edge (pipeline/runtime/ray_runner.py); tests and
-single-process runs call it directly. Decoding runs in a thread pool ahead of the batches (Pillow
-and torch release the GIL), so the CPU decodes the next images while the accelerator works.
+unit of work. Ray makes it an actor at the edge (pipeline/runtime/ray_runner.py); the in-process
+runner (pipeline/runtime/local_runner.py) calls it directly. Inputs are read ahead with bounded
+concurrency and decoded in a thread pool ahead of the batches (Pillow and torch release the GIL), so
+the CPU reads and decodes the next images while the accelerator works.
 
 Isolation: any exception while reading or decoding one input becomes that input's error row; a
-batch whose stages fail is bisected until the failing inputs are alone, and only they become
-error rows. A shard fails only for infrastructure reasons (its worker dies, storage fails).
+batch whose stages fail is bisected until the failing inputs are alone, and only they become error
+rows, unless the failure is not the inputs' (out of memory, a CUDA error, or the same error in both
+halves of the batch): then the shard fails, to be retried on a fresh actor, rather than writing
+error rows no rerun would retry. A row whose values cannot be stored (text that is not UTF-8) is
+that row's error. A shard fails only for reasons that are not its inputs'.
+
+Precision: `--precision auto` is resolved here, for this actor's device, as the store recorded it for
+this kind of device (pipeline/precision.py); the entry and the metadata say which it ran.
 """
 
 from __future__ import annotations
@@ -15,28 +22,29 @@ from __future__ import annotations
 import json
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.concurrency import bounded_map
 from pipeline.data.decode import Decoded, DecodeSettings, decode_mask
 from pipeline.data.sources import InputRecord, ShardSpec, read_shard
+from pipeline.errors import LatentmillError
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.model_set import load_model_set
+from pipeline.precision import device_kind, resolve_precision
 from pipeline.priors.load import exact_latent, prior_kind
-from pipeline.errors import LatentmillError
 from pipeline.runtime.batch_size import (MAX_AUTO_BATCH, actor_memory_bytes, check_batch, largest_batch,
                                           refine_bytes_per_image)
 from pipeline.runtime.config import InvertConfig
 from pipeline.settings import narrow
-from pipeline.stages.chain import NOISE_MODE, InversionModels, invert_batch
+from pipeline.stages.chain import NOISE_MODE, InversionModels, invert_batch, latent_columns
 from pipeline.stages.inversion_settings import InversionSettings
-from pipeline.store.latent_store import write_shard
 from pipeline.store.schema import SCHEMA_VERSION, latents_schema
+from pipeline.store.writer import ShardWriter
 
 
 def load_models(config: InvertConfig, device: torch.device) -> InversionModels:
@@ -52,11 +60,37 @@ class BatchSizeError(LatentmillError, ValueError):
     """An explicit --batch-size whose refinement would not fit the actor's memory."""
 
 
+class ShardFailure(RuntimeError):
+    """A failure that is not the inputs' (out of memory, a CUDA error, every part of a batch failing
+    alike): the shard fails, to be retried on a fresh actor."""
+
+
 def _ray_node_id() -> str | None:
     """The Ray node this runs on (None outside Ray): recorded so a run's spread over nodes is visible."""
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def is_infrastructure_failure(exc: BaseException) -> bool:
+    """Out of memory or a broken accelerator: nothing to do with the inputs being processed."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(mark in text for mark in (
+        "out of memory", "CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "NCCL error",
+        "device-side assert"))
+
+
+def _same_failure(a: BaseException, b: BaseException) -> bool:
+    return type(a) is type(b) and str(a) == str(b)
+
+
+def storable(text: str | None) -> str | None:
+    """Text Arrow can store: bytes that are not UTF-8 (in an exception's message, say) as \\xNN."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass
@@ -71,17 +105,23 @@ ProgressReport = Callable[[str, int, "str | None"], None]  # (shard, rows finish
 
 
 class ShardProcessor:
-    def __init__(self, config: InvertConfig, device: str | None = None, models: InversionModels | None = None,
-                 progress: ProgressReport | None = None) -> None:
-        """models: the driver's loaded (and checked) models, shipped once through Ray's object store,
-        so an actor never parses a checkpoint again; loaded from the config's URIs when absent.
-        progress: told the rows finished in the current shard after each batch, and each stage."""
+    def __init__(self, config: InvertConfig, writer: ShardWriter, device: str | None = None,
+                 models: InversionModels | None = None, progress: ProgressReport | None = None,
+                 precisions: dict[str, str] | None = None, recipe_models: dict[str, str | None] | None = None) -> None:
+        """writer: writes finished shards for the run holding the store. models: the driver's loaded (and
+        checked) models, shipped once through Ray's object store, so an actor never parses a checkpoint
+        again; loaded from the config's URIs when absent. progress: told the rows finished in the current
+        shard after each batch, and each stage. precisions: the store's precision by kind of device.
+        recipe_models: the recipe's model fingerprints (recorded in each shard's metadata)."""
         start = time.perf_counter()
         self.config = config
+        self.writer = writer
         self.progress = progress
         wants_gpu = config.num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device(device or ("cuda" if wants_gpu else "cpu"))
         self.models = models.to(self.device) if models is not None else load_models(config, self.device)
+        self.device_kind = device_kind(self.device)
+        self.precision, self.precision_why = resolve_precision(config.precision, self.device, precisions)
         G = self.models.G
         self.generator_fingerprint = fingerprint(G)
         metadata = {
@@ -94,11 +134,14 @@ class ShardProcessor:
             "num_ws": G.num_ws, "w_dim": G.w_dim, "img_resolution": G.img_resolution, "img_channels": G.img_channels,
             "noise_mode": NOISE_MODE, "perceptual_metric": self.models.names["perceptual"],
             "identity_model": self.models.names["identity"], "settings": config.to_dict(),
+            "model_fingerprints": recipe_models if recipe_models is not None else self.models.fingerprints(),
+            "recipe_digest": writer.recipe, "precision": self.precision, "device_kind": self.device_kind,
         }
-        self.schema = latents_schema(G.num_ws, G.w_dim, latent_dtype=config.latent_dtype, metadata=metadata)
+        self.stage_settings = replace(narrow(config, InversionSettings), precision=self.precision)
+        self.schema = latents_schema(G.num_ws, G.w_dim, latent_dtype=config.latent_dtype, metadata=metadata,
+                                     latent_columns=latent_columns(self.models, self.stage_settings))
         self.decoding = narrow(config, DecodeSettings)
         self.aligner = self.decoding.aligner()
-        self.stage_settings = narrow(config, InversionSettings)
         self.batch_size, self.batch_note, self.problem = self._batch_size()
         self.startup_seconds = time.perf_counter() - start
 
@@ -119,11 +162,13 @@ class ShardProcessor:
                        f"may use {memory / 2**30:.1f} GiB)"), None
 
     def ready(self) -> dict[str, Any]:
-        """How this processor started: seconds, batch size and how it was chosen; raises what stops it
-        (e.g. an explicit --batch-size that does not fit), so the driver reports it once, clearly."""
+        """How this processor started: seconds, batch size and how it was chosen, its kind of device and
+        precision; raises what stops it (e.g. an explicit --batch-size that does not fit), so the driver
+        reports it once, clearly."""
         if self.problem is not None:
             raise self.problem
-        return {"seconds": self.startup_seconds, "batch_size": self.batch_size, "note": self.batch_note}
+        return {"seconds": self.startup_seconds, "batch_size": self.batch_size, "note": self.batch_note,
+                "device_kind": self.device_kind, "precision": self.precision, "precision_why": self.precision_why}
 
     def _decode(self, record: InputRecord) -> list[_Row]:
         """One input's rows (one, or one per face with --faces all); anything decoding raises (a Pillow
@@ -160,26 +205,28 @@ class ShardProcessor:
         start = time.perf_counter()
         self._shard, self._finished = spec.shard_id, 0
         self._report("decode")
-        records = list(read_shard(spec))
+        records = read_shard(spec, timeout=self.config.read_timeout, prefetch=self.config.prefetch,
+                             on_duplicate_id=self.config.on_duplicate_id)
         columns: dict[str, list] = {f.name: [] for f in self.schema}
         rows: list[_Row] = []
         pending: list[int] = []  # decoded, valid rows waiting for a full batch
-        with ThreadPoolExecutor(max_workers=self.config.decode_threads) as pool:
-            # map() submits every decode at once; the threads keep decoding while batches run below.
-            for input_rows in pool.map(self._decode, records):
-                for row in input_rows:
-                    rows.append(row)
-                    for values in columns.values():
-                        values.append(None)
-                    if self._fill_row(len(rows) - 1, row, columns):
-                        pending.append(len(rows) - 1)
-                    else:
-                        self._finished += 1  # an error row is done once decoded
-                    if len(pending) == self.batch_size:
-                        self._run_batch(pending, rows, columns)
-                        self._finished += len(pending)
-                        self._report(None)
-                        pending = []
+        threads = self.config.decode_threads
+        # inputs are read and decoded a bounded window ahead while the batches below run
+        for input_rows in bounded_map(self._decode, records, workers=threads, window=threads + self.batch_size,
+                                      name="latentmill-decode"):
+            for row in input_rows:
+                rows.append(row)
+                for values in columns.values():
+                    values.append(None)
+                if self._fill_row(len(rows) - 1, row, columns):
+                    pending.append(len(rows) - 1)
+                else:
+                    self._finished += 1  # an error row is done once decoded
+                if len(pending) == self.batch_size:
+                    self._run_batch(pending, rows, columns)
+                    self._finished += len(pending)
+                    self._report(None)
+                    pending = []
         if pending:
             self._run_batch(pending, rows, columns)
         self._finished = len(rows)
@@ -188,15 +235,21 @@ class ShardProcessor:
         columns["shard"] = [spec.shard_id] * len(rows)
         columns["model_fingerprint"] = [self.generator_fingerprint] * len(rows)
         columns["schema_version"] = [SCHEMA_VERSION] * len(rows)
-        table = pa.table({f.name: self._arrow(f, columns[f.name]) for f in self.schema}, schema=self.schema)
-        ok = sum(status == "ok" for status in columns["status"])
+        table = self._table(columns)
+        status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
+        ok = sum(s == "ok" for s in status)
+        reasons: dict[str, int] = {}
+        for s, error in zip(status, errors):
+            if s != "ok":
+                reason = (error or "unknown").split(":", 1)[0]
+                reasons[reason] = reasons.get(reason, 0) + 1
         entry = {"shard": spec.shard_id, "rows": len(rows), "ok": ok, "errors": len(rows) - ok,
-                 "seconds": round(time.perf_counter() - start, 3), "attempt": attempt, "host": socket.gethostname(),
-                 "node": _ray_node_id(),
-                 "device": str(self.device), "generator_fingerprint": self.generator_fingerprint,
+                 "error_reasons": reasons, "seconds": round(time.perf_counter() - start, 3), "attempt": attempt,
+                 "host": socket.gethostname(), "node": _ray_node_id(), "device": str(self.device),
+                 "device_kind": self.device_kind, "precision": self.precision,
+                 "generator_fingerprint": self.generator_fingerprint,
                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_shard(self.config.output, spec.shard_id, table, entry)
-        return entry
+        return self.writer.write(spec.shard_id, table, entry)
 
     def _report(self, stage: str | None) -> None:
         if self.progress is not None:
@@ -205,8 +258,8 @@ class ShardProcessor:
     @staticmethod
     def _fill_row(i: int, row: _Row, columns: dict[str, list]) -> bool:
         """The identifying and error columns of row i; True if the row goes on to the stages."""
-        columns["image_id"][i] = row.row_id
-        columns["source_uri"][i] = row.record.source_uri
+        columns["image_id"][i] = storable(row.row_id)
+        columns["source_uri"][i] = storable(row.record.source_uri)
         face = row.decoded.face if row.decoded is not None else None
         if face is not None:
             columns["face_index"][i], columns["face_confidence"][i] = face.index, face.confidence
@@ -217,12 +270,13 @@ class ShardProcessor:
             columns["meta"][i] = json.dumps(row.record.meta)
         error = row.record.error or (row.decoded.error if row.decoded is not None else None)
         if error is not None:
-            columns["status"][i], columns["error"][i] = "error", error
+            columns["status"][i], columns["error"][i] = "error", storable(error)
         if row.decoded is not None and row.decoded.original_size is not None:
             columns["width"][i], columns["height"][i] = row.decoded.original_size
         return error is None
 
-    def _run_batch(self, index: list[int], rows: list[_Row], columns: dict[str, list]) -> None:
+    def _attempt(self, index: list[int], rows: list[_Row], columns: dict[str, list]) -> Exception | None:
+        """Run the stages on rows `index` and fill their columns; the exception instead, if they fail."""
         t0 = time.perf_counter()
         images = torch.from_numpy(np.stack([rows[i].decoded.image for i in index]))
         masks = None
@@ -232,24 +286,76 @@ class ShardProcessor:
         ids = [rows[i].row_id for i in index]
         try:
             out = invert_batch(self.models, self.stage_settings, images, masks, ids, on_stage=self._report)
-        except Exception as exc:  # NaNs, out of memory, a model error: find the inputs that cause it
-            if len(index) > 1:  # results do not depend on batching, so halves give the same rows
-                half = len(index) // 2
-                self._run_batch(index[:half], rows, columns)
-                self._run_batch(index[half:], rows, columns)
-                return
-            columns["status"][index[0]] = "error"
-            columns["error"][index[0]] = f"stage failed: {type(exc).__name__}: {exc}"
-            return
+        except Exception as exc:  # NaNs, out of memory, a model error: sorted out by the caller
+            return exc
         seconds = (time.perf_counter() - t0) / len(index)
         for key, values in out.items():
-            for j, i in enumerate(index):
-                columns[key][i] = values[j]
+            if key in columns:
+                for j, i in enumerate(index):
+                    columns[key][i] = values[j]
         for j, i in enumerate(index):
             columns["seconds"][i] = seconds
             columns["known_fraction"][i] = float(masks[j].mean()) if masks is not None else 1.0
             if not np.isfinite(out["mse"][j]):
                 columns["status"][i], columns["error"][i] = "error", "non-finite: the reconstruction has NaN or inf"
+        return None
+
+    def _run_batch(self, index: list[int], rows: list[_Row], columns: dict[str, list]) -> None:
+        """A batch's rows; a failing batch is bisected to the inputs that cause it (results do not depend
+        on batching, so halves give the same rows), unless the failure is not theirs (ShardFailure)."""
+        error = self._attempt(index, rows, columns)
+        if error is None:
+            return
+        if is_infrastructure_failure(error):
+            raise ShardFailure(f"{type(error).__name__}: {error}") from error
+        if len(index) == 1:
+            self._settle(index, error, rows, columns)
+            return
+        half = len(index) // 2
+        parts = [(part, self._attempt(part, rows, columns)) for part in (index[:half], index[half:])]
+        if all(e is not None and _same_failure(e, error) for _, e in parts):
+            raise ShardFailure(f"every part of a batch failed alike, so not because of its inputs: "
+                               f"{type(error).__name__}: {error}") from error
+        for part, part_error in parts:
+            if part_error is not None:
+                self._settle(part, part_error, rows, columns)
+
+    def _settle(self, index: list[int], error: Exception, rows: list[_Row], columns: dict[str, list]) -> None:
+        """Rows `index` failed with `error`: bisect until each failing input is alone, then it is an error row."""
+        if is_infrastructure_failure(error):
+            raise ShardFailure(f"{type(error).__name__}: {error}") from error
+        if len(index) == 1:
+            columns["status"][index[0]] = "error"
+            columns["error"][index[0]] = storable(f"stage failed: {type(error).__name__}: {error}")
+            return
+        half = len(index) // 2
+        for part in (index[:half], index[half:]):
+            part_error = self._attempt(part, rows, columns)
+            if part_error is not None:
+                self._settle(part, part_error, rows, columns)
+
+    def _table(self, columns: dict[str, list]) -> pa.Table:
+        """The shard's Arrow table; a row whose values cannot be stored becomes an error row saying why."""
+        try:
+            return pa.table({f.name: self._arrow(f, columns[f.name]) for f in self.schema}, schema=self.schema)
+        except (pa.ArrowException, ValueError, TypeError, UnicodeError) as exc:
+            table_error = exc
+        fixed = {name: list(values) for name, values in columns.items()}
+        for i in range(len(fixed["image_id"])):
+            try:
+                pa.table({f.name: self._arrow(f, [columns[f.name][i]]) for f in self.schema}, schema=self.schema)
+            except (pa.ArrowException, ValueError, TypeError, UnicodeError) as exc:
+                for f in self.schema:
+                    if f.name not in ("image_id", "source_uri", "shard", "model_fingerprint", "schema_version"):
+                        fixed[f.name][i] = None
+                fixed["image_id"][i] = storable(str(columns["image_id"][i]))
+                fixed["source_uri"][i] = storable(str(columns["source_uri"][i]))
+                fixed["status"][i] = "error"
+                fixed["error"][i] = storable(f"unstorable: {type(exc).__name__}: {exc}")
+        try:
+            return pa.table({f.name: self._arrow(f, fixed[f.name]) for f in self.schema}, schema=self.schema)
+        except (pa.ArrowException, ValueError, TypeError, UnicodeError):
+            raise table_error from None
 
     def _arrow(self, field: pa.Field, values: list) -> pa.Array:
         if pa.types.is_fixed_size_list(field.type):

@@ -43,6 +43,15 @@ def _render(G: Generator, ws: torch.Tensor, noise_mode: str) -> torch.Tensor:
     return G.synthesis(ws, noise_mode=noise_mode).float()
 
 
+def latent_columns(models: InversionModels, settings: InversionSettings) -> tuple[str, ...]:
+    """The latent columns `invert_batch` fills with these models and stages (the others stay out of a store)."""
+    filled = {"w_encoded": "encode" in settings.stages and models.E is not None,
+              "w_refined": "refine" in settings.stages,
+              "w_compressed": "compress" in settings.stages and models.prior is not None,
+              "z": exact_latent(models.G, models.prior) is not None}
+    return tuple(name for name, kept in filled.items() if kept)
+
+
 def invert_batch(models: InversionModels, settings: InversionSettings, images: torch.Tensor,
                  masks: torch.Tensor | None, image_ids: Sequence[str],
                  on_stage: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
@@ -60,12 +69,14 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
     prior = models.prior
 
     ws = G.w_avg.expand(n, G.num_ws, -1).clone()
+    recon = None  # the reconstruction of the latest latent: each latent is rendered once
     if "encode" in settings.stages and models.E is not None:
         stage("encode")
         with torch.no_grad():
             ws = encode(models.E, images, masks).float()
+        recon = _render(G, ws, NOISE_MODE)
         out["w_encoded"] = _np(ws)
-        out["mse_encoded"] = _np(masked_mse(_render(G, ws, NOISE_MODE), images, masks))
+        out["mse_encoded"] = _np(masked_mse(recon, images, masks))
         if prior is not None:
             out["prior_nll_encoded"] = _np(prior.nll(ws))
 
@@ -80,9 +91,10 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
             out["perceptual_refined"] = out["perceptual"] = _np(result.losses["perceptual"])
         if prior is not None:
             out["prior_nll_refined"] = _np(prior.nll(ws))
-    else:
+    elif recon is None:
         recon = _render(G, ws, NOISE_MODE)
-    out["mse"] = _np(masked_mse(recon, images, masks))
+    out["mse"] = out["mse_encoded"] if "refine" not in settings.stages and "mse_encoded" in out else \
+        _np(masked_mse(recon, images, masks))
     if "refine" in settings.stages:
         out["mse_refined"] = out["mse"]
 

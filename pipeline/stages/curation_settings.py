@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
-from pipeline.settings import DeviceSettings, LatentColumnSettings, ProgressSettings, check_choices, setting
+from pipeline.settings import DeviceSettings, LatentColumnSettings, ProgressSettings, check_settings, setting
 
 DUPLICATE_FEATURES = ("latent", "identity")
 
@@ -13,24 +13,21 @@ DUPLICATE_FEATURES = ("latent", "identity")
 class CurateConfig(LatentColumnSettings, DeviceSettings, ProgressSettings):
     store: str = setting(MISSING, "The latent store to curate.", positional=True)
     outlier_percentile: float = setting(99.0, "Rows whose prior NLL is above this percentile of the store are "
-                                              "outliers.")
-    duplicate_threshold: float = setting(0.95, "Cosine at or above which two rows are near-duplicates.")
+                                              "outliers.", above=0, maximum=100)
+    duplicate_threshold: float = setting(0.95, "Cosine at or above which two rows are near-duplicates.",
+                                        minimum=-1, maximum=1)
     duplicates_by: str = setting("latent", "latent: cosine of latents whitened in the prior's space; identity: cosine "
                                            "of the inputs' identity embeddings (re-reads the inputs).",
                                  choices=DUPLICATE_FEATURES)
-    mse_percentile: float = setting(95.0, "Rows whose MSE is above this percentile are bad reconstructions.")
+    mse_percentile: float = setting(95.0, "Rows whose MSE is above this percentile are bad reconstructions.",
+                                          above=0, maximum=100)
     perceptual_percentile: float = setting(95.0, "Rows whose perceptual distance is above this percentile are bad "
-                                                 "reconstructions.")
+                                                 "reconstructions.", above=0, maximum=100)
     min_identity: float | None = setting(None, "Rows whose identity cosine is below this are bad reconstructions "
-                                               "(default: not tested).")
+                                               "(default: not tested).", minimum=-1, maximum=1)
     block_size: int | None = setting(None, "Rows per block of the duplicate search; memory is block x rows "
                                            "similarities (default: about 2^28 of them, 1 GiB: 4,096 rows up to 65k "
-                                           "rows, 256 at 1M).")
+                                           "rows, 256 at 1M).", minimum=1)
 
     def validate(self) -> None:
-        check_choices(self)
-        if not -1 <= self.duplicate_threshold <= 1:
-            raise ValueError("--duplicate-threshold is a cosine, between -1 and 1")
-        for name in ("outlier_percentile", "mse_percentile", "perceptual_percentile"):
-            if not 0 < getattr(self, name) < 100:
-                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 100")
+        check_settings(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
-from pipeline.settings import DeviceSettings, LatentColumnSettings, ProgressSettings, check_choices, setting
+from pipeline.settings import DeviceSettings, LatentColumnSettings, ProgressSettings, check_settings, setting
 
 METHODS = ("compose", "sample")
 
@@ -23,17 +23,17 @@ class RebalanceConfig(LatentColumnSettings, DeviceSettings, ProgressSettings):
                                      "draw near the group's latents in the whitened prior space.", choices=METHODS)
     parts: str = setting("half,quadrants,blob", "Kinds of member parts for compose (half, quadrants, blob).")
     nll_percentile: float = setting(95.0, "Quality filter: reject candidates whose prior NLL exceeds this percentile "
-                                          "of the store's rows.")
+                                          "of the store's rows.", above=0, maximum=100)
     min_identity: float | None = setting(0.5, "Quality filter: reject candidates whose identity cosine to their "
-                                              "source is lower (needs the store's identity model).")
-    temperature: float = setting(0.7, "sample: spread around the group's mean.")
+                                              "source is lower (needs the store's identity model).", minimum=-1, maximum=1)
+    temperature: float = setting(0.7, "sample: spread around the group's mean.", above=0)
     max_attempts: float = setting(4.0, "Candidates per needed sample before a group is given up (its shortfall is "
-                                       "reported).")
-    max_new: int | None = setting(None, "Cap on new samples in total (shares scaled down).")
-    background_pool: int = setting(512, "Store rows whose inputs serve as backgrounds for compose.")
-    batch_size: int = setting(32, "Candidates per batch.")
-    shard_size: int = setting(1000, "Samples per output tar shard.")
+                                       "reported).", above=0)
+    max_new: int | None = setting(None, "Cap on new samples in total (shares scaled down).", minimum=1)
+    background_pool: int = setting(512, "Store rows whose inputs serve as backgrounds for compose.", minimum=1)
+    batch_size: int = setting(32, "Candidates per batch.", minimum=1)
+    shard_size: int = setting(1000, "Samples per output tar shard.", minimum=1)
     seed: int = setting(0, "Seed of picks, masks and samples.")
 
     def validate(self) -> None:
-        check_choices(self)
+        check_settings(self)

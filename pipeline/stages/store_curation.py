@@ -1,7 +1,8 @@
 """Flagging a store's rows: outliers (prior NLL), near-duplicates and bad reconstructions.
 
-`flag_store` reads the ok rows of a store, writes STORE/curation/flags.parquet (schema `flags` v1,
-schemas/flags.v1.json) and STORE/curation/summary.json. The near-duplicate search saves its
+`flag_store` reads the ok rows of a claimed store, writes STORE/curation/flags.parquet (schema `flags`
+v1, schemas/flags.v1.json) and STORE/curation/summary.json through its claim. The near-duplicate
+search saves its
 progress as it goes, so a killed run resumes where it stopped. One process: the search is a
 blockwise matrix product, on the GPU when there is one.
 """
@@ -14,7 +15,6 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-import fsspec
 import numpy as np
 from tqdm.auto import tqdm
 import pandas as pd
@@ -28,9 +28,8 @@ from pipeline.stages.curation_settings import CurateConfig
 from pipeline.stages.identity import IdentityModel
 from pipeline.store import layout
 from pipeline.store.flags_schema import FLAGS_VERSION, flags_schema
-from pipeline.store.latent_store import write_parquet
 from pipeline.store.store import Store
-from pipeline.uris import write_bytes
+from pipeline.store.writer import StoreWriter
 
 
 def _identity_features(store: Store, model: IdentityModel, ok: pd.DataFrame, device: torch.device) -> torch.Tensor:
@@ -45,14 +44,12 @@ def _identity_features(store: Store, model: IdentityModel, ok: pd.DataFrame, dev
     return torch.stack([embeddings[i] for i in ok["image_id"]])
 
 
-SEARCH_PROGRESS = "search-progress.npz"  # a partial near-duplicate search, kept across a kill
-
-
-def _load_search(uri: str, key: str, rows: int) -> SearchProgress | None:
-    fs, path = fsspec.core.url_to_fs(uri)
-    if not fs.exists(path):
+def _load_search(store: Store, key: str, rows: int) -> SearchProgress | None:
+    """A partial near-duplicate search kept across a kill (layout.SEARCH_PROGRESS), if it is this one's."""
+    data = store.read_bytes(layout.SEARCH_PROGRESS)
+    if data is None:
         return None
-    with np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) as saved:
+    with np.load(io.BytesIO(data), allow_pickle=False) as saved:
         if str(saved["key"]) != key or int(saved["rows"]) != rows:
             return None
         progress = SearchProgress(int(saved["next_row"]),
@@ -62,14 +59,14 @@ def _load_search(uri: str, key: str, rows: int) -> SearchProgress | None:
     return progress
 
 
-def _save_search(uri: str, key: str, rows: int, progress: SearchProgress) -> None:
+def _save_search(writer: StoreWriter, key: str, rows: int, progress: SearchProgress) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, key=np.array(key), rows=np.array(rows), next_row=np.array(progress.next_row),
              first=progress.pairs.first, second=progress.pairs.second, cosine=progress.pairs.cosine)
-    write_bytes(uri, buffer.getvalue())
+    writer.write_bytes(layout.SEARCH_PROGRESS, buffer.getvalue())
 
 
-def flag_store(store: Store, cfg: CurateConfig, key: str) -> dict[str, Any]:
+def flag_store(store: StoreWriter, cfg: CurateConfig, key: str) -> dict[str, Any]:
     """Flag the ok rows of `store`; `key` identifies the rows and settings (a resumed search must match it)."""
     device = resolve_device(cfg.device)
     ok = store.ok_rows(cfg.column)
@@ -97,7 +94,6 @@ def flag_store(store: Store, cfg: CurateConfig, key: str) -> dict[str, Any]:
         features = prior.whiten(ws).flatten(1)  # independent samples are near-orthogonal here
     else:
         features = (ws - ws.mean(dim=0)).flatten(1)
-    progress_uri = layout.join(store.uri, layout.CURATION, SEARCH_PROGRESS)
     bar = tqdm(total=len(ok), desc="curate: near-duplicate search", unit="row", disable=not cfg.progress)
 
     def searched(rows: int) -> None:
@@ -105,8 +101,8 @@ def flag_store(store: Store, cfg: CurateConfig, key: str) -> dict[str, Any]:
         bar.refresh()
 
     pairs = near_duplicate_pairs(features, cfg.duplicate_threshold, block_size=cfg.block_size,
-                                 resume=_load_search(progress_uri, key, len(ok)),
-                                 on_progress=lambda p: _save_search(progress_uri, key, len(ok), p), on_rows=searched)
+                                 resume=_load_search(store, key, len(ok)),
+                                 on_progress=lambda p: _save_search(store, key, len(ok), p), on_rows=searched)
     bar.close()
     groups = duplicate_groups(len(ok), pairs)
     best = np.full(len(ok), np.nan, dtype=np.float32)  # each row's highest cosine to another group member
@@ -137,14 +133,11 @@ def flag_store(store: Store, cfg: CurateConfig, key: str) -> dict[str, Any]:
         "bad_reasons": [",".join(r) or None for r in reasons],
         "flagged": outlier | duplicate | bad, "schema_version": np.full(len(ok), FLAGS_VERSION, dtype=np.int16),
     }, schema=flags_schema({"store": cfg.store, "settings": asdict(cfg)}))
-    root = layout.join(store.uri, layout.CURATION)
-    write_parquet(root + "/flags.parquet", table)
+    store.write_table(layout.FLAGS, table)
     summary = {"rows": len(ok), "outliers": int(outlier.sum()), "duplicate_pairs": len(pairs.first),
                "duplicates": int(duplicate.sum()), "duplicate_groups": int(len(set(groups[duplicate]))),
                "bad_reconstructions": int(bad.sum()), "flagged": int((outlier | duplicate | bad).sum()),
                "duplicates_by": cfg.duplicates_by, "settings": asdict(cfg)}
-    write_bytes(root + "/summary.json", json.dumps(summary, indent=2).encode())
-    fs, path = fsspec.core.url_to_fs(progress_uri)
-    if fs.exists(path):
-        fs.rm(path)
+    store.write_json(layout.CURATION_SUMMARY, summary)
+    store.remove(layout.SEARCH_PROGRESS)
     return summary

@@ -36,9 +36,9 @@ from pipeline.stages.rebalance import compose, kmeans, masked_l1, nll_cut, part_
 from pipeline.stages.rebalance_settings import RebalanceConfig
 from pipeline.store import layout
 from pipeline.store.file_names import safe_file_name
-from pipeline.store.latent_store import write_parquet
+from pipeline.store.parquet_files import parquet_bytes
 from pipeline.store.samples_schema import SAMPLES
-from pipeline.store.store import Store
+from pipeline.store.writer import StoreWriter
 from pipeline.uris import read_bytes, write_bytes
 
 UNLABELED = "(unlabeled)"
@@ -127,12 +127,12 @@ class _ShardWriter:
     def close(self) -> None:
         if self.tar is not None:
             self.tar.close()
-            write_bytes(f"{self.output}/images/{self.shard_name}.tar", self.buffer.getvalue())
+            write_bytes(layout.join(self.output, "images", f"{self.shard_name}.tar"), self.buffer.getvalue())
             self.tar, self.buffer, self.count = None, None, 0
             self.index += 1
 
 
-def rebalance_store(store: Store, cfg: RebalanceConfig) -> dict[str, Any]:
+def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
     """Rebalance the groups of `store` into cfg.output; returns the summary (also written as summary.json)."""
     device = resolve_device(cfg.device)
     meta = store.metadata
@@ -259,7 +259,7 @@ def rebalance_store(store: Store, cfg: RebalanceConfig) -> dict[str, Any]:
 
     table = pa.Table.from_pylist(rows, schema=SAMPLES.schema({"store": cfg.store, "settings": asdict(cfg),
                                                               "latent_shape": meta["latent_shape"]}))
-    write_parquet(cfg.output.rstrip("/") + "/samples.parquet", table)
+    write_bytes(layout.join(cfg.output, "samples.parquet"), parquet_bytes(table))
     added = {g: sum(1 for r in rows if r["group"] == g and r["accepted"]) for g in counts}
     summary = {"store": cfg.store, "output": cfg.output, "groups_spec": cfg.groups, "target": cfg.target,
                "method": cfg.method, "before": counts, "target_counts": targets, "added": added,
@@ -270,11 +270,11 @@ def rebalance_store(store: Store, cfg: RebalanceConfig) -> dict[str, Any]:
                                                     for r in ("prior_nll", "identity", "enough")},
                "nll_cut": cut, "nll_reference": reference, "settings": asdict(cfg)}
     text = json.dumps(summary, indent=2, default=str).encode()
-    write_bytes(cfg.output.rstrip("/") + "/summary.json", text)
-    write_bytes(layout.join(store.uri, layout.REBALANCE, "summary.json"), text)
+    write_bytes(layout.join(cfg.output, "summary.json"), text)
+    store.write_bytes(layout.REBALANCE_SUMMARY, text)
     if preview:
         png = png_bytes(grid_image(torch.stack(preview), nrow=preview_columns))
-        write_bytes(cfg.output.rstrip("/") + "/preview.png", png)
-        write_bytes(layout.join(store.uri, layout.REBALANCE, "preview.png"), png)
+        write_bytes(layout.join(cfg.output, "preview.png"), png)
+        store.write_bytes(layout.REBALANCE_PREVIEW, png)
     return summary
 

@@ -10,7 +10,11 @@ is generated from `latents_schema` and documented in schemas/README.md; a test k
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 import pyarrow as pa
 
@@ -65,6 +69,9 @@ _COLUMNS: list[tuple[str, pa.DataType | tuple[pa.DataType, int] | None, bool, st
 ]
 
 
+COLUMN_NAMES = tuple(name for name, *_ in _COLUMNS)
+
+
 def _arrow_type(dtype: pa.DataType | tuple[pa.DataType, int] | None, latent_type: pa.DataType) -> pa.DataType:
     if dtype is None:
         return latent_type
@@ -72,13 +79,17 @@ def _arrow_type(dtype: pa.DataType | tuple[pa.DataType, int] | None, latent_type
 
 
 def latents_schema(num_ws: int, w_dim: int, *, latent_dtype: str = "float32",
-                   metadata: dict[str, Any] | None = None) -> pa.Schema:
-    """The Arrow schema of a latent store for a generator with num_ws x w_dim latents."""
+                   metadata: dict[str, Any] | None = None,
+                   latent_columns: Iterable[str] = LATENT_SHAPED_COLUMNS) -> pa.Schema:
+    """The Arrow schema of a latent store for a generator with num_ws x w_dim latents. Latent columns
+    not in `latent_columns` (those of stages a store's recipe never runs) are left out: a column of
+    nulls would still cost a reader num_ws * w_dim values per row."""
     if latent_dtype not in LATENT_DTYPES:
         raise ValueError(f"--latent-dtype must be one of {sorted(LATENT_DTYPES)}, got {latent_dtype!r}")
     latent_type = pa.list_(LATENT_DTYPES[latent_dtype], num_ws * w_dim)
+    kept = set(latent_columns)
     fields = [pa.field(name, _arrow_type(dtype, latent_type), nullable=nullable, metadata={b"description": text.encode()})
-              for name, dtype, nullable, text in _COLUMNS]
+              for name, dtype, nullable, text in _COLUMNS if dtype is not None or name in kept]
     meta = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "latent_shape": [num_ws, w_dim],
             "latent_dtype": latent_dtype, **(metadata or {})}
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(meta, default=str).encode()})
@@ -103,3 +114,13 @@ def schema_document() -> dict[str, Any]:
                      "nullable": nullable,
                      "description": text} for name, dtype, nullable, text in _COLUMNS],
     }
+
+
+def latent_array(frame: pd.DataFrame, column: str, latent_shape: Iterable[int]) -> np.ndarray:
+    """One latent column as float32 [rows, num_ws, w_dim]; rows must all be non-null."""
+    if column not in LATENT_SHAPED_COLUMNS:
+        raise ValueError(f"{column!r} is not a latent column ({LATENT_SHAPED_COLUMNS})")
+    values = frame[column].to_list() if column in frame else [None] * len(frame)
+    if any(v is None for v in values):
+        raise ValueError(f"some selected rows have no {column} (error rows, or the stage was off)")
+    return np.stack(values).astype(np.float32).reshape(len(values), *latent_shape)

@@ -1,21 +1,27 @@
 """Opening a latent store: the one way every command reads one.
 
     store = open_store("out/faces")
-    frame = store.to_pandas(latents_as_arrays=True)      # w_* columns as [num_ws, w_dim] arrays
+    for batch in store.iter_batches(["image_id", "mse"]):   # streamed, a row group at a time
+        ...
+    frame = store.to_pandas(latents_as_arrays=True)      # small stores: every row at once
+    store.to_ray_dataset(), store.to_duckdb()            # the same files for Ray Data and DuckDB
     models = store.load_models(device, prior=True)       # the run's models, checked against the store
     inputs = store.read_inputs(shards, image_ids)        # the pixels each latent was fitted to
 
-Metadata, plan and manifest are read once, lazily. Models are loaded through the one model
-loader (pipeline/models/model_set.py) with the store's recorded generator fingerprint, so a
-generator that is not the store's is refused; inputs are decoded with the run's recorded
-DecodeSettings, so they are the exact pixels the latents were fitted to.
+Metadata, plan and manifest are read once, lazily; the manifest's entries are read concurrently and
+carry each shard's counts (rows, ok, errors by reason), so summaries never read the rows. Every
+Parquet page is checked against its checksum as it is read; a damaged file is named, with the way
+out. Models are loaded through the one model loader (pipeline/models/model_set.py) with the store's
+recorded generator fingerprint, so a generator that is not the store's is refused; inputs are
+decoded with the run's recorded DecodeSettings, so they are the exact pixels the latents were
+fitted to. Writing goes through a claimed store (pipeline/store/writer.py).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -24,16 +30,18 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.data.decode import DecodeSettings, input_id
+from pipeline.data.planning import InputPlan
 from pipeline.data.sources import ShardSpec, read_shard
 from pipeline.errors import LatentmillError
 from pipeline.store import layout
-from pipeline.store.latent_store import latent_array, manifest_entries
-from pipeline.store.layout import shard_file
+from pipeline.store.schema import latent_array
+from pipeline.store.manifest import Manifest, read_manifest
+from pipeline.store.parquet_files import DamagedFileError, iter_parquet, open_parquet, read_parquet
 from pipeline.store.schema import LATENT_SHAPED_COLUMNS, store_metadata
-from pipeline.uris import read_json_if_exists
+from pipeline.store.table_spec import TableSpec
+from pipeline.uris import read_if_exists
 
 if TYPE_CHECKING:
     import torch
@@ -45,26 +53,82 @@ class StoreNotFoundError(LatentmillError, FileNotFoundError):
     """The URI is not a latent store (or it has no finished shard yet)."""
 
 
+class StoreDamagedError(LatentmillError, ValueError):
+    """A file that describes the store (recipe, plan, manifest) cannot be read."""
+
+
 @dataclass
 class Store:
     uri: str
 
+    def path(self, name: str) -> str:
+        """The URI of a file of the store (a name from pipeline/store/layout.py)."""
+        return layout.join(self.uri, name)
+
+    @property
+    def repair_hint(self) -> str:
+        return (f"run `latentmill verify --repair {self.uri}` to move it aside, then rerun the store's invert command "
+                "to redo what it held")
+
+    def read_bytes(self, name: str) -> bytes | None:
+        return read_if_exists(self.path(name))
+
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the store, None where it is absent; StoreDamagedError naming it where unreadable."""
+        data = self.read_bytes(name)
+        if data is None:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise StoreDamagedError(f"{self.path(name)} is not readable JSON ({exc}); {self.repair_hint}") from None
+
+    # --- what the store is ---
+
     @cached_property
-    def manifest(self) -> dict[str, dict[str, Any]]:
+    def manifest(self) -> Manifest:
+        """Finished, failed and torn manifest entries."""
+        return read_manifest(self.uri)
+
+    @property
+    def finished(self) -> dict[str, dict[str, Any]]:
         """Finished shards: shard id -> manifest entry."""
-        return manifest_entries(self.uri)
+        return self.manifest.finished
 
     @cached_property
     def files(self) -> list[str]:
         """The Parquet files of finished shards (from the manifest already read, not a second listing)."""
-        return [shard_file(self.uri, shard) for shard in sorted(self.manifest)]
+        return [layout.shard_file(self.uri, shard) for shard in sorted(self.finished)]
+
+    @cached_property
+    def recipe(self) -> dict[str, Any] | None:
+        """The store's recipe (store.json), None for a store that has none yet."""
+        from pipeline.store.store_recipe import check_recipe_file
+
+        value = self.read_json(layout.RECIPE)
+        if value is None:
+            return None
+        try:
+            return check_recipe_file(value)
+        except ValueError as exc:
+            raise StoreDamagedError(f"{self.path(layout.RECIPE)}: {exc}; {self.repair_hint}") from None
+
+    @cached_property
+    def precisions(self) -> dict[str, str]:
+        """The precision each kind of device ran `--precision auto` in (pipeline/precision.py)."""
+        value = self.read_json(layout.PRECISION) or {}
+        return {kind: entry["precision"] for kind, entry in value.items() if isinstance(entry, dict)}
 
     @cached_property
     def metadata(self) -> dict[str, Any]:
         """Generator, models, latent shape and the run's settings, from the latents' schema."""
-        fs, path = fsspec.core.url_to_fs(self.files[0])
-        with fs.open(path, "rb") as f:
-            return store_metadata(pq.read_schema(f))
+        with open_parquet(self.files[0], remedy=self.repair_hint) as parquet:
+            return store_metadata(parquet.schema_arrow)
+
+    @cached_property
+    def schema(self) -> pa.Schema:
+        with open_parquet(self.files[0], remedy=self.repair_hint) as parquet:
+            return parquet.schema_arrow
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -75,32 +139,65 @@ class Store:
         return tuple(self.metadata["latent_shape"])
 
     @cached_property
-    def plan(self) -> dict[str, ShardSpec]:
-        saved = read_json_if_exists(layout.join(self.uri, layout.PLAN))
-        if saved is None:
+    def input_plan(self) -> InputPlan:
+        """The saved plan of the store's input (plan.parquet, or plan.json of older stores)."""
+        if self.read_bytes(layout.PLAN) is not None:
+            try:
+                return InputPlan.from_table(read_parquet(self.path(layout.PLAN), remedy=self.repair_hint))
+            except (DamagedFileError, ValueError, KeyError) as exc:
+                raise StoreDamagedError(f"{self.path(layout.PLAN)} is unreadable ({exc}); {self.repair_hint}") from None
+        legacy = self.read_json(layout.LEGACY_PLAN)
+        if legacy is None:
             raise StoreNotFoundError(f"{self.uri}: no {layout.PLAN}, so the inputs cannot be found again")
-        return {s["shard_id"]: ShardSpec(**s) for s in saved["shards"]}
+        try:
+            return InputPlan.from_legacy_json(legacy)
+        except (TypeError, KeyError, IndexError) as exc:
+            raise StoreDamagedError(f"{self.path(layout.LEGACY_PLAN)} is not a plan ({exc}); {self.repair_hint}") \
+                from None
+
+    @property
+    def plan(self) -> dict[str, ShardSpec]:
+        return {spec.shard_id: spec for spec in self.input_plan.shards}
 
     @property
     def decode_settings(self) -> DecodeSettings:
         return DecodeSettings.recorded(self.settings)
 
+    def summary(self) -> dict[str, Any] | None:
+        """STORE/manifest.json: the store after its last run (None before the first run ends)."""
+        try:
+            return self.read_json(layout.SUMMARY)
+        except StoreDamagedError:
+            return None
+
     # --- rows ---
+
+    def iter_batches(self, columns: Iterable[str] | None = None, *, batch_size: int = 65_536,
+                     ) -> Iterator[pa.RecordBatch]:
+        """Every row, in record batches (a row group at a time, shard by shard): memory stays flat at any
+        size. Columns a store's files lack (latents of stages that did not run) are left out."""
+        columns = list(columns) if columns is not None else None
+        for uri in self.files:
+            yield from iter_parquet(uri, columns, batch_size=batch_size, remedy=self.repair_hint)
 
     def to_arrow(self, columns: Iterable[str] | None = None) -> pa.Table:
         """Every row of the store as one Arrow table (latent columns flat, as stored)."""
-        tables = []
-        for uri in self.files:
-            fs, path = fsspec.core.url_to_fs(uri)
-            with fs.open(path, "rb") as f:
-                tables.append(pq.read_table(f, columns=list(columns) if columns else None))
+        columns = list(columns) if columns is not None else None
+        tables = [read_parquet(uri, columns, remedy=self.repair_hint) for uri in self.files]
         return pa.concat_tables(tables, promote_options="default")
 
     def to_pandas(self, columns: Iterable[str] | None = None, *, latents_as_arrays: bool = False,
                   meta_as_columns: bool = False) -> pd.DataFrame:
-        """Every row as a DataFrame; latents_as_arrays reshapes each w_* (and z) value to [num_ws, w_dim];
-        meta_as_columns expands each input's JSON sidecar (`meta`) into columns `meta.<key>`."""
+        """Every row as a DataFrame (every asked-for column of the schema, None where a stage did not run);
+        latents_as_arrays reshapes each w_* (and z) value to [num_ws, w_dim]; meta_as_columns expands each
+        input's JSON sidecar (`meta`) into columns `meta.<key>`."""
+        columns = list(columns) if columns is not None else None
         frame = self.to_arrow(columns).to_pandas()
+        from pipeline.store.schema import COLUMN_NAMES
+
+        for name in (columns if columns is not None else COLUMN_NAMES):
+            if name not in frame:
+                frame[name] = None
         if latents_as_arrays:
             for column in LATENT_SHAPED_COLUMNS:
                 if column in frame:
@@ -113,17 +210,38 @@ class Store:
             frame = pd.concat([frame.drop(columns="meta"), expanded.set_index(frame.index)], axis=1)
         return frame
 
+    def to_ray_dataset(self, columns: Iterable[str] | None = None):
+        """The rows as a Ray Dataset (streamed by Ray Data; the files of finished shards only)."""
+        import ray.data
+
+        return ray.data.read_parquet(self.files, columns=list(columns) if columns is not None else None)
+
+    def to_duckdb(self, connection=None):
+        """The rows as a DuckDB relation over the files of finished shards (queried lazily, streamed)."""
+        import duckdb
+
+        files = [fsspec.core.url_to_fs(uri)[1] if uri.startswith("file://") else uri for uri in self.files]
+        return (connection or duckdb).read_parquet(files)
+
+    def count_rows(self) -> int:
+        return int(self.manifest.totals()["rows"])
+
     def error_reasons(self) -> dict[str, int]:
-        """How many error rows the store holds, by reason (the text before the first colon), most first."""
-        table = self.to_arrow(["status", "error"])
-        reasons = Counter(error.split(":", 1)[0] for status, error in
-                          zip(table.column("status").to_pylist(), table.column("error").to_pylist())
-                          if status == "error" and error)
+        """How many error rows the store holds, by reason (the text before the first colon), most first:
+        from the manifest's counts (stores made before they were recorded: from the rows)."""
+        if all("error_reasons" in entry for entry in self.finished.values()):
+            return self.manifest.totals()["error_reasons"]
+        reasons: Counter[str] = Counter()
+        for batch in self.iter_batches(["status", "error"]):
+            for status, error in zip(batch.column("status").to_pylist(), batch.column("error").to_pylist()):
+                if status == "error" and error:
+                    reasons[error.split(":", 1)[0]] += 1
         return dict(reasons.most_common())
 
     def ok_rows(self, column: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """The ok rows that have `column`; refuses a store where some ok row lacks it."""
-        frame = self.to_pandas(columns)
+        wanted = None if columns is None else list(dict.fromkeys(["status", column, *columns]))
+        frame = self.to_pandas(wanted)
         ok = frame[frame["status"] == "ok"].reset_index(drop=True)
         if ok.empty:
             raise ValueError(f"{self.uri}: no ok rows")
@@ -134,6 +252,17 @@ class Store:
     def latents(self, frame: pd.DataFrame, column: str) -> np.ndarray:
         """One latent column of `frame` as float32 [rows, num_ws, w_dim]."""
         return latent_array(frame, column, self.latent_shape)
+
+    def read_table(self, name: str, spec: TableSpec) -> tuple[pa.Table, dict[str, Any]] | None:
+        """A table the store holds besides its rows (e.g. layout.FLAGS, spec FLAGS) and its metadata, or
+        None where it was never written; checked to be that table."""
+        if self.read_bytes(name) is None:
+            return None
+        table = read_parquet(self.path(name), remedy=f"rerun the command that writes it (or {self.repair_hint})")
+        try:
+            return table, spec.metadata(table.schema)
+        except ValueError as exc:
+            raise StoreDamagedError(f"{self.path(name)}: {exc}") from None
 
     # --- models and inputs ---
 
@@ -174,12 +303,13 @@ class Store:
         wanted: dict[str, set[str]] = {}
         for shard, image_id in zip(shards, image_ids):
             wanted.setdefault(shard, set()).add(image_id)
+        plan = self.plan
         found: dict[str, torch.Tensor] = {}
         for shard, ids in wanted.items():
-            if shard not in self.plan:
+            if shard not in plan:
                 raise KeyError(f"{self.uri}: shard {shard!r} is not in {layout.PLAN}")
             inputs = {input_id(row_id) for row_id in ids}
-            for record in read_shard(self.plan[shard]):
+            for record in read_shard(plan[shard], on_duplicate_id=self.settings.get("on_duplicate_id", "suffix")):
                 if record.image_id in inputs and record.data is not None:
                     rows = decoding.decode_rows(record.data, resolution=resolution, channels=channels, aligner=aligner)
                     for row_id, decoded in zip(decoding.row_ids(record.image_id, rows), rows):
@@ -196,10 +326,14 @@ def open_store(uri: str) -> Store:
     store = Store(uri)
     if not store.files:
         fs, path = fsspec.core.url_to_fs(uri)
-        what = "does not exist" if not fs.exists(path) else "has no finished shards (is this a latentmill store?)"
+        if not fs.exists(path):
+            what = "does not exist"
+        elif store.read_bytes(layout.PLAN) is not None or store.read_bytes(layout.LEGACY_PLAN) is not None:
+            what = "is a latentmill store without finished shards yet (its run has not finished a shard)"
+        else:
+            what = "holds no latentmill store (no plan, no finished shards)"
         raise StoreNotFoundError(f"{uri} {what}; make one with `latentmill invert --output {uri} ...`")
     return store
-
 
 
 def read_latents(uri: str, *, columns: Iterable[str] | None = None) -> pd.DataFrame:

@@ -32,3 +32,17 @@ class TableSpec:
         return {"name": self.name, "version": self.version, "metadata_key": METADATA_KEY.decode(),
                 "columns": [{"name": name, "type": str(dtype), "nullable": nullable, "description": text}
                             for name, dtype, nullable, text in self.columns]}
+
+    def names(self) -> list[str]:
+        return [name for name, *_ in self.columns]
+
+    def metadata(self, schema: pa.Schema) -> dict[str, Any]:
+        """The `latentmill` metadata of a file of this table; ValueError naming what it is otherwise."""
+        raw = (schema.metadata or {}).get(METADATA_KEY)
+        meta = json.loads(raw) if raw else {}
+        if meta.get("schema") != self.name:
+            raise ValueError(f"not a latentmill {self.name} table (its metadata names {meta.get('schema')!r})")
+        if int(meta.get("schema_version", -1)) > self.version:
+            raise ValueError(f"a {self.name} table of schema version {meta.get('schema_version')}, newer than this "
+                             f"latentmill reads ({self.version}); upgrade latentmill")
+        return meta

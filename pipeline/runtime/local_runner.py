@@ -1,0 +1,65 @@
+"""Running a store's shards in this process, one after another, without Ray.
+
+The same shard processor, the same accounting (pipeline/runtime/shard_book.py) and the same
+orchestration (jobs/invert.py) as the Ray runner; only the pool is missing. For small jobs where
+starting Ray costs more than the work, and for tests of everything around the pool.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from pipeline.data.sources import ShardSpec
+from pipeline.runtime.config import InvertConfig
+from pipeline.runtime.ray_runner import progress_bars
+from pipeline.runtime.shard_book import RunSummary, ShardBook
+from pipeline.store.store_lock import StoreClaimLostError
+from pipeline.store.writer import ShardWriter
+
+
+def run_shards_here(config: InvertConfig, shards: list[ShardSpec], summary: RunSummary, book: ShardBook,
+                    shard_writer: ShardWriter, *, processor_class: type | None = None, models: Any = None,
+                    precisions: dict[str, str] | None = None, recipe_models: dict[str, str | None] | None = None,
+                    started: float | None = None) -> RunSummary:
+    """Process `shards` here with one processor (a fresh one after a shard failure); fills `summary`."""
+    from pipeline.runtime.shard_processor import ShardFailure, ShardProcessor
+
+    started = time.perf_counter() if started is None else started
+    cls = processor_class or ShardProcessor
+
+    def new_processor():
+        processor = cls(config, shard_writer, "cpu", models, None, precisions, recipe_models)
+        book.started(processor.ready())
+        return processor
+
+    processor = new_processor()
+    if processor.batch_note:
+        print(f"latentmill: {processor.batch_note}", file=sys.stderr)
+    summary.batch_size = processor.batch_size
+    summary.startup_seconds = time.perf_counter() - started
+    start = time.perf_counter()
+    bar, image_bar = progress_bars(config, shards)
+    for spec in shards:
+        attempt = 1
+        while True:
+            try:
+                entry = processor.process(spec, attempt)
+            except StoreClaimLostError:
+                raise
+            except Exception as exc:  # a shard's failure: retried, then recorded (as on Ray)
+                if isinstance(exc, ShardFailure):
+                    processor = new_processor()
+                if book.failed(spec, attempt, exc, worker_died=False):
+                    attempt += 1
+                    continue
+                break
+            book.done(entry)
+            image_bar.update(entry["rows"])
+            break
+        bar.update(1)
+    bar.close()
+    image_bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
