@@ -30,6 +30,7 @@ from pipeline.models.fingerprint import fingerprint
 from pipeline.models.network_record import NetworkRecord
 from pipeline.models.nvlabs_pickle import load_nvlabs_pickle, network_records
 from pipeline.models.pickle_globals import pickle_globals
+from pipeline.models.pretrained_encoder import PretrainedEncoder, is_encoder_file, read_encoder_file
 from pipeline.models.stylegan2 import Discriminator, Generator, uninitialized_weights
 from pipeline.models.stylegan3 import StyleGAN3Generator
 from pipeline.models.torch_weights import load_weights
@@ -38,6 +39,7 @@ from pipeline.uris import local_path
 
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {"Generator": Generator, "StyleGAN3Generator": StyleGAN3Generator,
                                                "Discriminator": Discriminator, "Encoder": Encoder,
+                                               "PretrainedEncoder": PretrainedEncoder,
                                                "EmbeddingNet": EmbeddingNet, "FlowPrior": FlowPrior}
 GENERATORS = (Generator, StyleGAN3Generator)
 
@@ -86,15 +88,16 @@ TORCH_FILE_GLOBALS = {("collections", "OrderedDict"), ("torch._utils", "_rebuild
                       ("torch", name) for name in _TORCH_STORAGES}
 
 
-def _torch_file_pickles(data: bytes) -> list[io.BytesIO]:
-    """The pickle streams of a torch.save file: data.pkl of a zip, or the 4 leading pickles of a legacy file."""
-    if data[:4] == b"PK\x03\x04":
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+def _torch_file_pickles(data: bytes | Path) -> list[io.BytesIO]:
+    """The pickle streams of a torch.save file (its bytes, or the path of a zip-format file): data.pkl of a
+    zip (read alone, not the tensors beside it), or the 4 leading pickles of a legacy file."""
+    if isinstance(data, Path) or data[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(data if isinstance(data, Path) else io.BytesIO(data)) as archive:
             return [io.BytesIO(archive.read(n)) for n in archive.namelist() if n.endswith("data.pkl")]
     return [io.BytesIO(data)] * 4  # legacy: magic, protocol, sys_info, then the object, back to back
 
 
-def _refuse_unlisted_globals(data: bytes, *, source: str) -> None:
+def _refuse_unlisted_globals(data: bytes | Path, *, source: str) -> None:
     try:
         names = [g for stream in _torch_file_pickles(data) for g in pickle_globals(stream)]
     except (ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
@@ -106,34 +109,26 @@ def _refuse_unlisted_globals(data: bytes, *, source: str) -> None:
                 "for torch checkpoints, and loading it could run arbitrary code")
 
 
-def _torch_load_restricted(data: bytes, *, source: str) -> Any:
+def _torch_load_restricted(data: bytes | Path, *, source: str) -> Any:
+    """A torch.save file as data: its globals checked against the allow-list first (nothing runs); a
+    zip-format file at a path is memory-mapped, not read whole first."""
     _refuse_unlisted_globals(data, source=source)
-    return load_weights(data, source=source, safe_globals=[argparse.Namespace])
+    return load_weights(data, source=source, safe_globals=[argparse.Namespace], mmap=isinstance(data, Path))
 
 
 def _rosinality_records(obj: Any, *, source: str) -> tuple[dict[str, NetworkRecord], dict[str, Any]]:
     if not isinstance(obj, Mapping) or not any(k in obj for k in ("g_ema", "g")):
         keys = sorted(obj) if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(f"{source}: a torch checkpoint without 'g_ema' or 'g' generator weights ({keys})")
+        raise CheckpointError(f"{source}: a torch checkpoint without 'g_ema' or 'g' generator weights ({keys}); "
+                              "latentmill reads NVlabs and rosinality generators, latentmill bundles, and the "
+                              "encoders of pSp, e4e and ReStyle")
     args = obj.get("args")
     records, info = {}, {"args": vars(args) if isinstance(args, argparse.Namespace) else None}
     for theirs, ours in (("g_ema", "G_ema"), ("g", "G")):
         if theirs not in obj:
             continue
-        state = obj[theirs]
-        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{source}: '{theirs}' is not a state dict of tensors")
-        kwargs = rosinality.infer_architecture(state, args, source=source)
-        mapped = rosinality.to_latentmill(state, kwargs["img_resolution"], kwargs["mapping_kwargs"]["num_layers"],
-                                          source=source)
-        latent_avg = obj.get("latent_avg")
-        if isinstance(latent_avg, torch.Tensor) and latent_avg.numel() == kwargs["w_dim"]:
-            mapped["mapping.w_avg"] = latent_avg.reshape(-1).float()
-            info["w_avg_source"] = "latent_avg"
-        else:  # as rosinality's mean_latent(): the mean of mapped samples (fixed seed: reproducible)
-            mapped["mapping.w_avg"] = _estimate_w_avg(kwargs, mapped)
-            info["w_avg_source"] = f"estimated from {W_AVG_SAMPLES} samples"
-        records[ours] = NetworkRecord("Generator", kwargs, mapped)
+        records[ours], info["w_avg_source"] = rosinality.generator_record(obj[theirs], obj.get("latent_avg"), args,
+                                                                          source=source, name=theirs)
     if isinstance(args, argparse.Namespace):
         info["layout"] = "rosinality/stylegan2-pytorch, train.py checkpoint"
     elif set(obj) <= {"g_ema", "g", "d", "latent_avg"}:
@@ -144,17 +139,6 @@ def _rosinality_records(obj: Any, *, source: str) -> tuple[dict[str, NetworkReco
     if skipped:
         info["not_loaded"] = skipped  # rosinality's discriminator layout is not supported
     return records, info
-
-
-W_AVG_SAMPLES = 4096
-
-
-@torch.no_grad()
-def _estimate_w_avg(kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> torch.Tensor:
-    G = Generator(**kwargs)
-    G.load_state_dict({**state, "mapping.w_avg": torch.zeros(G.w_dim)}, strict=True)
-    z = torch.randn(W_AVG_SAMPLES, G.z_dim, generator=torch.Generator().manual_seed(0))
-    return G.mapping(z)[:, 0].mean(dim=0)
 
 
 def read_state_dict(uri: str, *, setting: str, cache_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
@@ -187,8 +171,8 @@ def read_checkpoint(uri: str, *, setting: str = "checkpoint", cache_dir: str | P
         if head[:1] == b"\x80" and head[8:9] != b"{" and _TORCH_LEGACY_MAGIC not in head:
             f.seek(0)
             return _nvlabs_checkpoint(f, uri)
-        data = head + f.read()
-    kind = sniff_format(data, source=uri)
+        data = None if head[:4] == b"PK\x03\x04" else head + f.read()  # a torch zip file is mapped, not read
+    kind = "torch-zip" if data is None else sniff_format(data, source=uri)
     if kind == "pickle":
         return _nvlabs_checkpoint(io.BytesIO(data), uri)
     if kind == "safetensors":
@@ -196,8 +180,21 @@ def read_checkpoint(uri: str, *, setting: str = "checkpoint", cache_dir: str | P
         origin = info.get("converted_from")
         return Checkpoint(uri, "latentmill-bundle", records, info,
                           "latentmill bundle" + (f" (converted from {origin})" if origin else ""))
-    records, info = _rosinality_records(_torch_load_restricted(data, source=uri), source=uri)
+    obj = _torch_load_restricted(Path(path) if data is None else data, source=uri)
+    if is_encoder_file(obj):
+        records, info = read_encoder_file(obj, source=uri)
+        return Checkpoint(uri, info["family"], records, info, info["layout"])
+    records, info = _rosinality_records(obj, source=uri)
     return Checkpoint(uri, "rosinality", records, info, info["layout"])
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    """No NaN or infinity in `tensor`: its min and max in one pass (NaN propagates into both), without
+    materialising a mask as large as a 1 GB checkpoint."""
+    if tensor.numel() == 0 or not tensor.is_floating_point():
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 def build_network(record: NetworkRecord, *, source: str, name: str = "network") -> nn.Module:
@@ -211,7 +208,7 @@ def build_network(record: NetworkRecord, *, source: str, name: str = "network") 
     if cls is None:
         raise CheckpointError(f"{source}: {name} has unsupported class {record.class_name!r}")
     try:
-        with uninitialized_weights():
+        with uninitialized_weights(), torch.device("meta" if getattr(cls, "BUILT_ON_META", False) else "cpu"):
             module = cls(**record.init_kwargs)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: cannot build {name} from its recorded arguments: {exc}") from None
@@ -230,11 +227,11 @@ def build_network(record: NetworkRecord, *, source: str, name: str = "network") 
         if tuple(tensor.shape) != tuple(own[key].shape):
             raise CheckpointError(f"{source}: {name}.{key} has shape {list(tensor.shape)}, expected "
                                   f"{list(own[key].shape)}")
-        if not tensor.is_floating_point():
-            raise CheckpointError(f"{source}: {name}.{key} holds {tensor.dtype} values, expected floating point")
+        if tensor.is_floating_point() != own[key].is_floating_point():
+            raise CheckpointError(f"{source}: {name}.{key} holds {tensor.dtype} values, expected {own[key].dtype}")
         state[key] = tensor.to(own[key].dtype).contiguous()
-    if not all(bool(torch.isfinite(t).all()) for t in state.values()):
-        bad = next(k for k, t in state.items() if not torch.isfinite(t).all())
+    if not all(_finite(t) for t in state.values()):
+        bad = next(k for k, t in state.items() if not _finite(t))
         raise CheckpointError(f"{source}: {name}.{bad} contains NaN or infinite values")
     module.load_state_dict(state, strict=True, assign=True)
     if record.expected_fingerprint and fingerprint(module) != record.expected_fingerprint:
@@ -279,6 +276,10 @@ def describe_checkpoint(uri: str, *, cache_dir: str | Path | None = None) -> dic
                                  "init_kwargs": module.init_kwargs,
                                  "parameters": sum(p.numel() for p in module.parameters()),
                                  "fingerprint": fingerprint(module)}
+        if isinstance(module, PretrainedEncoder):
+            entry.update(family=module.family, encoder_type=module.encoder_type, num_ws=module.num_ws,
+                         w_dim=module.w_dim, output_size=module.img_resolution, input_size=module.resolution,
+                         iterations=ckpt.info.get("iterations"))
         if isinstance(module, GENERATORS):
             entry.update(num_ws=module.num_ws, w_dim=module.w_dim, z_dim=module.z_dim, c_dim=module.c_dim,
                          img_resolution=module.img_resolution, img_channels=module.img_channels,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import GeneratorMismatchError
-from pipeline.models.encoder import Encoder, load_encoder
+from pipeline.models.encoder import AnyEncoder, encoder_from_records, load_encoder
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.stylegan2 import Discriminator, Generator
 from pipeline.priors.load import Prior, load_prior
@@ -25,7 +25,7 @@ from pipeline.stages.identity import IdentityModel
 @dataclass
 class ModelSet:
     G: Generator
-    E: Encoder | None = None
+    E: AnyEncoder | None = None
     prior: Prior | None = None  # the gaussianized prior or a flow
     perceptual: nn.Module | None = None
     identity: IdentityModel | None = None
@@ -65,10 +65,15 @@ def load_model_set(generator: str, *, device: str | torch.device = "cpu", encode
     perceptual: 'lpips', 'discriminator' or 'none'; identity_model None loads no identity model;
     generator_fingerprint: the fingerprint the generator must have (a store's recorded one).
     """
-    from pipeline.models.checkpoints import generator_of, load_networks
+    from pipeline.models.checkpoints import build_network, generator_of, read_checkpoint
+    from pipeline.uris import absolute
 
     device = torch.device(device)
-    networks = load_networks(generator, device=device, setting=generator_setting)
+    ckpt = read_checkpoint(generator, setting=generator_setting)
+    # the generator and its discriminator; an encoder in the same file (a pSp/e4e/ReStyle checkpoint given
+    # as both --generator and --encoder) is built from the same read, not read again
+    wanted = [name for name in ckpt.records if name != "E"]
+    networks = {name: build_network(ckpt.records[name], source=generator, name=name).to(device) for name in wanted}
     G = generator_of(networks, source=generator)
     if generator_fingerprint is not None and fingerprint(G) != generator_fingerprint:
         raise GeneratorMismatchError(
@@ -76,6 +81,9 @@ def load_model_set(generator: str, *, device: str | torch.device = "cpu", encode
             f"{fingerprint(G)[:16]}..., the store recorded {generator_fingerprint[:16]}...); give the original "
             "with --generator")
     models = ModelSet(G=G, D=networks.get("D"), names={"perceptual": "none", "identity": "none"})
+    if encoder is not None and "E" in ckpt.records and absolute(encoder) == absolute(generator):
+        models.E = encoder_from_records(ckpt.records, generator=G, source=generator, generator_is_decoder=True).to(device)
+        encoder = None
     return add_models(models, encoder=encoder, prior=prior, perceptual=perceptual, lpips_weights=lpips_weights,
                       identity_model=identity_model, facenet_weights=facenet_weights)
 

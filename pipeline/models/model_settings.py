@@ -32,8 +32,9 @@ class PerceptualSettings:
 
 @dataclass(kw_only=True)
 class IdentitySettings:
-    identity_model: str = setting("facenet", "Identity embedding: 'facenet' (InceptionResnetV1, for faces) or the "
-                                             "URI of a latentmill EmbeddingNet bundle (from train-identity; the "
-                                             "demo bundle carries one for emoji).")
+    identity_model: str = setting("facenet", "Identity embedding: 'facenet' (InceptionResnetV1, for faces), "
+                                             "'arcface:PATH' (ArcFace IR-SE50, model_ir_se50.pth: the score the "
+                                             "inversion papers report), or the URI of a latentmill EmbeddingNet "
+                                             "bundle (from train-identity; the demo bundle carries one for emoji).")
     facenet_weights: str | None = setting(None, "URI of FaceNet VGGFace2 weights for identity scores (default: "
                                                 "facenet-pytorch's cache file).")

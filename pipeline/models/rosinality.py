@@ -23,7 +23,8 @@ import torch
 
 from pipeline.errors import CheckpointError
 from pipeline.models.resample import make_filter
-from pipeline.models.stylegan2 import DEFAULT_RESAMPLE_FILTER
+from pipeline.models.network_record import NetworkRecord
+from pipeline.models.stylegan2 import DEFAULT_RESAMPLE_FILTER, Generator
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -153,3 +154,30 @@ def to_rosinality(state: Mapping[str, torch.Tensor], resolution: int, n_mlp: int
         out[f"convs.{2 * k}.conv.blur.kernel"] = kernel.clone()
         out[f"to_rgbs.{k}.upsample.kernel"] = kernel.clone()
     return out
+
+
+W_AVG_SAMPLES = 4096
+
+
+def generator_record(state: Any, latent_avg: Any = None, args: Any = None, *, source: str,
+                     name: str = "g_ema") -> tuple[NetworkRecord, str]:
+    """A latentmill Generator record from a rosinality generator state dict, with w_avg from `latent_avg`
+    (rosinality keeps it outside the state dict) or, without one, estimated as rosinality's mean_latent()
+    does (a fixed seed: reproducible); returns the record and where w_avg came from."""
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{source}: '{name}' is not a state dict of tensors")
+    kwargs = infer_architecture(state, args, source=source)
+    mapped = to_latentmill(state, kwargs["img_resolution"], kwargs["mapping_kwargs"]["num_layers"], source=source)
+    if isinstance(latent_avg, torch.Tensor) and latent_avg.numel() == kwargs["w_dim"]:
+        mapped["mapping.w_avg"] = latent_avg.reshape(-1).float()
+        return NetworkRecord("Generator", kwargs, mapped), "latent_avg"
+    mapped["mapping.w_avg"] = _estimate_w_avg(kwargs, mapped)
+    return NetworkRecord("Generator", kwargs, mapped), f"estimated from {W_AVG_SAMPLES} samples"
+
+
+@torch.no_grad()
+def _estimate_w_avg(kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> torch.Tensor:
+    G = Generator(**kwargs)
+    G.load_state_dict({**state, "mapping.w_avg": torch.zeros(G.w_dim)}, strict=True)
+    z = torch.randn(W_AVG_SAMPLES, G.z_dim, generator=torch.Generator().manual_seed(0))
+    return G.mapping(z)[:, 0].mean(dim=0)

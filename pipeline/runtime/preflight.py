@@ -126,8 +126,17 @@ def with_absolute_paths(config: InvertConfig) -> InvertConfig:
     """Local paths made absolute: the store records them, and a store must read from any directory."""
     changes = {name: absolute(getattr(config, name)) for name in LOCAL_URI_SETTINGS if getattr(config, name)}
     if config.identity_model != "facenet":
-        changes["identity_model"] = absolute(config.identity_model)
+        changes["identity_model"] = identity_with_absolute_path(config.identity_model)
     return dataclasses.replace(config, **changes)
+
+
+def identity_with_absolute_path(spec: str) -> str:
+    """An --identity-model whose path is absolute: 'arcface:PATH' keeps its prefix."""
+    from pipeline.stages.identity import ARCFACE_PREFIX
+
+    if spec.startswith(ARCFACE_PREFIX):
+        return ARCFACE_PREFIX + absolute(spec[len(ARCFACE_PREFIX):])
+    return spec if spec == "arcface" else absolute(spec)
 
 
 TRAINING_URI_SETTINGS = ("data", "real_images", "generator", "backbone_weights", "lpips_weights", "output",

@@ -35,6 +35,7 @@ from pipeline.data.sources import InputRecord, ShardSpec, read_shard
 from pipeline.errors import LatentmillError
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.model_set import load_model_set
+from pipeline.models.pretrained_encoder import INPUT_SIZE, PretrainedEncoder
 from pipeline.precision import device_kind, resolve_precision
 from pipeline.priors.load import exact_latent, prior_kind
 from pipeline.runtime.batch_size import (MAX_AUTO_BATCH, actor_memory_bytes, check_batch, largest_batch,
@@ -54,6 +55,19 @@ def load_models(config: InvertConfig, device: torch.device) -> InversionModels:
                           lpips_weights=config.lpips_weights,
                           identity_model=config.identity_model if "identity" in config.stages else None,
                           facenet_weights=config.facenet_weights)
+
+
+def encoder_description(E: Any, iterations: int) -> dict[str, Any]:
+    """What a store records of its encoder: its kind, its input preprocessing and (ReStyle) iterations."""
+    if E is None:
+        return {}
+    if isinstance(E, PretrainedEncoder):
+        return {"encoder_kind": f"{E.family}:{E.encoder_type}",
+                "encoder_input": f"{INPUT_SIZE} px RGB in [-1, 1] (bilinear, antialiased, from the decoded image); "
+                                 "unknown pixels set to 0",
+                "encoder_iterations": iterations if E.iterative else None}
+    return {"encoder_kind": "latentmill", "encoder_input": "the decoded image and its mask of known pixels",
+            "encoder_iterations": None}
 
 
 class BatchSizeError(LatentmillError, ValueError):
@@ -127,6 +141,7 @@ class ShardProcessor:
         metadata = {
             "generator": config.generator, "generator_fingerprint": self.generator_fingerprint,
             "encoder": config.encoder, "encoder_fingerprint": fingerprint(self.models.E) if self.models.E else None,
+            **encoder_description(self.models.E, config.encoder_iterations),
             "prior": config.prior, "prior_generator_fingerprint": self.generator_fingerprint if config.prior else None,
             "prior_kind": prior_kind(self.models.prior) if self.models.prior is not None else None,
             "prior_fingerprint": fingerprint(self.models.prior) if self.models.prior is not None else None,

@@ -73,7 +73,7 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
     if "encode" in settings.stages and models.E is not None:
         stage("encode")
         with torch.no_grad():
-            ws = encode(models.E, images, masks).float()
+            ws = encode(models.E, images, masks, iterations=settings.encoder_iterations, generator=G).float()
         recon = _render(G, ws, NOISE_MODE)
         out["w_encoded"] = _np(ws)
         out["mse_encoded"] = _np(masked_mse(recon, images, masks))

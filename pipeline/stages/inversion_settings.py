@@ -41,3 +41,5 @@ class InversionSettings(RefineSettings):
     stages: tuple[str, ...] = setting(STAGES, "Comma-separated stages to run, from encode,refine,compress,identity.",
                                       choices=STAGES)
     tau: float = setting(3.0, "Compression threshold in units of sigma.", above=0)
+    encoder_iterations: int = setting(5, "Iterations of a ReStyle encoder (each one batched generator pass; "
+                                         "ReStyle's default 5); other encoders ignore it.", minimum=1)
