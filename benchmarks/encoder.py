@@ -29,10 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="autocast for the forward pass")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--channel-max", type=int, help="cap the generator's channels (a tiny network for smoke "
+                        "runs; default: the official configuration's)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    G = official_generator(args.resolution).to(device).requires_grad_(False)
+    G = official_generator(args.resolution, channel_max=args.channel_max).to(device).requires_grad_(False)
     rows = []
     print(f"# {machine_description(device)}", file=sys.stderr)
     print("| backbone | measure | batch | value |")

@@ -44,13 +44,19 @@ STYLEGAN3_CONFIGS = {
 }
 
 
-def official_generator(resolution: int, arch: str = "stylegan2") -> Generator | StyleGAN3Generator:
+def official_generator(resolution: int, arch: str = "stylegan2", *,
+                       channel_max: int | None = None) -> Generator | StyleGAN3Generator:
+    """`channel_max`: fewer channels than the official network's, at any resolution: a tiny network for smoke
+    runs, not a figure."""
     torch.manual_seed(0)
     if arch in STYLEGAN3_CONFIGS:
+        narrow = {} if channel_max is None else {"channel_max": channel_max}
         return StyleGAN3Generator(z_dim=512, w_dim=512, img_resolution=resolution, img_channels=3,
-                                  **STYLEGAN3_CONFIGS[arch]).eval()
+                                  **STYLEGAN3_CONFIGS[arch] | narrow).eval()
+    synthesis = (OFFICIAL_CONFIGS[resolution] if channel_max is None
+                 else OFFICIAL_CONFIGS.get(resolution, OFFICIAL_CONFIGS[256]) | {"channel_max": channel_max})
     return Generator(z_dim=512, w_dim=512, img_resolution=resolution, img_channels=3,
-                     mapping_kwargs={"num_layers": 8}, synthesis_kwargs=OFFICIAL_CONFIGS[resolution]).eval()
+                     mapping_kwargs={"num_layers": 8}, synthesis_kwargs=synthesis).eval()
 
 
 def measure(G: Generator, batch: int, dtype: str, fused: bool, backward: bool, device: torch.device,
@@ -132,7 +138,7 @@ def load_time_rows(official_repo: str, pickle_path: str | None, repeats: int) ->
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resolutions", default="256,1024", help="comma-separated, from 256/512/1024")
+    parser.add_argument("--resolutions", default="256,1024", help="comma-separated, from 256/512/1024 (any with --channel-max, or StyleGAN3)")
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
     parser.add_argument("--dtypes", default="fp32,bf16", help="fp32, bf16 and/or fp16 (autocast)")
     parser.add_argument("--modes", default="fused,unfused", help="modulated-conv implementations to compare "
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-images", type=int, default=10**9,
                         help="skip settings whose batch exceeds this (keeps CPU runs short)")
     parser.add_argument("--json", dest="json_path", help="also write the results here")
+    parser.add_argument("--channel-max", type=int, help="cap every layer's channels (tiny networks for smoke runs; "
+                        "default: the official configuration's)")
     parser.add_argument("--load-official-repo", help="measure checkpoint load time against this official export "
                                                      "(NVlabs/stylegan2-ada-pytorch) instead of throughput")
     parser.add_argument("--load-pickle", help="the NVlabs pickle to load (default: a 1024 px one made by the official code)")
@@ -165,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|")
     for arch in args.archs.split(","):
         for res in map(int, args.resolutions.split(",")):
-            G = official_generator(res, arch).to(device).requires_grad_(False)
+            G = official_generator(res, arch, channel_max=args.channel_max).to(device).requires_grad_(False)
             modes = args.modes.split(",") if arch == "stylegan2" else ["fused"]
             for batch in map(int, args.batch_sizes.split(",")):
                 if batch > args.max_images:

@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--official-cuda-plugins", action="store_true", help="with --official-repo: let the official "
                         "code build its CUDA kernels (default: its reference ops, as on a CPU)")
     parser.add_argument("--batches", default="1,2,4", help="with --official-repo: latentmill batch sizes timed")
-    parser.add_argument("--repeats", type=int, default=3, help="with --official-repo: interleaved timing repeats")
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats of each run length (with "
+                        "--official-repo: interleaved across methods)")
+    parser.add_argument("--channel-max", type=int, help="cap the generator's channels (a tiny network for smoke "
+                        "runs; default: the official configuration's)")
     parser.add_argument("--equal-images", type=int, default=4, help="with --official-repo: demo images of part 2 "
                         "(0 skips it)")
     parser.add_argument("--official-steps", type=int, default=1000, help="with --official-repo: project() steps of "
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     short, long = map(int, args.timing_steps.split(","))
     fused = {"auto": None, "fused": True, "unfused": False}[args.fused_modconv]
 
-    G = official_generator(args.resolution).to(device).requires_grad_(False)
+    G = official_generator(args.resolution, channel_max=args.channel_max).to(device).requires_grad_(False)
     with tempfile.TemporaryDirectory() as tmp:
         lpips = LPIPSLoss("vgg", str(save_random_backbone(Path(tmp) / "vgg.pth"))).to(device)
     prior = GaussianizedPrior.fit(G, num_samples=20_000, batch_size=5_000, device=device, progress=False)
@@ -101,10 +104,10 @@ def main(argv: list[str] | None = None) -> None:
                fused_modconv=fused)
 
     print(f"# {machine_description(device)}", file=sys.stderr)
-    base_step = seconds_per_step(baseline, device, short, long)
+    base_step = seconds_per_step(baseline, device, short, long, args.repeats)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    ours_step = seconds_per_step(ours, device, short, long)
+    ours_step = seconds_per_step(ours, device, short, long, args.repeats)
     memory = torch.cuda.max_memory_allocated(device) / args.batch / 2**20 if device.type == "cuda" else None
 
     base_ips = 1 / (base_step * args.baseline_steps)
@@ -139,9 +142,9 @@ def official_main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lpips = LPIPSLoss("vgg", str(save_random_backbone(Path(tmp) / "vgg.pth"))).to(device)
     print(f"# {machine_description(device)}", file=sys.stderr)
-    rows = per_step_rows(official, official_generator(args.resolution).requires_grad_(False), lpips,
-                         batches=[int(b) for b in args.batches.split(",")], precision=args.precision, short=short,
-                         long=long, repeats=args.repeats, device=device)
+    G = official_generator(args.resolution, channel_max=args.channel_max).requires_grad_(False)
+    rows = per_step_rows(official, G, lpips, batches=[int(b) for b in args.batches.split(",")],
+                         precision=args.precision, short=short, long=long, repeats=args.repeats, device=device)
     print(f"Per image-step at {args.resolution} px, {args.precision}; peak (fp32 matmul, same run): "
           f"{rows[0]['peak_gflop_per_s']:.0f} GFLOP/s\n")
     print("| method | s / image-step | GFLOP / image-step | GFLOP/s | MFU | vs official |")

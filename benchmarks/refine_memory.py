@@ -4,7 +4,8 @@ For each resolution (official architecture, random weights, LPIPS-VGG with a ran
 gaussianized prior, as `latentmill invert` refines), runs refinement at two batch sizes and takes
 the difference of the CUDA allocator's peaks per extra image; beside it, the estimate that
 `pipeline/runtime/batch_size.py` makes without running anything, and the batch `auto` would pick.
-The estimate must not be below the measurement (an auto batch must fit).
+The estimate must not be below the measurement (an auto batch must fit). With --device cpu (Linux), the
+measurement is the process's peak resident set instead, reset before each run (/proc/self/clear_refs).
 
   python -m benchmarks.refine_memory --resolutions 256,1024 --batches 2,6 --precision fp32
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -28,9 +30,19 @@ from pipeline.runtime.batch_size import actor_memory_bytes, largest_batch, refin
 from pipeline.stages.refine import refine
 
 
+def _status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS: now, VmHWM: the peak), in KiB."""
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
 def peak_bytes(G, lpips, prior, batch: int, precision: str, device: torch.device) -> int:
     targets = torch.rand(batch, 3, G.img_resolution, G.img_resolution, device=device) * 2 - 1
     init = G.w_avg.expand(batch, G.num_ws, -1).clone()
+    if device.type != "cuda":  # the peak resident set, reset to the current one first ("5": Linux 4.0+)
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_kib("VmRSS")
+        refine(G, targets, init, steps=2, perceptual=lpips, prior=prior, precision=precision)
+        return (_status_kib("VmHWM") - base) * 1024
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
@@ -45,9 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resolutions", default="256,1024")
     parser.add_argument("--batches", default="2,6", help="the two batch sizes measured (small,large)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu: peak resident set instead of the CUDA allocator's peak")
+    parser.add_argument("--channel-max", type=int, help="cap the generator's channels (a tiny network for smoke "
+                        "runs; default: the official configuration's)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
-    device = torch.device("cuda")
+    device = torch.device(args.device)
     precision, why = resolve_precision(args.precision, device)
     print(f"# {machine_description(device)}; precision {precision} ({why})")
     small, large = map(int, args.batches.split(","))
@@ -57,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| resolution | measured MiB / image | estimated MiB / image | estimate / measured | auto batch |")
     print("|---|---|---|---|---|")
     for resolution in map(int, args.resolutions.split(",")):
-        G = official_generator(resolution).to(device).requires_grad_(False)
+        G = official_generator(resolution, channel_max=args.channel_max).to(device).requires_grad_(False)
         prior = GaussianizedPrior.fit(G, num_samples=20_000, batch_size=5_000, device=device, progress=False)
         measured = (peak_bytes(G, lpips, prior, large, precision, device)
                     - peak_bytes(G, lpips, prior, small, precision, device)) / (large - small)

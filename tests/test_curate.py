@@ -93,7 +93,7 @@ def test_curate_resumes_an_interrupted_search_and_reuses_unchanged_results(plant
 
     cfg = CurateConfig(store=planted_store, block_size=16)
     saved = {}
-    real_save = curation._save_search
+    real_save = curation.save_search
 
     def save_then_die(uri, key, rows, progress):  # the first checkpoint is the last thing this run does
         real_save(uri, key, rows, progress)
@@ -102,11 +102,11 @@ def test_curate_resumes_an_interrupted_search_and_reuses_unchanged_results(plant
 
     monkeypatch.setattr(curation, "near_duplicate_pairs",
                         lambda *a, **k: near_duplicate_pairs(*a, **{**k, "progress_every_s": 0}))
-    monkeypatch.setattr(curation, "_save_search", save_then_die)
+    monkeypatch.setattr(curation, "save_search", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         curate_job.run(cfg)
     assert saved["next_row"] == 16 and (Path(planted_store) / layout.SEARCH_PROGRESS).exists()
-    monkeypatch.setattr(curation, "_save_search", real_save)
+    monkeypatch.setattr(curation, "save_search", real_save)
     result = CliRunner().invoke(main, ["curate", planted_store, "--block-size", "16", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "resuming the near-duplicate search at row 16 of 200" in result.output
@@ -117,3 +117,92 @@ def test_curate_resumes_an_interrupted_search_and_reuses_unchanged_results(plant
     assert set(flags.index[flags["duplicate"]]) == {"img050", "img150"}
     again = CliRunner().invoke(main, ["curate", planted_store, "--block-size", "16", "--device", "cpu"])
     assert "its inputs are unchanged since the last run; reusing" in again.output
+
+
+@pytest.fixture(scope="module")
+def inverted_store(tmp_path_factory):
+    """A store of real inverted latents: the demo encoder's W+ of the demo sample (96 emoji), mixed three
+    at a time (with a little noise, in the prior's whitened space) into 12,000 rows, with near-duplicates
+    planted at cosines above and below the threshold 0.95."""
+    from pipeline.data.image_pool import load_image_pool
+    from pipeline.demo import DemoBundle
+    from pipeline.models.checkpoints import load_generator
+    from pipeline.models.encoder import encode, load_encoder
+    from pipeline.priors.load import load_prior
+
+    bundle = DemoBundle.locate()
+    G = load_generator(bundle.generator)
+    prior, E = load_prior(bundle.prior, generator=G), load_encoder(bundle.encoder, generator=G)
+    images = load_image_pool(bundle.sample, resolution=G.img_resolution).images
+    with torch.no_grad():
+        real = encode(E, images)  # [96, num_ws, w_dim]
+        g = torch.Generator().manual_seed(0)
+        sources = prior.whiten(real)  # [96, num_ws, w_dim]
+        pick = torch.randint(0, len(real), (12_000, 3), generator=g)
+        weights = torch.distributions.Dirichlet(torch.ones(3)).sample((12_000,))
+        mixed = (weights[:, :, None, None] * sources[pick]).sum(dim=1)
+        mixed += 0.5 * torch.randn(mixed.shape, generator=g) * sources.std()
+        ws = prior.unwhiten(mixed)
+        whitened = prior.whiten(ws).flatten(1)
+        planted = {}
+        for k, rho in enumerate([0.9999] * 20 + [0.995] * 20 + [0.975] * 20 + [0.96] * 20 + [0.94] * 20):
+            i, j = k, 11_000 + k  # row j becomes row i's copy at cosine rho
+            base = whitened[i]
+            noise = torch.randn(base.shape, generator=g)
+            noise -= (noise @ base) / (base @ base) * base
+            c = rho * base + (1 - rho**2) ** 0.5 * noise * base.norm() / noise.norm()
+            ws[j] = prior.unwhiten(c.reshape(ws.shape[1:]))
+            planted[(i, j)] = rho
+    store = synthetic_store(tmp_path_factory.mktemp("inverted"), G, prior, ws)
+    return store, planted
+
+
+def _pairs(store: str, search: str) -> set[tuple[int, int]]:
+    from pipeline.stages.store_curation import find_pairs
+    from pipeline.store.writer import claim
+    from jobs.curate import CurateConfig
+
+    with claim(store) as writer:
+        cfg = CurateConfig(store=store, search=search, progress=False, device="cpu")
+        models = writer.load_models("cpu", prior=True)
+        _, pairs, info = find_pairs(writer, cfg, f"test-{search}", torch.device("cpu"), models)
+    assert info["search"] == search
+    return set(zip(pairs.first.tolist(), pairs.second.tolist()))
+
+
+def test_the_approximate_search_finds_what_the_exact_one_finds_on_inverted_latents(inverted_store):
+    store, planted = inverted_store
+    exact, approximate = _pairs(store, "exact"), _pairs(store, "approximate")
+    above = {pair for pair, rho in planted.items() if rho >= 0.95}
+    below = {pair for pair, rho in planted.items() if rho < 0.95}
+    assert above <= exact and not below & exact  # the reference sees the planted cosines
+    assert above <= approximate, sorted(above - approximate)  # every planted pair above the threshold
+    assert not below & approximate
+    recall = len(exact & approximate) / len(exact)
+    precision = len(exact & approximate) / len(approximate)
+    assert recall >= 0.95 and precision >= 0.95, (recall, precision, len(exact), len(approximate))
+
+
+def test_auto_searches_exactly_while_it_is_cheap_and_approximately_beyond():
+    from jobs.curate import CurateConfig
+    from pipeline.stages.store_curation import choose_search
+
+    cfg, cpu = CurateConfig(store="s"), torch.device("cpu")
+    assert choose_search(cfg, 10_000, 512, cpu) == "exact"
+    assert choose_search(cfg, 1_000_000, 512, cpu) == "approximate"
+    assert choose_search(cfg, 50_000, 18 * 512, cpu) == "approximate"  # FFHQ's W+: memory decides
+    assert choose_search(CurateConfig(store="s", search="exact"), 10**7, 512, cpu) == "exact"
+
+
+def test_curate_flags_the_same_rows_with_the_approximate_search(planted_store):
+    import pandas as pd
+
+    flags = {}
+    for search in ("exact", "approximate"):
+        result = CliRunner().invoke(main, ["curate", planted_store, "--search", search, "--device", "cpu",
+                                           "--no-progress"])
+        assert result.exit_code == 0, result.output
+        flags[search] = pd.read_parquet(Path(planted_store) / layout.FLAGS).set_index("image_id")
+    columns = ["duplicate", "duplicate_group", "duplicate_of", "outlier", "flagged"]
+    pd.testing.assert_frame_equal(flags["exact"][columns], flags["approximate"][columns])
+    assert flags["approximate"].loc["img050", "duplicate_of"] == "img020"

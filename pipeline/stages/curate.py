@@ -1,8 +1,9 @@
 """Curation: flag what should not be in a dataset (methods.md, section 4), pure torch and numpy.
 
 - outliers: prior NLL above a percentile of the store (far from what the generator considers typical);
-- near-duplicates: cosine similarity of whitened latents (or identity embeddings) above a threshold,
-  searched blockwise so a million rows never build the full N x N matrix;
+- near-duplicates: cosine similarity of whitened latents (or identity embeddings) above a threshold:
+  exactly (blockwise, so no N x N matrix is built) for small stores and as the reference, through an
+  approximate index at scale (pipeline/stages/similarity_search.py);
 - bad reconstructions: MSE or perceptual distance above a percentile, identity cosine below a bound.
 """
 
@@ -10,32 +11,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
-
-@dataclass
-class DuplicatePairs:
-    """Pairs i < j with cosine(x_i, x_j) >= threshold."""
-
-    first: np.ndarray  # int64 [P]
-    second: np.ndarray  # int64 [P]
-    cosine: np.ndarray  # float32 [P]
+from pipeline.stages.similarity_search import DuplicatePairs, SearchProgress
 
 
 BLOCK_ELEMENTS = 2**28  # similarities held at once by default: 1 GiB of float32
-
-
-@dataclass
-class SearchProgress:
-    """A partial near-duplicate search: every pair (i, j) with i < next_row is in `pairs`."""
-
-    next_row: int
-    pairs: DuplicatePairs
-
 
 def near_duplicate_pairs(features: torch.Tensor, threshold: float, *, block_size: int | None = None,
                          max_pairs: int = 10_000_000, resume: SearchProgress | None = None,
@@ -89,19 +75,13 @@ def near_duplicate_pairs(features: torch.Tensor, threshold: float, *, block_size
 
 def duplicate_groups(n: int, pairs: DuplicatePairs) -> np.ndarray:
     """Connected components of the duplicate graph: group id per row (its smallest member's index)."""
-    parent = np.arange(n)
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in zip(pairs.first.tolist(), pairs.second.tolist()):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(a) for a in range(n)], dtype=np.int64)
+    if not len(pairs):
+        return np.arange(n, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs.first, pairs.second)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    smallest = np.full(labels.max() + 1, n, dtype=np.int64)
+    np.minimum.at(smallest, labels, np.arange(n, dtype=np.int64))
+    return smallest[labels]
 
 
 def percentile_rank(values: np.ndarray) -> np.ndarray:

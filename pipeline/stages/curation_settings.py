@@ -7,6 +7,7 @@ from dataclasses import MISSING, dataclass
 from pipeline.settings import DeviceSettings, LatentColumnSettings, ProgressSettings, check_settings, setting
 
 DUPLICATE_FEATURES = ("latent", "identity")
+SEARCHES = ("auto", "exact", "approximate")
 
 
 @dataclass(kw_only=True)
@@ -25,7 +26,11 @@ class CurateConfig(LatentColumnSettings, DeviceSettings, ProgressSettings):
                                                  "reconstructions.", above=0, maximum=100)
     min_identity: float | None = setting(None, "Rows whose identity cosine is below this are bad reconstructions "
                                                "(default: not tested).", minimum=-1, maximum=1)
-    block_size: int | None = setting(None, "Rows per block of the duplicate search; memory is block x rows "
+    search: str = setting("auto", "Near-duplicate search: exact (every pair, blockwise: small stores, and the "
+                                  "reference), approximate (a faiss index over 128-d projections, pairs near the "
+                                  "threshold decided exactly: near-linear, for large stores), or auto (exact while it "
+                                  "takes minutes and fits in memory).", choices=SEARCHES)
+    block_size: int | None = setting(None, "Rows per block of the exact duplicate search; memory is block x rows "
                                            "similarities (default: about 2^28 of them, 1 GiB: 4,096 rows up to 65k "
                                            "rows, 256 at 1M).", minimum=1)
 
