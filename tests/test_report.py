@@ -134,3 +134,22 @@ def test_svg_histograms_count_every_finite_value():
     logged = line_chart_svg({"s": [(1.0, 1.0, "a"), (1000.0, 0.5, "b")]}, title="c", x_label="x", y_label="y",
                             log_x=True)
     assert "x (log scale)" in logged and ">1e+03<" in logged
+
+
+def test_the_report_of_a_large_store_reads_a_sample_and_the_exact_extremes(report_store, monkeypatch):
+    """Stores past SAMPLE_ROWS rows: histograms from a uniform sample, worst rows and counts from all rows."""
+    from pipeline.report import report_rows
+    from pipeline.store.store import open_store
+
+    store = open_store(report_store["uri"])
+    everything = report_rows.collect(store)
+    assert not everything.sampled and everything.rows == len(report_store["expected"])
+    small = report_rows.collect(store, sample_rows=5, worst=3)
+    assert small.sampled and 0 < len(small.sample) < small.rows  # about 5 of the rows, chosen by a hash of the id
+    assert small.rows == everything.rows and small.ok == everything.ok
+    frame = read_latents(report_store["uri"])
+    ok = frame[frame["status"] == "ok"].sort_values("mse", ascending=False)
+    assert small.worst["image_id"].tolist() == ok["image_id"].head(3).tolist()  # exact, over every row
+    assert small.error_rows["image_id"].tolist() == sorted(frame.loc[frame["status"] != "ok", "image_id"])[:50]
+    again = report_rows.collect(store, sample_rows=5, worst=3)
+    assert again.sample["image_id"].tolist() == small.sample["image_id"].tolist()  # the same rows every run

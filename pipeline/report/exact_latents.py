@@ -11,31 +11,25 @@ import html
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from scipy.stats import chi2
 
-from pipeline.store.schema import latent_array
+from pipeline.report.report_rows import ZStats
 
 Z_SPACES = {"flow": "the flow prior's exact latent (flow.to_latent(w); flow.from_latent(z) gives w back)",
             "mapping": "the generator's own z (G.mapping.inverse(w); G.mapping(z) gives w back)"}
 
 
-def exact_latent_section(ok: pd.DataFrame, meta: dict[str, Any]) -> str | None:
-    """HTML for the rows' z column, or None when the store has none."""
-    if "z" not in ok or not ok["z"].notna().any():
+def exact_latent_section(z: ZStats | None, meta: dict[str, Any]) -> str | None:
+    """HTML for the rows' z column (statistics made over every row by report_rows.collect), or None when
+    the store has none."""
+    if z is None or not z.rows:
         return None
-    rows = ok[ok["z"].notna()]
-    z = latent_array(rows, "z", meta["latent_shape"])
-    dof = int(np.prod(z.shape[1:]))
-    norm = (z.astype(np.float64) ** 2).reshape(len(z), -1).sum(axis=1)
-    low, high = chi2.ppf([0.01, 0.99], dof)
-    atypical = rows.assign(ratio=norm / dof)[(norm < low) | (norm > high)].sort_values("ratio", ascending=False)
-    listing = "".join(f"<tr><td>{html.escape(str(r.image_id))}</td><td>{r.ratio:.2f}</td></tr>"
-                      for r in atypical.head(10).itertuples())
+    dof, low, high = z.dof, z.low, z.high
+    listing = "".join(f"<tr><td>{html.escape(str(image_id))}</td><td>{ratio:.2f}</td></tr>"
+                      for ratio, image_id in z.atypical if ratio * dof < low or ratio * dof > high)
     space = meta.get("z_space") or "flow"
     far = ("<p>Most rows lie outside it: their latents are far from the mapped latents the map was fitted "
            "on (usual for W+ inversions), where z extrapolates steeply, so rank rows by it rather than sample "
-           "around them.</p>" if len(atypical) > len(rows) / 2 else "")
+           "around them.</p>" if z.outside > z.rows / 2 else "")
     back = ("flow = store.load_models(prior=True).prior          # the store's flow\n"
             "ws = flow.from_latent(torch.tensor(rows.z[0]))      # the refined w of row 0, exactly"
             if space == "flow" else
@@ -46,9 +40,9 @@ def exact_latent_section(ok: pd.DataFrame, meta: dict[str, Any]) -> str | None:
         f"<p>The <code>z</code> column holds {html.escape(Z_SPACES.get(space, space))} of each refined latent. "
         f"In-domain latents have standard normal z, so |z|<sup>2</sup> over a row's {dof} values is about {dof}; "
         f"the middle 98% of such rows lie between {low:.0f} and {high:.0f}.</p>"
-        f"<table><tr><th>rows with z</th><td>{len(rows)}</td></tr>"
-        f"<tr><th>median |z|<sup>2</sup> / {dof}</th><td>{np.median(norm) / dof:.3f}</td></tr>"
-        f"<tr><th>outside the middle 98%</th><td>{len(atypical)} ({len(atypical) / len(rows):.0%})</td></tr></table>"
+        f"<table><tr><th>rows with z</th><td>{z.rows:,}</td></tr>"
+        f"<tr><th>median |z|<sup>2</sup> / {dof}</th><td>{np.median(z.ratios) if z.ratios else float('nan'):.3f}</td></tr>"
+        f"<tr><th>outside the middle 98%</th><td>{z.outside:,} ({z.outside / z.rows:.0%})</td></tr></table>"
         + far + (f"<p>The least typical rows (|z|<sup>2</sup> / {dof}):</p><table><tr><th>image</th><th>ratio</th></tr>"
            f"{listing}</table>" if listing else "")
         + "<p>Use it where a standard normal coordinate helps: sample near a row "

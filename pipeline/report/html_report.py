@@ -22,6 +22,7 @@ from PIL import Image
 from pipeline.devices import resolve_device
 from pipeline.report.exact_latents import exact_latent_section
 from pipeline.report.images import ImageRow, ReportImages, fmt, image_table
+from pipeline.report.report_rows import collect, with_latents
 from pipeline.report.in_domain import SEED as IN_DOMAIN_SEED
 from pipeline.report.in_domain import in_domain_check, store_inversion_settings
 from pipeline.report.svg_charts import histogram_svg, line_chart_svg
@@ -100,8 +101,11 @@ def _curve(store: Store, models: ModelSet, rows: pd.DataFrame,
     meta = store.metadata
     if not meta.get("prior"):
         return "<p>No prior was used for this store, so there is no compression curve.</p>", []
-    if "w_refined" not in rows or rows.empty:
+    if "w_refined" not in rows or rows.empty or rows["w_refined"].isna().all():
         return "<p>No refined latents, so there is no compression curve.</p>", []
+    if "identity" not in store.settings.get("stages", ()):
+        return ("<p>The store's run scored no identity (no identity stage), so there is no identity-vs-prior "
+                "curve.</p>"), []
     try:
         store.add_models(models, prior=True, identity=True)  # the report's G, not loaded again
         prior, identity, name = models.prior, models.identity, models.names["identity"]
@@ -239,27 +243,31 @@ def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, ge
         bar.update(1)
 
     images = ReportImages(opened, self_contained=self_contained)
-    frame = opened.to_pandas().sort_values("image_id", kind="stable").reset_index(drop=True)
+    collected = collect(opened, worst=sheet_size)
+    frame = collected.sample  # every row of a small store; a uniform sample of a large one
     G = models.G
     ok = frame[frame["status"] == "ok"]
-    errors = frame[frame["status"] != "ok"]
     step("read the store")
 
-    sample = worst = curve_rows = ok.head(0)
+    sample = curve_rows = ok.head(0)
     if not ok.empty:
         pick = np.random.default_rng(0).choice(len(ok), size=min(sheet_size, len(ok)), replace=False)
         sample = ok.iloc[np.sort(pick)]
-        worst = ok.sort_values("mse", ascending=False).head(sheet_size) if "mse" in ok else ok.head(0)
         pick = np.random.default_rng(1).choice(len(ok), size=min(curve_images, len(ok)), replace=False)
         curve_rows = ok.iloc[np.sort(pick)]
+    worst = collected.worst
     curated = _read_flags(opened)
     shown = [sample, worst]
-    if meta.get("prior") and "w_refined" in ok:  # otherwise _curve draws nothing
+    has_refined = "w_refined" in opened.schema.names
+    if meta.get("prior") and has_refined:  # otherwise _curve draws nothing
         shown.append(curve_rows)
+    flagged = ok.head(0)
     if curated is not None:
         outliers, duplicates = _flagged_rows(curated[0], sheet_size)
-        shown.append(ok[ok["image_id"].isin(set(outliers["image_id"]) | set(duplicates["image_id"])
-                                            | set(duplicates["duplicate_of"]))])
+        ids = set(outliers["image_id"]) | set(duplicates["image_id"]) | set(duplicates["duplicate_of"])
+        flags = curated[0]
+        flagged = flags[flags["image_id"].isin(ids)][["image_id", "shard"]]
+        shown.append(flagged)
     shown_rows = pd.concat(shown).drop_duplicates("image_id")
     inputs = opened.read_inputs(shown_rows["shard"].tolist(), shown_rows["image_id"].tolist()) if len(shown_rows) else {}
     step("decode inputs")
@@ -270,7 +278,7 @@ def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, ge
                                   ("The worst reconstructions (highest MSE)", "worst", worst)):
             if rows.empty:
                 continue
-            labelled, tiles = sheet_rows(G, meta, rows, _stack(inputs, rows["image_id"]))
+            labelled, tiles = sheet_rows(G, meta, with_latents(opened, rows), _stack(inputs, rows["image_id"]))
             sections.append((name, title, f'<h2 id="{name}">{title}</h2><p>Each row: an input and its '
                              "reconstructions from each stored latent; click a picture for its full size.</p>"
                              + image_table(labelled, tiles, images, name)))
@@ -283,14 +291,16 @@ def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, ge
 
     charts = _histograms(frame, meta)
     if charts:
-        sections.append(("metrics", "Metrics", '<h2 id="metrics">Metrics</h2><div class="charts">'
+        of = (f"<p>From a uniform sample of {len(frame):,} of the store's {collected.rows:,} rows.</p>"
+              if collected.sampled else "")
+        sections.append(("metrics", "Metrics", '<h2 id="metrics">Metrics</h2>' + of + '<div class="charts">'
                          + "".join(charts) + "</div>"))
 
-    exact = exact_latent_section(ok, meta)
+    exact = exact_latent_section(collected.z, meta)
     if exact:
         sections.append(("exact-latents", "Exact latents (z)", exact))
 
-    chart, points = _curve(opened, models, curve_rows, inputs)
+    chart, points = _curve(opened, models, with_latents(opened, curve_rows, ["w_refined"]), inputs)
     table = ""
     if points:
         table = "<table><tr><th>method</th><th>tau / psi</th><th>prior NLL</th><th>identity cosine</th>" \
@@ -306,17 +316,22 @@ def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, ge
     step("compression curve")
 
     if curated is not None:
-        sections.append(("curation", "Curation", _curation_section(G, meta, ok, *curated, inputs, sheet_size, images)))
+        rows = with_latents(opened, flagged.merge(frame.drop(columns="shard"), on="image_id", how="left"))
+        sections.append(("curation", "Curation", _curation_section(G, meta, rows, *curated, inputs, sheet_size,
+                                                                   images)))
     rebalanced = _rebalance_section(opened, meta["img_resolution"], images)
     if rebalanced:
         sections.append(("rebalancing", "Rebalancing", rebalanced))
 
-    if not errors.empty:
-        reasons = errors["error"].fillna("?").str.split(":", n=1).str[0].value_counts()
+    if collected.error_reasons:
+        errors = collected.error_rows
         listing = "".join(f"<tr><td>{html.escape(str(r.image_id))}</td><td>{html.escape(str(r.error))}</td></tr>"
-                          for r in errors.head(50).itertuples())
-        sections.append(("errors", "Errors", '<h2 id="errors">Errors</h2>' + _table(list(reasons.items())) +
-                         f"<table><tr><th>image</th><th>error</th></tr>{listing}</table>"))
+                          for r in errors.itertuples())
+        more = sum(collected.error_reasons.values()) - len(errors)
+        sections.append(("errors", "Errors", '<h2 id="errors">Errors</h2>' + _table(list(collected.error_reasons.items()))
+                         + f"<table><tr><th>image</th><th>error</th></tr>{listing}</table>"
+                         + (f"<p>... and {more:,} more (the store's error rows: <code>status = 'error'</code>).</p>"
+                            if more > 0 else "")))
 
     settings = meta.get("settings", {})
     models_table = [("generator", meta.get("generator")), ("encoder", meta.get("encoder")),
@@ -327,7 +342,7 @@ def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, ge
                      + _table(models_table) + _table([(k, _setting_text(v)) for k, v in sorted(settings.items())])))
 
     manifest = opened.summary()
-    verdict = verdict_block(frame, meta, manifest, opened.finished, list((manifest or {}).get("shards_failed", [])),
+    verdict = verdict_block(collected, meta, manifest, opened.finished, list((manifest or {}).get("shards_failed", [])),
                             domain_line, toy_caption(meta, _is_demo_generator(opened)))
     contents = " · ".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title, _ in sections)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>latentmill report: {html.escape(store)}</title>

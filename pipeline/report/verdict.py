@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.report.report_rows import ReportRows
 from pipeline.stages.identity import FACENET_NAME, identity_band
 
 TOY_RESOLUTION = 64  # at or below this, reconstructions are blurry whatever the pipeline does
@@ -20,10 +21,10 @@ def _median(frame: pd.DataFrame, column: str) -> float | None:
     return float(frame[column].median()) if column in frame and frame[column].notna().any() else None
 
 
-def headline(frame: pd.DataFrame, meta: dict[str, Any]) -> str:
-    """One sentence: how many rows worked and the median quality figures."""
-    ok = frame[frame["status"] == "ok"]
-    parts = [f"{len(ok)} of {len(frame)} images inverted ({len(ok) / max(len(frame), 1):.0%})"]
+def headline(rows: ReportRows, meta: dict[str, Any]) -> str:
+    """One sentence: how many rows worked and the median quality figures (of the report's sample)."""
+    ok = rows.sample[rows.sample["status"] == "ok"]
+    parts = [f"{rows.ok:,} of {rows.rows:,} images inverted ({rows.ok / max(rows.rows, 1):.0%})"]
     figures = []
     for column, name in (("mse", "MSE"), ("perceptual", f"perceptual ({meta.get('perceptual_metric', '?')})"),
                          ("id_cosine_refined", "identity cosine")):
@@ -38,20 +39,20 @@ def headline(frame: pd.DataFrame, meta: dict[str, Any]) -> str:
     return "; ".join(parts) + "."
 
 
-def verdict_block(frame: pd.DataFrame, meta: dict[str, Any], manifest: dict[str, Any] | None,
+def verdict_block(rows: ReportRows, meta: dict[str, Any], manifest: dict[str, Any] | None,
                   shard_entries: dict[str, dict[str, Any]], failed_shards: list[str], in_domain: str | None,
                   toy_caption: str | None) -> str:
     """manifest: STORE/manifest.json (the last run's summary) or None; shard_entries: each finished
     shard's manifest entry (when and how long it ran), for stores whose last run did not finish."""
     settings = meta.get("settings", {})
-    errors = frame[frame["status"] != "ok"]
     items = []
-    stages = ", ".join(settings.get("stages", [])) or "?"
-    items.append(f"<b>What ran</b>: {html.escape(stages)} on <code>{html.escape(str(settings.get('input', '?')))}"
+    stages = settings.get("stages", [])
+    refined = (f"precision {html.escape(str(settings.get('precision', '?')))}, {settings.get('steps', '?')} "
+               "refinement steps." if "refine" in stages else "no refinement.")
+    items.append(f"<b>What ran</b>: {html.escape(', '.join(stages) or '?')} on "
+                 f"<code>{html.escape(str(settings.get('input', '?')))}"
                  f"</code> with <code>{html.escape(str(meta.get('generator', '?')))}</code> "
-                 f"({meta.get('img_resolution', '?')} px, W+ {meta.get('latent_shape', '?')}), "
-                 f"precision {html.escape(str(settings.get('precision', '?')))}, {settings.get('steps', '?')} "
-                 "refinement steps.")
+                 f"({meta.get('img_resolution', '?')} px, W+ {meta.get('latent_shape', '?')}), " + refined)
     last = (manifest or {}).get("last_run") or {}
     if not last and shard_entries:
         finished = [e["finished_at"] for e in shard_entries.values() if e.get("finished_at")]
@@ -67,10 +68,9 @@ def verdict_block(frame: pd.DataFrame, meta: dict[str, Any], manifest: dict[str,
                      f"after a start-up of {last.get('startup_seconds', 0):.1f} s "
                      f"({last.get('shards_processed', 0)} shards run, {last.get('shards_skipped', 0)} already done).")
     problems = []
-    if not errors.empty:
-        reasons = errors["error"].fillna("?").str.split(":", n=1).str[0].value_counts()
-        problems.append(f"{len(errors)} error rows (" + ", ".join(f"{n} {html.escape(r)}" for r, n in reasons.items())
-                        + "; listed under Errors)")
+    if rows.error_reasons:
+        problems.append(f"{sum(rows.error_reasons.values()):,} error rows (" + ", ".join(
+            f"{n:,} {html.escape(r)}" for r, n in rows.error_reasons.items()) + "; listed under Errors)")
     if failed_shards:
         problems.append(f"{len(failed_shards)} shards failed after retries ({html.escape(', '.join(failed_shards[:5]))}"
                         "; rerun invert to retry them)")
@@ -79,7 +79,7 @@ def verdict_block(frame: pd.DataFrame, meta: dict[str, Any], manifest: dict[str,
         items.append(f"<b>In-domain check</b>: {in_domain}")
     listing = "".join(f"<li>{item}</li>" for item in items)
     caption = f'<p class="caption">{toy_caption}</p>' if toy_caption else ""
-    return (f'<section class="verdict"><h2>Verdict</h2><p class="headline">{html.escape(headline(frame, meta))}</p>'
+    return (f'<section class="verdict"><h2>Verdict</h2><p class="headline">{html.escape(headline(rows, meta))}</p>'
             f"<ul>{listing}</ul>{caption}</section>")
 
 

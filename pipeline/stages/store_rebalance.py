@@ -136,7 +136,9 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
     """Rebalance the groups of `store` into cfg.output; returns the summary (also written as summary.json)."""
     device = resolve_device(cfg.device)
     meta = store.metadata
-    ok = store.ok_rows(cfg.column)
+    # only the columns it uses: ids, the sidecars (meta:KEY groups) and the latents it composes from
+    latent_columns = [cfg.column] + (["w_encoded"] if cfg.method == "compose" and cfg.column != "w_encoded" else [])
+    ok = store.ok_rows(cfg.column, ["image_id", "shard", "meta", *latent_columns])
     if not meta.get("prior"):
         raise ValueError(f"{cfg.store} was made without --prior; rebalancing needs it (filter and sampling)")
     if cfg.method == "compose" and not meta.get("encoder"):
