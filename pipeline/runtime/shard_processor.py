@@ -20,6 +20,7 @@ this kind of device (pipeline/precision.py); the entry and the metadata say whic
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import time
 from dataclasses import dataclass, replace
@@ -218,7 +219,7 @@ class ShardProcessor:
         if self.problem is not None:
             raise self.problem
         start = time.perf_counter()
-        self._shard, self._finished = spec.shard_id, 0
+        self._shard, self._finished, self._compute_seconds = spec.shard_id, 0, 0.0
         self._report("decode")
         records = read_shard(spec, timeout=self.config.read_timeout, prefetch=self.config.prefetch,
                              on_duplicate_id=self.config.on_duplicate_id)
@@ -263,6 +264,8 @@ class ShardProcessor:
                  "host": socket.gethostname(), "node": _ray_node_id(), "device": str(self.device),
                  "device_kind": self.device_kind, "precision": self.precision,
                  "generator_fingerprint": self.generator_fingerprint,
+                 "compute_seconds": round(self._compute_seconds, 3),  # in the stages: busy = this / seconds
+                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         return self.writer.write(spec.shard_id, table, entry)
 
@@ -303,6 +306,7 @@ class ShardProcessor:
             out = invert_batch(self.models, self.stage_settings, images, masks, ids, on_stage=self._report)
         except Exception as exc:  # NaNs, out of memory, a model error: sorted out by the caller
             return exc
+        self._compute_seconds += time.perf_counter() - t0
         seconds = (time.perf_counter() - t0) / len(index)
         for key, values in out.items():
             if key in columns:
