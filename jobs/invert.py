@@ -73,9 +73,14 @@ def run(config: InvertConfig, *, processor_class: type | None = None, runner: Ru
 
 
 def write_summary(writer: StoreWriter, config: InvertConfig, summary: RunSummary, *, planned: int) -> None:
-    """STORE/manifest.json: the store as its manifest says (no row is read) and this run's figures."""
-    writer.reread()
+    """STORE/manifest.json: the store as its manifest says (no row is read) and this run's figures; the
+    manifest's index, when this run changed the manifest; the store's totals into `summary`."""
+    if summary.shards_done or summary.shards_failed or summary.retries or not writer.exists(layout.MANIFEST_INDEX):
+        writer.reread()
+        writer.write_manifest_index()
     manifest = writer.manifest
+    summary.store_totals = {**manifest.totals(), "error_reasons": writer.error_reasons(),
+                            "shards_failed": len(manifest.failed)}
     writer.write_json(layout.SUMMARY, {
         "input": config.input, "shards_planned": planned, "shards_finished": len(manifest.finished),
         "shards_failed": sorted(manifest.failed), **manifest.totals(), "settings": config.to_dict(),
@@ -83,6 +88,6 @@ def write_summary(writer: StoreWriter, config: InvertConfig, summary: RunSummary
         "last_run": {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "startup_seconds": round(summary.startup_seconds, 2),
                      "shards_processed": summary.shards_done, "shards_skipped": summary.shards_skipped,
-                     "retries": summary.retries, "seconds": round(summary.seconds, 2),
+                     "retries": summary.retries, "requeued_after_node_loss": summary.requeued, "seconds": round(summary.seconds, 2),
                      "images_per_second": round(summary.images_per_second, 4)},
     })

@@ -57,18 +57,22 @@ def echo_run_summary(output: str, summary) -> None:
     if summary.shards_done or summary.shards_failed:
         click.echo(f"this run:  {summary.shards_done} shards, {summary.rows} rows in {summary.seconds:.0f} s "
                    f"({summary.images_per_second:.2f} rows/s after a start-up of {summary.startup_seconds:.1f} s), "
-                   f"{summary.retries} retries" + (f", {len(summary.shards_failed)} shards failed"
-                                                   if summary.shards_failed else ""))
+                   f"{summary.retries} retries"
+                   + (f", {summary.requeued} shards run again after their node was lost" if summary.requeued else "")
+                   + (f", {len(summary.shards_failed)} shards failed" if summary.shards_failed else ""))
     else:
         click.echo(f"this run:  nothing to do, all {summary.shards_skipped} shards were already done")
-    opened = open_store(store)
-    rows = opened.count_rows()
-    reasons = opened.error_reasons()
+    totals = summary.store_totals  # the run's own read of the manifest: not read again
+    if not totals:
+        opened = open_store(store)
+        totals = {"rows": opened.count_rows(), "error_reasons": opened.error_reasons()}
+    rows, reasons = totals["rows"], totals["error_reasons"]
     errors = sum(reasons.values())
     by_reason = f" ({', '.join(f'{n} {reason}' for reason, n in reasons.items())})" if reasons else ""
     click.echo(f"the store: {rows} rows, {rows - errors} ok, {errors} errors{by_reason}")
-    click.echo(f"latents:   {link(opened.path(layout.LATENTS) + '/')}\nmanifest:  {link(opened.path(layout.SUMMARY))}")
-    click.echo(f"next:      latentmill report {store}   (then open {link(opened.path(layout.REPORT))})")
+    click.echo(f"latents:   {link(layout.join(store, layout.LATENTS) + '/')}\n"
+               f"manifest:  {link(layout.join(store, layout.SUMMARY))}")
+    click.echo(f"next:      latentmill report {store}   (then open {link(layout.join(store, layout.REPORT))})")
 
 
 @click.command()

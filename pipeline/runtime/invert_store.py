@@ -135,7 +135,7 @@ def prepare_store(writer: StoreWriter, config: InvertConfig, models: InversionMo
         for name in (layout.PLAN, layout.LEGACY_PLAN, layout.RECIPE, layout.PRECISION):
             writer.remove(name)
         writer.reread()
-    has_plan = writer.read_bytes(layout.PLAN) is not None or writer.read_bytes(layout.LEGACY_PLAN) is not None
+    has_plan = writer.exists(layout.PLAN) or writer.exists(layout.LEGACY_PLAN)
     if not has_plan:
         if writer.manifest.finished:
             raise mismatch_error(config.output, ["the store has finished shards but no plan: it was not made by "
@@ -155,7 +155,7 @@ def prepare_store(writer: StoreWriter, config: InvertConfig, models: InversionMo
         raise mismatch_error(config.output, differences)
     notes = [kept] if kept else []
     changes = compare_listing(plan, listing)
-    if _apply_changes(writer, config, plan, listing, changes, notes) or writer.read_bytes(layout.PLAN) is None:
+    if _apply_changes(writer, config, plan, listing, changes, notes) or not writer.exists(layout.PLAN):
         writer.write_table(layout.PLAN, plan.to_table(dataclasses.asdict(narrow(config, InputSettings))))
     writer.reread()
     digest = recipe_digest(stored)

@@ -29,9 +29,11 @@ class RunSummary:
     error_reasons: dict[str, int] = field(default_factory=dict)  # of this run's error rows
     seconds: float = 0.0
     retries: int = 0
+    requeued: int = 0  # shards whose actor was lost with its node: run again, not counted as retries
     startup_seconds: float = 0.0  # from the start of the run until the actors were ready
     batch_size: int | None = None  # per actor, as chosen (--batch-size auto) or given
     precisions: dict[str, str] = field(default_factory=dict)  # kind of device -> precision it ran
+    store_totals: dict[str, Any] = field(default_factory=dict)  # the whole store's rows, ok, errors by reason
 
     @property
     def images_per_second(self) -> float:
@@ -65,6 +67,10 @@ class ShardBook:
             s.error_reasons[reason] = s.error_reasons.get(reason, 0) + n
         if entry.get("device_kind"):
             self._record_precision(entry["device_kind"], entry["precision"])
+
+    def requeued(self, spec: ShardSpec) -> None:
+        """The shard's actor was lost with its node: the shard runs again elsewhere."""
+        self.summary.requeued += 1
 
     def failed(self, spec: ShardSpec, attempt: int, exc: BaseException, *, worker_died: bool) -> bool:
         """True if the shard goes back in the queue; else it is recorded as failed."""

@@ -3,6 +3,7 @@
     STORE/latents/part-<shard>.parquet    the rows, one Parquet file per input shard (nothing else here)
     STORE/manifest/<shard>.json           written after the data file (with its size and sha256): the shard is done
     STORE/manifest/<shard>.failed.json    a shard that failed after its retries
+    STORE/manifest/_index.parquet         every entry as the last run left it (read instead of 10,000 files)
     STORE/manifest.json                   a summary of the store after the last run
     STORE/plan.parquet                    the input's files and their shards (plan.json in older stores)
     STORE/store.json                      the recipe: what every row was made with
@@ -23,6 +24,7 @@ import posixpath
 
 LATENTS = "latents"
 MANIFEST = "manifest"
+MANIFEST_INDEX = "manifest/_index.parquet"  # every entry at the end of the last run (a cache: entries are the truth)
 SUMMARY = "manifest.json"
 PLAN = "plan.parquet"
 LEGACY_PLAN = "plan.json"

@@ -73,6 +73,10 @@ class Store:
     def read_bytes(self, name: str) -> bytes | None:
         return read_if_exists(self.path(name))
 
+    def exists(self, name: str) -> bool:
+        fs, path = fsspec.core.url_to_fs(self.path(name))
+        return fs.exists(path)
+
     def read_json(self, name: str) -> Any:
         """A JSON file of the store, None where it is absent; StoreDamagedError naming it where unreadable."""
         data = self.read_bytes(name)
@@ -141,7 +145,7 @@ class Store:
     @cached_property
     def input_plan(self) -> InputPlan:
         """The saved plan of the store's input (plan.parquet, or plan.json of older stores)."""
-        if self.read_bytes(layout.PLAN) is not None:
+        if self.exists(layout.PLAN):
             try:
                 return InputPlan.from_table(read_parquet(self.path(layout.PLAN), remedy=self.repair_hint))
             except (DamagedFileError, ValueError, KeyError) as exc:
@@ -328,7 +332,7 @@ def open_store(uri: str) -> Store:
         fs, path = fsspec.core.url_to_fs(uri)
         if not fs.exists(path):
             what = "does not exist"
-        elif store.read_bytes(layout.PLAN) is not None or store.read_bytes(layout.LEGACY_PLAN) is not None:
+        elif store.exists(layout.PLAN) or store.exists(layout.LEGACY_PLAN):
             what = "is a latentmill store without finished shards yet (its run has not finished a shard)"
         else:
             what = "holds no latentmill store (no plan, no finished shards)"

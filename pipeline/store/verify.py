@@ -192,7 +192,7 @@ def verify_store(uri: str, *, full: bool = True, defaults: dict[str, Any] | None
 
 
 def _has_plan(store: Store) -> bool:
-    return store.read_bytes(layout.PLAN) is not None or store.read_bytes(layout.LEGACY_PLAN) is not None
+    return store.exists(layout.PLAN) or store.exists(layout.LEGACY_PLAN)
 
 
 def _duplicate_ids(store: Store, hashes: np.ndarray, shards: list[str]) -> list[str]:

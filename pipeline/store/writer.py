@@ -26,6 +26,7 @@ import fsspec
 import pyarrow as pa
 
 from pipeline.store import layout
+from pipeline.store.manifest import index_table
 from pipeline.store.parquet_files import parquet_bytes, sha256
 from pipeline.store.store import Store
 from pipeline.store.store_lock import StoreClaim, StoreClaimLostError, claim_store, holds_claim
@@ -58,6 +59,10 @@ class StoreWriter(Store):
     def remove(self, name: str) -> bool:
         self.claim.check()
         return remove_if_exists(self.path(name))
+
+    def write_manifest_index(self) -> None:
+        """Write manifest/_index.parquet from the entries as they are now (see pipeline/store/manifest.py)."""
+        self.write_table(layout.MANIFEST_INDEX, index_table(self.uri))
 
     def shard_writer(self, recipe: str | None) -> ShardWriter:
         """What workers write finished shards with; `recipe`: the digest each entry records."""
