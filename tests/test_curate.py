@@ -206,3 +206,26 @@ def test_curate_flags_the_same_rows_with_the_approximate_search(planted_store):
     columns = ["duplicate", "duplicate_group", "duplicate_of", "outlier", "flagged"]
     pd.testing.assert_frame_equal(flags["exact"][columns], flags["approximate"][columns])
     assert flags["approximate"].loc["img050", "duplicate_of"] == "img020"
+
+
+def test_the_feature_file_returns_the_rows_written_by_range_and_by_sorted_index(tmp_path):
+    from pipeline.stages.similarity_search import FeatureFile
+
+    values = np.random.default_rng(0).standard_normal((70_000, 8)).astype(np.float16)
+    features = FeatureFile(tmp_path / "f.f16", len(values), 8)
+    for lo in range(0, len(values), 30_000):
+        features.write(lo, values[lo : lo + 30_000])
+    picked = np.sort(np.random.default_rng(1).choice(len(values), 500, replace=False))
+    np.testing.assert_array_equal(features[65_000:70_000], values[65_000:])
+    np.testing.assert_array_equal(features[picked], values[picked])
+    assert features[5:5].shape == (0, 8) and features.shape == values.shape
+    features.close()
+
+
+def test_each_rows_bad_reasons_are_joined_in_order_and_null_without_one():
+    from pipeline.stages.store_curation import _joined_reasons
+
+    reasons = [("mse", np.array([1, 0, 1, 0], bool)), ("perceptual", np.array([1, 0, 0, 0], bool)),
+               ("identity", np.array([0, 0, 1, 1], bool))]
+    assert _joined_reasons(reasons, 4).to_pylist() == ["mse,perceptual", None, "mse,identity", "identity"]
+    assert _joined_reasons([], 2).to_pylist() == [None, None]

@@ -4,8 +4,10 @@ The exact search (pipeline/stages/curate.py `near_duplicate_pairs`) compares eve
 other: N^2 D work, ten days at 10M rows on two cores, and its features (10M x 18 x 512 whitened W+)
 fit no machine. At scale:
 1. Each row's features are projected to `PROJECTED_DIM` dimensions by a fixed, seeded random
-   orthonormal map (Johnson-Lindenstrauss) and normalised, written shard by shard to a memory-mapped
-   file (N x 128 float16: 2.6 GB on disk at 10M rows, nothing held in memory). For a pair of cosine
+   orthonormal map (Johnson-Lindenstrauss) and normalised, written batch by batch to a file
+   (`FeatureFile`, N x 128 float16: 2.6 GB on disk at 10M rows) read back a range at a time with
+   positional reads: neither held in memory nor mapped into the process, so its pages are the kernel's
+   cache, never the process's resident memory. For a pair of cosine
    rho, the projected cosine errs by about (1 - rho^2) / sqrt(128): 0.009 at rho = 0.95, while
    unrelated pairs (near-orthogonal) stay about 11 standard deviations below any threshold.
 2. faiss indexes them (`IVF{n}_HNSW32,SQ8`, inner product): an inverted file of about LIST_SIZE rows
@@ -23,6 +25,7 @@ On a GPU without faiss's GPU build, step 2 is the exact blockwise search over th
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -95,6 +98,39 @@ class RandomProjection:
         return torch.nn.functional.normalize(x, dim=1)
 
 
+class FeatureFile:
+    """Rows of float16 features in a file, written and read by row range (os.pwrite/os.pread): the
+    approximate search's input at any N, with nothing but the current range in the process's memory."""
+
+    def __init__(self, path: str | os.PathLike, rows: int, dim: int) -> None:
+        self.shape = (rows, dim)
+        self.row_bytes = dim * np.dtype(np.float16).itemsize
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(self.fd, rows * self.row_bytes)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def write(self, first_row: int, values: np.ndarray) -> None:
+        data = np.ascontiguousarray(values, dtype=np.float16).tobytes()
+        os.pwrite(self.fd, data, first_row * self.row_bytes)
+
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        """A range of rows (a slice with step 1) or the rows of a sorted index array, as float16."""
+        if isinstance(rows, slice):
+            lo, hi, step = rows.indices(self.shape[0])
+            if step != 1:
+                raise ValueError("FeatureFile reads contiguous ranges only")
+            data = os.pread(self.fd, (hi - lo) * self.row_bytes, lo * self.row_bytes) if hi > lo else b""
+            return np.frombuffer(data, dtype=np.float16).reshape(max(0, hi - lo), self.shape[1])
+        rows = np.asarray(rows, dtype=np.int64)
+        picked = [self[lo:hi][rows[(rows >= lo) & (rows < hi)] - lo] for lo, hi in _batches(self.shape[0], 65_536)]
+        return np.concatenate(picked) if picked else np.zeros((0, self.shape[1]), np.float16)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def projection_band(threshold: float, projected_dim: int, exact: bool) -> float:
     """How far a projected (and quantised) cosine may stray from the exact one, near `threshold`."""
     if exact:
@@ -107,12 +143,12 @@ def _batches(n: int, size: int, start: int = 0) -> Iterator[tuple[int, int]]:
         yield lo, min(n, lo + size)
 
 
-def approximate_pairs(features: np.ndarray, radius: float, *, batch_size: int = 16_384,
+def approximate_pairs(features: np.ndarray | FeatureFile, radius: float, *, batch_size: int = 16_384,
                       resume: SearchProgress | None = None,
                       on_progress: Callable[[SearchProgress], None] | None = None, progress_every_s: float = 60.0,
                       on_rows: Callable[[int], None] | None = None, max_pairs: int = 50_000_000,
                       seed: int = 0) -> DuplicatePairs:
-    """Every pair i < j of unit rows of `features` [N, d] (float16 or float32, memory-mapped is fine)
+    """Every pair i < j of unit rows of `features` [N, d] (float16 or float32, an array or a FeatureFile)
     whose inner product the index finds at least `radius`, with that inner product. Resumable as the
     exact search is: `on_progress` gets SearchProgress every `progress_every_s` seconds."""
     import faiss

@@ -6,7 +6,7 @@ claim. Memory stays flat in the number of rows but for a few numbers per row:
 - pass 1 reads each batch's latent (or, with `--duplicates-by identity`, the inputs' identity
   embeddings), computes the prior NLL and the features of the near-duplicate search, and keeps the
   scalar metrics. Small stores keep the full features and search exactly (blockwise, the reference);
-  larger ones write projected features to a memory-mapped file and search through an approximate
+  larger ones write projected features to a file (read back a range at a time) and search through an approximate
   index (pipeline/stages/similarity_search.py), on the GPU as an exact search over those;
 - pass 2 (approximate search only) re-reads just the rows of pairs whose projected cosine lies near
   the threshold, and decides them by their exact cosine.
@@ -15,6 +15,7 @@ The search saves its progress as it goes, so a killed run resumes where it stopp
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import tempfile
@@ -32,8 +33,9 @@ from pipeline.devices import resolve_device
 from pipeline.models.model_set import ModelSet
 from pipeline.stages.curate import above_percentile, duplicate_groups, near_duplicate_pairs, percentile_rank
 from pipeline.stages.curation_settings import CurateConfig
-from pipeline.stages.similarity_search import (DuplicatePairs, RandomProjection, SearchProgress, approximate_pairs,
-                                              exact_cosines, projection_band, split_by_band)
+from pipeline.stages.similarity_search import (DuplicatePairs, FeatureFile, RandomProjection, SearchProgress,
+                                              approximate_pairs, exact_cosines, projection_band, split_by_band)
+from pipeline.runtime.heap import release_free_heap
 from pipeline.store import layout
 from pipeline.store.flags_schema import FLAGS_VERSION, flags_schema
 from pipeline.store.store import Store
@@ -114,8 +116,8 @@ class FeatureSource:
         return (ws - self.models.G.w_avg.to(ws.device)).flatten(1)
 
 
-def _ok_batches(store: Store, cfg: CurateConfig, rows: set[int] | None = None):
-    """(first row index, ok-row arrow batch) of the store, in order; rows: only batches holding these."""
+def _ok_batches(store: Store, cfg: CurateConfig, rows: np.ndarray | None = None):
+    """(first row index, ok-row arrow batch) of the store, in order; rows (sorted): only batches holding these."""
     nll_column = NLL_COLUMNS[cfg.column]
     columns = ["image_id", "shard", "status", cfg.column, nll_column, *METRICS]
     offset = 0
@@ -124,7 +126,7 @@ def _ok_batches(store: Store, cfg: CurateConfig, rows: set[int] | None = None):
         batch = batch.filter(ok)
         if batch.num_rows == 0:
             continue
-        if rows is None or any(offset <= r < offset + batch.num_rows for r in rows):
+        if rows is None or np.searchsorted(rows, offset + batch.num_rows) > np.searchsorted(rows, offset):
             yield offset, batch
         offset += batch.num_rows
 
@@ -138,7 +140,7 @@ def _latents(store: Store, batch: pa.RecordBatch, column: str, device: torch.dev
 
 
 def read_ok_rows(store: Store, cfg: CurateConfig, features_of: FeatureSource, device: torch.device,
-                 projected: np.memmap | None, projection: RandomProjection | None, bar: tqdm) -> OkRows:
+                 projected: FeatureFile | None, projection: RandomProjection | None, bar: tqdm) -> OkRows:
     """Pass 1: ids, metrics and the prior NLL of every ok row; the search features, full (exact) or
     projected into `projected` (approximate)."""
     kept, nll_column = OkRows(), NLL_COLUMNS[cfg.column]
@@ -162,9 +164,10 @@ def read_ok_rows(store: Store, cfg: CurateConfig, features_of: FeatureSource, de
             if projected is None:
                 kept.features.append(features.cpu())
             else:
-                projected[offset : offset + batch.num_rows] = projection(features).cpu().numpy()
+                projected.write(offset, projection(features).cpu().numpy())
         kept.count = offset + batch.num_rows
         bar.update(batch.num_rows)
+        release_free_heap()
     return kept
 
 
@@ -172,13 +175,15 @@ def full_features(store: Store, cfg: CurateConfig, features_of: FeatureSource, d
                   wanted: set[int]) -> dict[int, torch.Tensor]:
     """Pass 2: the full search features of the ok rows numbered in `wanted` (only their batches are read)."""
     found: dict[int, torch.Tensor] = {}
-    for offset, batch in _ok_batches(store, cfg, wanted):
-        local = sorted(r - offset for r in wanted if offset <= r < offset + batch.num_rows)
-        batch = batch.take(pa.array(local))
+    rows = np.array(sorted(wanted), dtype=np.int64)
+    for offset, batch in _ok_batches(store, cfg, rows):
+        local = (rows[np.searchsorted(rows, offset) : np.searchsorted(rows, offset + batch.num_rows)] - offset).tolist()
+        batch = batch.take(pa.array(local, pa.int64()))
         ws = _latents(store, batch, cfg.column, device)
         with torch.no_grad():
             features = features_of(ws, batch.column("image_id").to_pylist(), batch.column("shard").to_pylist())
         found.update({offset + r: f.cpu() for r, f in zip(local, features)})
+        release_free_heap()
     return found
 
 
@@ -200,12 +205,12 @@ def find_pairs(store: StoreWriter, cfg: CurateConfig, key: str, device: torch.de
     dim = features_of.dim
     search = choose_search(cfg, rows, dim, device)
     bar = tqdm(total=rows, desc="curate: read rows", unit="row", disable=not cfg.progress)
-    with tempfile.TemporaryDirectory(prefix="latentmill-curate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="latentmill-curate-") as tmp, contextlib.ExitStack() as cleanup:
         projection = projected = None
         if search == "approximate":
             projection = RandomProjection(dim)
-            projected = np.lib.format.open_memmap(Path(tmp) / "features.npy", mode="w+", dtype=np.float16,
-                                                  shape=(rows, projection.out_dim))
+            projected = FeatureFile(Path(tmp) / "features.f16", rows, projection.out_dim)
+            cleanup.callback(projected.close)
         kept = read_ok_rows(store, cfg, features_of, device, projected, projection, bar)
         bar.close()
         if kept.count != rows:
@@ -224,7 +229,7 @@ def find_pairs(store: StoreWriter, cfg: CurateConfig, key: str, device: torch.de
             band = projection_band(cfg.duplicate_threshold, projection.out_dim, projection.matrix is None)
             radius = cfg.duplicate_threshold - band
             if device.type == "cuda":
-                candidates = near_duplicate_pairs(torch.from_numpy(np.asarray(projected)).to(device), radius,
+                candidates = near_duplicate_pairs(torch.from_numpy(projected[0:rows].copy()).to(device), radius,
                                                   block_size=cfg.block_size, resume=resume, on_progress=save,
                                                   on_rows=searched)
             else:
@@ -240,6 +245,17 @@ def find_pairs(store: StoreWriter, cfg: CurateConfig, key: str, device: torch.de
                         verified_pairs=len(undecided))
         bar.close()
     return kept, pairs, info
+
+
+def _joined_reasons(reasons: list[tuple[str, np.ndarray]], n: int) -> pa.Array:
+    """Each row's reasons joined by commas ("mse,identity"), null where none: each row's set of reasons as a
+    bit mask picks its text from the 2^k possible ones, with no Python object per row."""
+    mask = np.zeros(n, dtype=np.int64)
+    for bit, (_, hit) in enumerate(reasons):
+        mask |= hit.astype(np.int64) << bit
+    texts = [",".join(name for bit, (name, _) in enumerate(reasons) if combo >> bit & 1) or None
+             for combo in range(2 ** len(reasons))]
+    return pc.take(pa.array(texts, pa.string()), pa.array(mask))
 
 
 def flag_store(store: StoreWriter, cfg: CurateConfig, key: str) -> dict[str, Any]:
@@ -260,31 +276,30 @@ def flag_store(store: StoreWriter, cfg: CurateConfig, key: str) -> dict[str, Any
     duplicate = groups != np.arange(n)
 
     bad = np.zeros(n, dtype=bool)
-    reasons: list[np.ndarray] = []
+    reasons: list[tuple[str, np.ndarray]] = []
     for name, column, percentile in (("mse", "mse", cfg.mse_percentile),
                                      ("perceptual", "perceptual", cfg.perceptual_percentile)):
         values = kept.column(column)
         hit = above_percentile(values, percentile) if np.isfinite(values).any() else np.zeros(n, dtype=bool)
-        reasons.append(np.where(hit, name, ""))
+        reasons.append((name, hit))
         bad |= hit
     if cfg.min_identity is not None:
         hit = kept.column("id_cosine_refined") < cfg.min_identity
-        reasons.append(np.where(hit, "identity", ""))
+        reasons.append(("identity", hit))
         bad |= hit
-    joined = [",".join(r for r in parts if r) or None for parts in zip(*reasons)] if reasons else [None] * n
-    duplicate_of = pc.take(ids, pa.array(groups)).to_pylist()
+    duplicate_of = pc.if_else(pa.array(duplicate), pc.take(ids, pa.array(groups)), pa.scalar(None, ids.type))
     table = pa.table({
         "image_id": ids, "shard": shards,
         "prior_nll": nll.astype(np.float32), "prior_nll_percentile": percentile_rank(nll).astype(np.float32),
         "outlier": outlier, "duplicate_group": groups,
-        "duplicate_of": [d if dup else None for d, dup in zip(duplicate_of, duplicate)],
+        "duplicate_of": duplicate_of,
         "duplicate_cosine": pa.array(best, mask=np.isnan(best)),
-        "duplicate": duplicate, "bad_reconstruction": bad, "bad_reasons": joined,
+        "duplicate": duplicate, "bad_reconstruction": bad, "bad_reasons": _joined_reasons(reasons, n),
         "flagged": outlier | duplicate | bad, "schema_version": np.full(n, FLAGS_VERSION, dtype=np.int16),
     }, schema=flags_schema({"store": cfg.store, "settings": asdict(cfg), "search": search}))
     store.write_table(layout.FLAGS, table)
     summary = {"rows": n, "outliers": int(outlier.sum()), "duplicate_pairs": len(pairs),
-               "duplicates": int(duplicate.sum()), "duplicate_groups": int(len(set(groups[duplicate].tolist()))),
+               "duplicates": int(duplicate.sum()), "duplicate_groups": len(np.unique(groups[duplicate])),
                "bad_reconstructions": int(bad.sum()), "flagged": int((outlier | duplicate | bad).sum()),
                "duplicates_by": cfg.duplicates_by, "search": search, "settings": asdict(cfg)}
     store.write_json(layout.CURATION_SUMMARY, summary)
