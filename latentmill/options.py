@@ -36,12 +36,14 @@ class _IntOrWord(click.ParamType):
             self.fail(f"{value!r} is neither an integer nor {self.word!r}", param, ctx)
 
 
-def _base_type(hint: Any, default: Any = None) -> Any:
-    """str | None -> str; int | str -> an integer or the default word; tuple[int, ...] stays."""
+def _base_type(hint: Any, default: Any = None, metavar: str | None = None) -> Any:
+    """str | None -> str; int | str -> an integer or the word (the default, or the word of a metavar
+    such as N|auto); tuple[int, ...] stays."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if set(args) == {int, str} and isinstance(default, str):
-            return _IntOrWord(default)
+        word = default if isinstance(default, str) else (metavar or "").rpartition("|")[2] or None
+        if set(args) == {int, str} and word:
+            return _IntOrWord(word)
         return args[0] if len(args) == 1 else str
     return hint
 
@@ -61,7 +63,7 @@ def _parameter(f: dataclasses.Field, hint: Any) -> Callable[[Callable], Callable
     meta, name = f.metadata, option_name(f.name)
     required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-    kind = _base_type(hint, default)
+    kind = _base_type(hint, default, meta.get("metavar"))
     kwargs: dict[str, Any] = {"help": meta.get("help", "")}
     if meta.get("metavar"):
         kwargs["metavar"] = meta["metavar"]

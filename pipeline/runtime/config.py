@@ -36,7 +36,12 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
                                             "refinement fits the actor's memory with a margin (GPU: free memory "
                                             "x --num-gpus; CPU: available memory x its share of the cores), at "
                                             "most 64 on a GPU and 16 on a CPU.", metavar="N|auto")
-    concurrency: int = setting(1, "Actors (model replicas) working in parallel.", minimum=1)
+    concurrency: int | str = setting(1, "Actors (model replicas) working in parallel, at most; auto: as many as the "
+                                        "cluster's live nodes hold (--cpus-per-actor, --num-gpus), followed as nodes "
+                                        "join and leave.", metavar="N|auto")
+    placement_timeout: float = setting(600.0, "Seconds the run may go without any actor ready (none placed yet, all "
+                                              "lost with their nodes) before it stops and says what an actor needs.",
+                                       above=0)
     num_gpus: float = setting(0.0, "GPUs per actor (0 = CPU; 0.5 packs two per GPU).", minimum=0)
     cpus_per_actor: float = setting(1.0, "CPUs reserved per actor.", above=0)
     decode_threads: int = setting(4, "Decoding threads inside each actor.", minimum=1)
@@ -70,6 +75,8 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
         checks = [
             (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
              "--batch-size must be auto or at least 1"),
+            (self.concurrency == "auto" or (isinstance(self.concurrency, int) and self.concurrency >= 1),
+             "--concurrency must be auto or at least 1"),
             ("encode" not in self.stages or self.encoder is not None or "refine" in self.stages,
              "--stages encode needs --encoder (or add refine, which then starts from w_avg)"),
         ]

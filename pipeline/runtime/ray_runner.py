@@ -1,12 +1,14 @@
-"""The Ray edge of `latentmill invert`: an actor pool over shards, with retries and failure accounting.
+"""The Ray edge of `latentmill invert`: shards over a pool of actors that follows the cluster.
 
 Why Ray Core actors rather than a Ray Data pipeline: the shard is the unit of output and of resume
 (one atomic Parquet file plus a manifest entry per input shard), and a shard must be processed
 by one worker so its file is written once. Each actor holds one replica of G, E, prior, perceptual
 and identity models (loaded once in its constructor) and pins `--num-gpus`; inside a shard, inputs
-are read and decoded on CPU threads ahead of the batches. The driver keeps every actor busy,
-replaces an actor whose process died, retries a shard up to `--max-retries` times, then records it
-as failed (pipeline/runtime/shard_book.py).
+are read and decoded on CPU threads ahead of the batches. The pool (pipeline/runtime/actor_pool.py)
+hands shards only to ready actors, re-queues the shards of actors lost with their node, and grows
+when nodes join; a shard's own failure is retried up to `--max-retries` times, then recorded as failed
+(pipeline/runtime/shard_book.py). If the cluster's head stops answering, the run stops with a message
+saying so; finished shards are kept and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -22,11 +24,42 @@ from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
 from pipeline.runtime.config import InvertConfig
 from pipeline.runtime.progress_board import ProgressBoard
+from pipeline.runtime.ray_address import gcs_answers
 from pipeline.runtime.ray_init import init_ray
 from pipeline.runtime.shard_book import RunSummary, ShardBook
 from pipeline.store.writer import ShardWriter
 
 PROGRESS_POLL_S = 0.5  # how often the driver reads the rows finished inside shards in flight
+HEAD_PROBE_S = 2.0  # how often the driver checks that the cluster's head (its GCS) answers
+MAX_NODE_LOSSES = 5  # a shard lost with its node this often is a failure after all (it may be the cause)
+HEAD_LOST_S = 12.0  # no answer for this long: the cluster is gone (Ray itself gives up after 60 s, abruptly)
+
+
+class RayClusterLostError(LatentmillError):
+    """The cluster's head stopped answering during a run."""
+
+
+class HeadWatch:
+    """Probes the GCS between waits; raises RayClusterLostError once it has not answered for HEAD_LOST_S."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.last_probe = time.monotonic()
+        self.silent_since: float | None = None
+
+    def check(self, resume_hint: str) -> None:
+        now = time.monotonic()
+        if now - self.last_probe < HEAD_PROBE_S:
+            return
+        self.last_probe = now
+        alive, why = gcs_answers(self.address, timeout=1.0)
+        if alive:
+            self.silent_since = None
+            return
+        self.silent_since = self.silent_since or now
+        if now - self.silent_since >= HEAD_LOST_S:
+            raise RayClusterLostError(f"lost the Ray cluster: its head at {self.address} has not answered for "
+                                      f"{HEAD_LOST_S:g} s ({why}). {resume_hint}")
 
 
 class BoardReport:
@@ -59,86 +92,125 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     once and handed to every actor (and replacement). started: when the run began (perf_counter),
     for the start-up time in the summary (default: now, so it counts Ray and the actors only)."""
     started = time.perf_counter() if started is None else started
-    import ray
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-
-    from pipeline.runtime.shard_processor import ShardProcessor
-
     init_ray(config.address, verbose=config.verbose,
              runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::UserWarning"}})
-    Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor)(processor_class or ShardProcessor)
+    import ray
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipeline.runtime.actor_pool import ActorNeeds, ElasticPool, NoActorCanStartError
+    from pipeline.runtime.shard_processor import ShardProcessor
+
+    Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor,
+                       max_restarts=0)(processor_class or ShardProcessor)
     models_ref = ray.put(models) if models is not None else None
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    board = ray.remote(num_cpus=0)(ProgressBoard).options(scheduling_strategy=here).remote()
     report = BoardReport(board)
+    head = HeadWatch(ray.get_runtime_context().gcs_address)
+    resume_hint = "Finished shards are kept in the store: run the same command again, on a live cluster, to resume."
 
-    def new_actor() -> Any:
-        return Actor.remote(config, shard_writer, None, models_ref, report, precisions, recipe_models)
-
-    size = min(config.concurrency, max(len(shards), 1))
-    actors = [new_actor() for _ in range(size)]
+    pool = ElasticPool(
+        new_actor=lambda: Actor.remote(config, shard_writer, None, models_ref, report, precisions, recipe_models),
+        needs=ActorNeeds(config.cpus_per_actor, config.num_gpus),
+        concurrency=None if config.concurrency == "auto" else int(config.concurrency),
+        placement_timeout=config.placement_timeout)
+    queue: deque[tuple[ShardSpec, int]] = deque((spec, 1) for spec in shards)
+    running: dict[Any, tuple[Any, ShardSpec, int]] = {}
+    node_losses: dict[str, int] = {}  # shard -> times its actor was lost with its node
+    bar = image_bar = None
+    finished_rows = 0  # rows of finished shards; the board adds the rows of shards in flight
+    start = time.perf_counter()
     try:
-        started_actors = ray.get([actor.ready.remote() for actor in actors])
-    except ray.exceptions.RayTaskError as exc:  # the actors cannot work (e.g. the batch does not fit)
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
+        while queue or running:
+            head.check(resume_hint)
+            pool.fill(len(queue) + len(running))
+            while queue and (actor := pool.take_ready()) is not None:
+                spec, attempt = queue.popleft()
+                board.restart.remote(spec.shard_id)
+                running[actor.process.remote(spec, attempt)] = (actor, spec, attempt)
+            done, _ = ray.wait([*running, *pool.wait_refs()], num_returns=1, timeout=PROGRESS_POLL_S)
+            head.check(resume_hint)
+            if not done:
+                pool.check_progress()
+                if image_bar is not None and config.progress:
+                    show_in_flight(board, image_bar, finished_rows, summary, GetTimeoutError, RayActorError)
+                continue
+            ref = done[0]
+            if ref not in running:  # an actor finished starting
+                info = pool.on_ready_ref(ref)
+                if info is not None:
+                    book.started(info)
+                    if bar is None:  # the first ready actor: the run starts
+                        if info["note"]:
+                            print(f"latentmill: {info['note']}", file=sys.stderr)
+                        summary.batch_size = info["batch_size"]
+                        summary.startup_seconds = time.perf_counter() - started
+                        start = time.perf_counter()
+                        bar, image_bar = progress_bars(config, shards)
+                continue
+            actor, spec, attempt = running.pop(ref)
+            try:
+                entry = ray.get(ref)
+            except RayActorError as exc:  # the actor's process or node is gone: a replacement is requested
+                lost_with_node = isinstance(exc, ActorUnavailableError) or not pool.node_alive(actor)
+                pool.lost(actor)
+                node_losses[spec.shard_id] = node_losses.get(spec.shard_id, 0) + lost_with_node
+                if lost_with_node and node_losses[spec.shard_id] <= MAX_NODE_LOSSES:
+                    book.requeued(spec)  # costs only time: not one of the shard's retries
+                    queue.append((spec, attempt))
+                elif book.failed(spec, attempt, exc, worker_died=True):
+                    queue.append((spec, attempt + 1))
+                elif bar is not None:
+                    bar.update(1)
+                continue
+            except RayTaskError as exc:  # the shard's own failure, raised inside the actor
+                if type(exc.cause).__name__ == "StoreClaimLostError":
+                    raise exc.cause from None
+                shard_failed = type(exc.cause).__name__ == "ShardFailure"
+                if shard_failed:  # the actor's state is suspect (e.g. out of memory): a fresh one
+                    pool.lost(actor)
+                else:
+                    pool.finished(actor)
+                if book.failed(spec, attempt, exc.cause if shard_failed else exc, worker_died=False):
+                    queue.append((spec, attempt + 1))
+                elif bar is not None:
+                    bar.update(1)
+                continue
+            pool.finished(actor)
+            book.done(entry)
+            board.restart.remote(spec.shard_id)
+            finished_rows += entry["rows"]
+            if bar is not None:
+                bar.update(1)
+                image_bar.n = finished_rows
+                image_bar.set_postfix(ok=summary.ok, errors=summary.errors, refresh=False)
+                image_bar.refresh()
+    except RayTaskError as exc:  # an actor could not start (e.g. an explicit batch that does not fit)
         if isinstance(exc.cause, LatentmillError):
             raise exc.cause from None
         raise
-    for ready in started_actors:
-        book.started(ready)
-    if started_actors[0]["note"]:
-        print(f"latentmill: {started_actors[0]['note']}", file=sys.stderr)
-    summary.batch_size = started_actors[0]["batch_size"]
-    summary.startup_seconds = time.perf_counter() - started
-    queue: deque[tuple[ShardSpec, int]] = deque((spec, 1) for spec in shards)
-    running: dict[Any, tuple[Any, ShardSpec, int]] = {}
-    idle = list(actors)
-    start = time.perf_counter()
-    bar, image_bar = progress_bars(config, shards)
-    finished_rows = 0  # rows of finished shards; the board adds the rows of shards in flight
-    while queue or running:
-        while queue and idle:
-            actor = idle.pop()
-            spec, attempt = queue.popleft()
-            board.restart.remote(spec.shard_id)
-            running[actor.process.remote(spec, attempt)] = (actor, spec, attempt)
-        done, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_POLL_S if config.progress else None)
-        if not done:  # nothing finished yet: show the rows finished inside the shards in flight
-            in_flight, stage = ray.get(board.read.remote())
-            image_bar.n = finished_rows + in_flight
-            image_bar.set_postfix(stage=stage, ok=summary.ok, errors=summary.errors, refresh=False)
-            image_bar.refresh()
-            continue
-        actor, spec, attempt = running.pop(done[0])
-        try:
-            entry = ray.get(done[0])
-        except (RayActorError, ActorDiedError, ActorUnavailableError, ray.exceptions.RayTaskError) as exc:
-            died = isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
-            shard_failed = isinstance(exc, ray.exceptions.RayTaskError) and type(exc.cause).__name__ == "ShardFailure"
-            if died or shard_failed:  # the worker process is gone, or its state is suspect: a fresh one
-                ray.kill(actor, no_restart=True)
-                actor = new_actor()
-            idle.append(actor)
-            if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, LatentmillError) \
-                    and type(exc.cause).__name__ == "StoreClaimLostError":
-                raise exc.cause from None
-            if book.failed(spec, attempt, exc.cause if shard_failed else exc, worker_died=died):
-                queue.append((spec, attempt + 1))
-            else:
-                bar.update(1)
-            continue
-        idle.append(actor)
-        book.done(entry)
-        bar.update(1)
-        board.restart.remote(spec.shard_id)
-        finished_rows += entry["rows"]
-        image_bar.n = finished_rows
-        image_bar.set_postfix(ok=summary.ok, errors=summary.errors, refresh=False)
-        image_bar.refresh()
-    bar.close()
-    image_bar.close()
+    except NoActorCanStartError as exc:
+        raise LatentmillError(str(exc)) from None
+    finally:
+        for b in (bar, image_bar):
+            if b is not None:
+                b.close()
+        if not isinstance(sys.exc_info()[1], RayClusterLostError):  # a dead head takes its actors with it
+            pool.close()
+            ray.kill(board, no_restart=True)
     summary.seconds = time.perf_counter() - start
-    for actor in idle:  # every live actor is idle now; replaced ones were killed when replaced
-        ray.kill(actor, no_restart=True)
-    ray.kill(board, no_restart=True)
     return summary
+
+
+def show_in_flight(board: Any, image_bar: tqdm, finished_rows: int, summary: RunSummary, *errors: type) -> None:
+    """The images bar with the rows finished inside shards in flight (skipped if the board is slow or gone)."""
+    import ray
+
+    try:
+        in_flight, stage = ray.get(board.read.remote(), timeout=PROGRESS_POLL_S)
+    except errors:
+        return
+    image_bar.n = finished_rows + in_flight
+    image_bar.set_postfix(stage=stage, ok=summary.ok, errors=summary.errors, refresh=False)
+    image_bar.refresh()

@@ -166,7 +166,7 @@ class ShardProcessor:
         explicit = self.config.batch_size if self.config.batch_size != "auto" else None
         if "refine" not in self.config.stages:  # no backward pass: memory is not the limit
             return explicit or MAX_AUTO_BATCH.get(self.device.type, 16), "", None
-        per_image = refine_bytes_per_image(self.models)
+        per_image = refine_bytes_per_image(self.models, self.precision)
         memory = actor_memory_bytes(self.device, num_gpus=self.config.num_gpus,
                                     cpus_per_actor=self.config.cpus_per_actor)
         if explicit is not None:
@@ -184,7 +184,8 @@ class ShardProcessor:
         if self.problem is not None:
             raise self.problem
         return {"seconds": self.startup_seconds, "batch_size": self.batch_size, "note": self.batch_note,
-                "device_kind": self.device_kind, "precision": self.precision, "precision_why": self.precision_why}
+                "device_kind": self.device_kind, "precision": self.precision, "precision_why": self.precision_why,
+                "node": _ray_node_id()}
 
     def _decode(self, record: InputRecord) -> list[_Row]:
         """One input's rows (one, or one per face with --faces all); anything decoding raises (a Pillow

@@ -1,0 +1,137 @@
+"""On a real Ray cluster (`ray start` head and worker nodes on this machine, tests/ray_cluster.py):
+the README's `ray job submit` runs, a node lost mid-job costs only time, a node that joins gets work,
+the head's death stops the run with a clear message and the rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.demo import DemoBundle
+from pipeline.data.webdataset import read_samples
+from pipeline.store.store import read_latents
+from tests.ray_cluster import RAY, LocalRayCluster
+from tests.stores import manifest_entries
+
+pytestmark = pytest.mark.slow  # real clusters: a minute or more each on 2 cores
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = 40
+SHARD = 4
+RAY_NOISE = ("(raylet)", "Raylet is terminated", "state-dump", "has been marked dead", "A worker died")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """IMAGES demo faces as a folder of PNG files."""
+    folder = tmp_path_factory.mktemp("faces")
+    bundle = DemoBundle.locate()
+    count = 0
+    for shard in sorted(Path(bundle.sample).glob("*.tar")):
+        for key, parts in read_samples(shard).items():
+            image = next((data for ext, data in parts.items() if ext in ("png", "jpg", "jpeg", "webp")), None)
+            if image is not None and count < IMAGES:
+                (folder / f"{count:03d}-{key}.png").write_bytes(image)
+                count += 1
+    assert count == IMAGES
+    return folder
+
+
+def invert_command(python: str, images: Path, store: Path, *extra: str) -> list[str]:
+    return [python, "-m", "latentmill", "invert", "--input", str(images), "--output", str(store),
+            "--generator", DemoBundle.locate().generator, "--stages", "refine", "--perceptual", "none", "--steps", "100",
+            "--shard-size", str(SHARD), "--cpus-per-actor", "1", "--precision", "fp32", "--no-progress", *extra]
+
+
+def wait_for_shards(store: Path, count: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (store / "manifest").is_dir() and len(manifest_entries(str(store))) >= count:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{count} shards were not finished in {timeout} s")
+
+
+def job_cli(cluster: LocalRayCluster, command: str, *args: str) -> subprocess.CompletedProcess:
+    """`ray job COMMAND --address DASHBOARD ARGS...` as a user runs it."""
+    return subprocess.run([RAY, "job", command, "--address", cluster.dashboard, *args], capture_output=True,
+                          text=True, env=cluster.env, timeout=120)
+
+
+def assert_complete_store(store: Path) -> None:
+    frame = read_latents(str(store))
+    assert len(frame) == IMAGES and frame["image_id"].is_unique
+    assert (frame["status"] == "ok").all()
+    verified = subprocess.run([sys.executable, "-m", "latentmill", "verify", str(store)], capture_output=True,
+                              text=True, cwd=REPO)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_submitted_job_survives_a_lost_node_and_puts_a_new_node_to_work(images, tmp_path):
+    cluster = LocalRayCluster(cpus=1)
+    try:
+        lost = cluster.add_node()
+        cluster.wait_for_nodes(2)
+        store = tmp_path / "store"
+        excludes = json.dumps({"excludes": [".git", "tests/fixtures", "benchmarks", "*.egg-info"]})
+        submitted = job_cli(cluster, "submit", "--no-wait", "--submission-id", "lost-node", "--working-dir",
+                            str(REPO), "--runtime-env-json", excludes, "--",
+                            *invert_command(sys.executable, images, store, "--concurrency", "2"))
+        assert submitted.returncode == 0, submitted.stderr
+        wait_for_shards(store, 1)
+        lost_node = lost.node_id()
+        lost.kill()  # a machine lost mid-job: its actor and the shard it held go with it
+        joined = cluster.add_node()
+        joined_node = joined.node_id()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = job_cli(cluster, "status", "lost-node").stdout.lower()
+            if any(f"job 'lost-node' {end}" in status for end in ("succeeded", "failed", "was stopped")):
+                break
+            time.sleep(2)
+        logs = job_cli(cluster, "logs", "lost-node").stdout
+        assert "job 'lost-node' succeeded" in status, logs[-3000:]
+        assert "1 shards run again after their node was lost" in logs
+        assert "joined the Ray cluster at" in logs and "2 nodes, 2 CPUs" in logs
+        assert not [noise for noise in RAY_NOISE if noise in logs], logs[-3000:]
+        assert_complete_store(store)
+        nodes = [entry["node"] for entry in manifest_entries(str(store)).values()]
+        assert joined_node in nodes, "the node that joined mid-run received shards"
+        assert len(set(nodes)) >= 2 and lost_node not in nodes or nodes.count(lost_node) < len(nodes)
+    finally:
+        cluster.stop()
+
+
+def test_the_heads_death_stops_the_run_clearly_and_the_rerun_resumes(images, tmp_path):
+    cluster = LocalRayCluster(cpus=1)
+    store = tmp_path / "store"
+    try:
+        cluster.add_node()
+        cluster.wait_for_nodes(2)
+        driver = subprocess.Popen(invert_command(sys.executable, images, store, "--concurrency", "auto",
+                                                 "--address", cluster.address),
+                                  cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_shards(store, 2)
+        cluster.head.kill()
+        killed = time.monotonic()
+        out, err = driver.communicate(timeout=120)
+        assert time.monotonic() - killed < 45, f"the driver noticed the lost head in bounded time: {err[-3000:]}"
+        assert driver.returncode != 0
+        assert "lost the Ray cluster" in err and cluster.address in err, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert "run the same command again" in err
+    finally:
+        cluster.stop()
+    done = len(manifest_entries(str(store)))
+    rerun = subprocess.run(invert_command(sys.executable, images, store), cwd=REPO, capture_output=True, text=True,
+                           env={k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "started an embedded Ray" in rerun.stderr
+    assert f"found {done} of {IMAGES // SHARD} shards done; resuming" in rerun.stderr \
+        or f"found {done + 1} of {IMAGES // SHARD} shards done; resuming" in rerun.stderr, rerun.stderr[-2000:]
+    assert_complete_store(store)
