@@ -17,10 +17,12 @@ out=$1
 shift
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+rm -f "$out/summary.json" "$out/summary.md"  # never print an earlier run's table as this one's
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
 fi
-(cd "$root" && PYTHONUNBUFFERED=1 "$py" -m benchmarks.suite "$out" "$@")
+# from the caller's directory, so that a relative --official-repo means what it says
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 "$py" -m benchmarks.suite "$out" "$@"
 status=$?
 [ -f "$out/summary.md" ] && cat "$out/summary.md"
 exit $status

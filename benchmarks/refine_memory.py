@@ -7,7 +7,7 @@ the difference of the CUDA allocator's peaks per extra image; beside it, the est
 The estimate must not be below the measurement (an auto batch must fit). With --device cpu (Linux), the
 measurement is the process's peak resident set instead, reset before each run (/proc/self/clear_refs).
 
-  python -m benchmarks.refine_memory --resolutions 256,1024 --batches 2,6 --precision fp32
+  python -m benchmarks.refine_memory --archs stylegan2,stylegan3-t --resolutions 256,1024 --batches 2,6 --precision bf16
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def peak_bytes(G, lpips, prior, batch: int, precision: str, device: torch.device
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolutions", default="256,1024")
+    parser.add_argument("--archs", default="stylegan2", help="comma-separated: stylegan2, stylegan3-t, stylegan3-r")
     parser.add_argument("--batches", default="2,6", help="the two batch sizes measured (small,large)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -70,19 +71,19 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         lpips = LPIPSLoss("vgg", str(save_random_backbone(Path(tmp) / "vgg.pth"))).to(device)
-    print("| resolution | measured MiB / image | estimated MiB / image | estimate / measured | auto batch |")
-    print("|---|---|---|---|---|")
-    for resolution in map(int, args.resolutions.split(",")):
-        G = official_generator(resolution, channel_max=args.channel_max).to(device).requires_grad_(False)
+    print("| architecture | resolution | measured MiB / image | estimated MiB / image | estimate / measured | auto batch |")
+    print("|---|---|---|---|---|---|")
+    for arch, resolution in [(a, r) for a in args.archs.split(",") for r in map(int, args.resolutions.split(","))]:
+        G = official_generator(resolution, arch, channel_max=args.channel_max).to(device).requires_grad_(False)
         prior = GaussianizedPrior.fit(G, num_samples=20_000, batch_size=5_000, device=device, progress=False)
         measured = (peak_bytes(G, lpips, prior, large, precision, device)
                     - peak_bytes(G, lpips, prior, small, precision, device)) / (large - small)
-        estimated = refine_bytes_per_image(ModelSet(G=G, perceptual=lpips, prior=prior))
+        estimated = refine_bytes_per_image(ModelSet(G=G, perceptual=lpips, prior=prior), precision)
         auto = largest_batch(estimated, actor_memory_bytes(device, num_gpus=1, cpus_per_actor=1), device)
-        row = dict(resolution=resolution, precision=precision, measured_mib=measured / 2**20,
+        row = dict(architecture=arch, resolution=resolution, precision=precision, measured_mib=measured / 2**20,
                    estimated_mib=estimated / 2**20, ratio=estimated / measured, auto_batch=auto)
         rows.append(row)
-        print(f"| {resolution} | {row['measured_mib']:.0f} | {row['estimated_mib']:.0f} | {row['ratio']:.2f} | {auto} |",
+        print(f"| {arch} | {resolution} | {row['measured_mib']:.0f} | {row['estimated_mib']:.0f} | {row['ratio']:.2f} | {auto} |",
               flush=True)
         del G, prior
     if args.json_path:

@@ -99,14 +99,15 @@ def _refine(batch: int, precision: str, smoke: bool, seconds: float) -> Step:
 
 
 def _memory(precision: str, smoke: bool) -> Step:
-    what = "refine memory {resolution} px, {precision}"
+    what = "refine memory {architecture} {resolution} px, {precision}"
     return Step(
         f"refine-memory-{precision}",
-        ("-m", "benchmarks.refine_memory", "--resolutions", "256,1024", "--batches", "2,6", "--precision", precision,
-         "--device", "{device}", "--json", "{json}"),
-        ("-m", "benchmarks.refine_memory", "--resolutions", "32", "--channel-max", "16", "--batches", "1,2",
+        ("-m", "benchmarks.refine_memory", "--archs", "stylegan2,stylegan3-t", "--resolutions", "256,1024",
+         "--batches", "2,6", "--precision", precision, "--device", "{device}", "--json", "{json}"),
+        ("-m", "benchmarks.refine_memory", "--archs", "stylegan2,stylegan3-t", "--resolutions", "32",
+         "--channel-max", "16", "--batches", "1,2",
          "--precision", precision, "--device", "{device}", "--json", "{json}") if smoke else None,
-        seconds=35, timeout_s=150, smoke_seconds=20,
+        seconds=25, timeout_s=150, smoke_seconds=20,
         figures=(Figure("measured_mib", "MiB/image", what + ": measured"),
                  Figure("estimated_mib", "MiB/image", what + ": --batch-size auto's estimate"),
                  Figure("ratio", "x", what + ": estimate / measured"),
@@ -133,10 +134,10 @@ STEPS: tuple[Step, ...] = (
     Step(CEILINGS_STEP, ("-m", "benchmarks.ceilings", "--device", "{device}", "--json", "{json}"),
          ("-m", "benchmarks.ceilings", "--size", "256", "--copy-mib", "16", "--repeats", "3", "--device", "{device}",
           "--json", "{json}"),
-         seconds=20, timeout_s=90, smoke_seconds=5,
+         seconds=15, timeout_s=90, smoke_seconds=5,
          figures=(Figure("tflop_per_s", "TFLOP/s", "ceiling: matmul {size}^3 {dtype}"),
                   Figure("tb_per_s", "TB/s", "ceiling: copy {mib} MiB (read + write)"))),
-    _refine(16, "bf16", smoke=True, seconds=35),
+    _refine(16, "bf16", smoke=True, seconds=25),
     Step("refine-official",
          ("-m", "benchmarks.refine", "--official-repo", "{official_repo}", "--batches", "1,16,64", "--repeats", "3",
           "--timing-steps", "2,6", "--equal-images", "2", "--precision", "fp32", "--device", "{device}",
@@ -192,13 +193,13 @@ STEPS: tuple[Step, ...] = (
          ("-m", "benchmarks.generator", "--archs", "stylegan2,stylegan3-t,stylegan3-r", "--resolutions", "16",
           "--channel-max", "16", "--batch-sizes", "1", "--dtypes", "fp32", "--modes", "unfused", "--repeats", "1",
           "--device", "{device}", "--json", "{json}"),
-         seconds=45, timeout_s=180, smoke_seconds=10, figures=GENERATOR_FIGURES),
+         seconds=40, timeout_s=180, smoke_seconds=10, figures=GENERATOR_FIGURES),
     Step("flow",
          ("-m", "benchmarks.flow", "--generators", "demo,official", "--samples", "200000", "--batch-size", "500",
           "--device", "{device}", "--json", "{json}"),
          ("-m", "benchmarks.flow", "--generators", "demo", "--samples", "1000", "--batch-size", "500",
           "--log-prob-batch", "500", "--device", "{device}", "--json", "{json}"),
-         seconds=35, timeout_s=150, smoke_seconds=10,
+         seconds=30, timeout_s=150, smoke_seconds=10,
          figures=(Figure("train_s_per_1e6_samples", "s per 1e6 samples",
                          "flow prior, {generator} ({w_dim}-d), batch {batch_size}: fit-flow"),
                   Figure("flow_over_fit_prior", "x", "flow prior, {generator} ({w_dim}-d), batch {batch_size}: "
@@ -213,7 +214,7 @@ STEPS: tuple[Step, ...] = (
           "--device", "{device}", "--json", "{json}"),
          ("-m", "benchmarks.pretrained_encoder", "--encoders", "restyle", "--resolution", "256", "--batch", "1",
           "--repeats", "1", "--device", "{device}", "--json", "{json}"),
-         seconds=45, timeout_s=180, smoke_seconds=20,
+         seconds=40, timeout_s=180, smoke_seconds=20,
          figures=(Figure("load_encoder_s", "s", "pretrained {encoder} ({encoder_type}): load_encoder"),
                   Figure("torch_load_s", "s", "pretrained {encoder} ({encoder_type}): plain torch.load of the file"),
                   Figure("images_per_s", "images/s", "pretrained {encoder} ({encoder_type}), batch {batch}: encode"),
@@ -225,8 +226,8 @@ STEPS: tuple[Step, ...] = (
          ("-m", "benchmarks.curate", "--search", "exact", "--rows", "500", "--dim", "16", "--planted", "5",
           "--block-size", "128", "--baseline-max-rows", "0", "--device", "{device}", "--json", "{json}"),
          seconds=25, timeout_s=120, smoke_seconds=5, figures=CURATE_FIGURES),
-    _refine(64, "bf16", smoke=False, seconds=40),
-    _refine(16, "fp32", smoke=False, seconds=35),
+    _refine(64, "bf16", smoke=False, seconds=30),
+    _refine(16, "fp32", smoke=False, seconds=25),
     _memory("fp32", smoke=False),
     Step("encoder",
          ("-m", "benchmarks.encoder", "--backbones", "convnet,resnet18", "--batch-sizes", "1,16", "--train-batch", "8",
@@ -238,7 +239,7 @@ STEPS: tuple[Step, ...] = (
     Step("load-pickle",
          ("-m", "benchmarks.generator", "--load-official-repo", "{official_repo}", "--repeats", "3", "--json", "{json}"),
          ("-m", "benchmarks.generator", "--load-official-repo", "{official_repo}", "--repeats", "1", "--json", "{json}"),
-         seconds=60, timeout_s=240, smoke_seconds=40, needs_official_repo=True,
+         seconds=35, timeout_s=240, smoke_seconds=40, needs_official_repo=True,
          figures=(Figure("cold", "s", "load a {pickle_mib} MiB NVlabs pickle, {loader}: cold"),
                   Figure("warm", "s", "load a {pickle_mib} MiB NVlabs pickle, {loader}: warm"),
                   Figure("peak_mib", "MiB", "load a {pickle_mib} MiB NVlabs pickle, {loader}: peak RSS"))),
@@ -288,6 +289,7 @@ class Run:
     seconds: float | None = None
     date: str = ""
     figures: list[tuple[str, float, str]] = field(default_factory=list)
+    machine: str | None = None  # as the benchmark wrote it in its JSON, where it did
 
 
 def commit_of(repo: Path) -> str:
@@ -317,7 +319,7 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def run_step(step: Step, argv: Sequence[str], log: Path, timeout: float) -> tuple[str, str | None, float]:
+def run_step(argv: Sequence[str], log: Path, timeout: float) -> tuple[str, str | None, float]:
     """Run one command in its own process group; (status, reason, seconds)."""
     start = time.perf_counter()
     with open(log, "w") as out:
@@ -347,58 +349,66 @@ def _fill(argv: Sequence[str], values: dict[str, str]) -> list[str]:
     return out
 
 
+def collect(run: Run, json_path: Path, ceilings: dict[str, float], device: str) -> dict | None:
+    """Read a finished step's JSON into `run.figures`; a JSON unlike its declaration fails the step."""
+    try:
+        data = json.loads(json_path.read_text())
+        run.figures = figures_of(run.step, data, ceilings, device)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        run.status, run.reason = "failed", f"its JSON: {type(error).__name__}: {error}"
+        return None
+    if not run.figures:
+        run.status, run.reason = "failed", f"no declared figure in {json_path.name}"
+    run.machine = data.get("machine")
+    return data
+
+
 def run_suite(steps: Sequence[Step], out_dir: Path, *, device: str, smoke: bool, budget_s: float,
-              official_repo: str | None = None, machine: str = "", invocation: str = "",
-              clock=time.monotonic) -> list[Run]:
+              official_repo: str | None = None, machine: str = "", invocation: str = "") -> list[Run]:
     """Run `steps` in order within `budget_s`, writing summary.json and summary.md after each."""
+    out_dir = out_dir.resolve()  # the steps run in the repository's root
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"invocation": invocation, "commit": commit_of(REPO), "machine": machine, "device": device,
             "smoke": smoke, "budget_s": budget_s,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    start = clock()
+    start = time.monotonic()
     runs: list[Run] = []
     ceilings: dict[str, float] = {}
     for i, step in enumerate(steps, 1):
         argv = step.smoke_argv if smoke else step.argv
         expected = step.smoke_seconds if smoke else step.seconds
         timeout = SMOKE_TIMEOUT_S if smoke else step.timeout_s
-        left = budget_s - (clock() - start)
+        left = budget_s - (time.monotonic() - start)
         json_path = out_dir / f"{step.name}.json"
         values = {"json": str(json_path), "device": device, "num_gpus": "1" if device == "cuda" else "0",
                   "official_repo": official_repo or ""}
         run = Run(step, "skipped", date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        runs.append(run)
         if argv is None:
             run.reason = "smoke: its benchmark runs at tiny sizes in another step"
         elif step.needs_official_repo and not official_repo:
             run.reason = "needs --official-repo DIR (an export of NVlabs/stylegan2-ada-pytorch)"
-        elif left < expected:
-            run.command = shlex.join(["python", *_fill(argv, values)])
-            run.reason = f"budget: expected to take {expected:.0f} s, {max(left, 0):.0f} s of {budget_s:.0f} s left"
         else:
-            run.command = shlex.join(["python", *_fill(argv, values)])
-            print(f"[{i}/{len(steps)}] {step.name}: {run.command}", file=sys.stderr, flush=True)
-            json_path.unlink(missing_ok=True)
-            limit = min(timeout, left)
-            run.status, run.reason, run.seconds = run_step(step, _fill(argv, values), out_dir / f"{step.name}.log",
-                                                           limit)
-            if run.status == "timeout" and limit < timeout:
-                run.reason += " (the end of the suite's budget)"
-            if run.status == "ok":
-                try:
-                    data = json.loads(json_path.read_text())
-                    run.figures = figures_of(step, data, ceilings, device)
-                    if step.name == CEILINGS_STEP:
+            argv = _fill(argv, values)
+            run.command = shlex.join(["python", *argv])
+            if left < expected:
+                run.reason = f"budget: expected to take {expected:.0f} s, {max(left, 0):.0f} s of {budget_s:.0f} s left"
+            else:
+                print(f"[{i}/{len(steps)}] {step.name}: {run.command}", file=sys.stderr, flush=True)
+                json_path.unlink(missing_ok=True)
+                limit = min(timeout, left)
+                run.status, run.reason, run.seconds = run_step(argv, out_dir / f"{step.name}.log", limit)
+                if run.status == "timeout" and limit < timeout:
+                    run.reason += " (the end of the suite's budget)"
+                if run.status == "ok":
+                    data = collect(run, json_path, ceilings, device)
+                    if data is not None and step.name == CEILINGS_STEP:
                         ceilings = ceilings_of(data)
-                except (OSError, ValueError, KeyError, TypeError) as error:  # its output is not what is declared
-                    run.status, run.reason = "failed", f"its JSON: {type(error).__name__}: {error}"
-                if run.status == "ok" and not run.figures:
-                    run.status, run.reason = "failed", f"no declared figure in {json_path.name}"
         print(f"[{i}/{len(steps)}] {step.name}: {run.status}"
               + (f" in {run.seconds:.1f} s" if run.seconds is not None else "")
               + (f", {len(run.figures)} figures" if run.figures else "")
               + (f" ({run.reason})" if run.reason else ""), file=sys.stderr, flush=True)
-        runs.append(run)
-        meta["wall_s"] = round(clock() - start, 1)
+        meta["wall_s"] = round(time.monotonic() - start, 1)
         write_summary(out_dir, runs, meta)
     return runs
 
@@ -408,7 +418,7 @@ def entries(runs: Sequence[Run], meta: dict) -> list[dict]:
     out = []
     for run in runs:
         common = {"step": run.step.name, "status": run.status, "reason": run.reason, "command": run.command,
-                  "commit": meta["commit"], "machine": meta["machine"], "date": run.date,
+                  "commit": meta["commit"], "machine": run.machine or meta["machine"], "date": run.date,
                   "seconds": None if run.seconds is None else round(run.seconds, 1)}
         if run.figures:
             out += [{"figure": name, "value": value, "unit": unit, **common} for name, value, unit in run.figures]
@@ -434,10 +444,10 @@ def write_summary(out_dir: Path, runs: Sequence[Run], meta: dict) -> None:
               f"{r['status']}{': ' + r['reason'] if r['reason'] else ''} |" for r in rows]
     lines += ["", "| step | status | seconds | expected s | command |", "|---|---|---|---|---|"]
     for run in runs:
-        expected = run.step.smoke_seconds if meta["smoke"] else run.step.seconds
+        expected = f"{run.step.smoke_seconds if meta['smoke'] else run.step.seconds:.0f}" if run.command else ""
         seconds = "" if run.seconds is None else f"{run.seconds:.1f}"
         command = f"`{run.command}`" if run.command else ""
-        lines.append(f"| {run.step.name} | {run.status} | {seconds} | {expected:.0f} | {command} |")
+        lines.append(f"| {run.step.name} | {run.status} | {seconds} | {expected} | {command} |")
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -447,16 +457,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--official-repo", help="an export of NVlabs/stylegan2-ada-pytorch: the steps that compare "
                         "with the official code run too")
     parser.add_argument("--smoke", action="store_true", help="every benchmark at tiny sizes, on any device")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda where there is one)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda where there is one")
     parser.add_argument("--budget", type=float, help=f"seconds for the whole suite (default {GPU_BUDGET_S:.0f}; "
                         f"{SMOKE_BUDGET_S:.0f} with --smoke)")
     parser.add_argument("--only", help="comma-separated step names, in the suite's order (a rerun of some)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # stops the running step too
     import torch
 
     from benchmarks.timing import machine_description
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here; use --device cpu (with --smoke: tiny sizes)")
     steps = STEPS
     if args.only:
         names = args.only.split(",")
@@ -470,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                      budget_s=args.budget or (SMOKE_BUDGET_S if args.smoke else GPU_BUDGET_S),
                      official_repo=official_repo, machine=machine_description(torch.device(device)),
                      invocation=invocation)
-    return 0 if all(run.status == "ok" or run.status == "skipped" for run in runs) else 1
+    return 0 if all(run.status in ("ok", "skipped") for run in runs) else 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -79,3 +80,10 @@ def resolve_precision(precision: str, device: str | torch.device,
             return "bf16", "the CPU has native bf16: AVX512-BF16 or AMX"
         return "fp32", "the CPU has no native bf16 (no AVX512-BF16, no AMX): bf16 would be emulated"
     return "fp32", f"no reduced precision chosen for {device.type}"
+
+
+def autocast_for(device: str | torch.device, precision: str) -> AbstractContextManager:
+    """The autocast context of a resolved precision on `device` (fp32: none)."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

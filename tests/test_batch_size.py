@@ -24,6 +24,42 @@ def test_the_estimate_counts_without_computing_anything():
     assert all(torch.equal(before[k], v) and v.device.type == "cpu" for k, v in G.state_dict().items())
 
 
+def real_step_peak(models: ModelSet, n: int, precision: str) -> int:
+    """The same step as the estimate's, computed for real on the CPU, its tensors followed the same way."""
+    from pipeline.precision import autocast_for
+
+    G = models.G
+    peak = sizing.PeakLiveBytes()
+    with peak:
+        target = torch.rand(n, G.img_channels, G.img_resolution, G.img_resolution) * 2 - 1
+        ws = G.w_avg.expand(n, G.num_ws, -1).clone().requires_grad_(True)
+        with autocast_for("cpu", precision):
+            synth = G.synthesis(ws, noise_mode="const", fused_modconv=False)
+        loss = (synth.float() - target).square().mean()
+        torch.autograd.grad(loss, [ws])
+        del synth, loss
+    return peak.peak
+
+
+@pytest.mark.parametrize("architecture", ["stylegan2", "stylegan3-t"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_estimate_is_the_peak_of_a_real_step_in_its_precision(architecture, precision):
+    from benchmarks.generator import official_generator
+
+    G = official_generator(64, architecture, channel_max=32).requires_grad_(False)
+    models = ModelSet(G=G)
+    estimated = sizing.refine_bytes_per_image(models, precision)
+    measured = real_step_peak(models, 2, precision) - real_step_peak(models, 1, precision)
+    assert abs(estimated - measured) <= 0.02 * measured
+
+
+def test_a_low_precision_step_needs_less_memory_per_image():
+    from benchmarks.generator import official_generator
+
+    models = ModelSet(G=official_generator(64, "stylegan3-t", channel_max=32).requires_grad_(False))
+    assert sizing.refine_bytes_per_image(models, "bf16") < 0.8 * sizing.refine_bytes_per_image(models, "fp32")
+
+
 def test_auto_takes_the_largest_batch_within_the_margin_and_the_cap():
     cpu = torch.device("cpu")
     assert sizing.largest_batch(per_image=2**30, memory=10 * 2**30, device=cpu) == 6  # 60% of 10 GiB

@@ -19,7 +19,6 @@ import dataclasses
 import math
 import weakref
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 from pipeline.losses.pixel import masked_mse
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.load import Prior
-from pipeline.precision import resolve_precision
+from pipeline.precision import autocast_for, resolve_precision
 from pipeline.stages.inversion_settings import LATENT_SPACES, RefineSettings
 
 
@@ -72,12 +71,6 @@ def noise_regularization(noise: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _per_image_normal(shape: Sequence[int], generators: list[torch.Generator], device: torch.device) -> torch.Tensor:
     return torch.stack([torch.randn(tuple(shape), generator=g, device=device) for g in generators])
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 CPU_PIXELS_PER_PASS = 256 * 256  # one 256 px image, or 64 images of 32 px, per forward/backward on a CPU
@@ -181,7 +174,7 @@ def refine(
     # With a mask they do (unknown pixels are filled with the current synthesis), so not then.
     target_features = None
     if perceptual is not None and mask is None and hasattr(perceptual, "reference"):
-        with torch.no_grad(), _autocast(device, precision):
+        with torch.no_grad(), autocast_for(device, precision):
             target_features = perceptual.reference(target)
     # Images do not interact, so their gradients can be computed a micro-batch at a time before one
     # optimizer step. On a CPU, large batches of large images are memory bound and slower per image
@@ -198,12 +191,12 @@ def refine(
         rows_mask = mask[span] if mask is not None else None
         rows_noise = {key: maps[span] for key, maps in noise.items()}
         zero = torch.zeros(len(rows_target), device=device)
-        with _autocast(device, precision):
+        with autocast_for(device, precision):
             synth = synthesize(ws, noise_mode=noise_mode, fused_modconv=fused_modconv, noise_inputs=rows_noise or None)
         synth = synth.float()
         parts = {"pixel": masked_mse(synth, rows_target, rows_mask)}
         if perceptual is not None:
-            with _autocast(device, precision):
+            with autocast_for(device, precision):
                 if target_features is not None:
                     parts["perceptual"] = perceptual.distance(synth, [f[span] for f in target_features]).float()
                 else:
