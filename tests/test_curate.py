@@ -208,9 +208,11 @@ def test_curate_flags_the_same_rows_with_the_approximate_search(planted_store):
     assert flags["approximate"].loc["img050", "duplicate_of"] == "img020"
 
 
-def test_the_feature_file_returns_the_rows_written_by_range_and_by_sorted_index(tmp_path):
+def test_the_feature_file_returns_the_rows_written_by_range_and_by_sorted_index(tmp_path, monkeypatch):
+    import pipeline.stages.similarity_search as search
     from pipeline.stages.similarity_search import FeatureFile
 
+    monkeypatch.setattr(search, "IO_CHUNK_BYTES", 1000)  # many calls per read and write, as beyond 2 GiB
     values = np.random.default_rng(0).standard_normal((70_000, 8)).astype(np.float16)
     features = FeatureFile(tmp_path / "f.f16", len(values), 8)
     for lo in range(0, len(values), 30_000):
@@ -219,6 +221,8 @@ def test_the_feature_file_returns_the_rows_written_by_range_and_by_sorted_index(
     np.testing.assert_array_equal(features[65_000:70_000], values[65_000:])
     np.testing.assert_array_equal(features[picked], values[picked])
     assert features[5:5].shape == (0, 8) and features.shape == values.shape
+    with pytest.raises(ValueError, match="sorted"):
+        features[np.array([5, 3])]
     features.close()
 
 

@@ -87,3 +87,39 @@ def test_bad_group_specs_are_usage_errors(labelled_store, tmp_path):
         result = CliRunner().invoke(main, ["rebalance", store, "--groups", spec, "--output", str(tmp_path / "o"),
                                            "--method", "sample", "--device", "cpu"])
         assert result.exit_code == 2 and message in result.output, (spec, result.output)
+
+
+def _rebalance(store: str, groups: str, out: Path, *extra: str):
+    result = CliRunner().invoke(main, ["rebalance", store, "--groups", groups, "--method", "sample",
+                                       "--nll-percentile", "100", "--output", str(out), "--device", "cpu",
+                                       "--batch-size", "8", "--no-progress", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "summary.json").read_text()), pd.read_parquet(out / "samples.parquet")
+
+
+def test_a_store_larger_than_its_samples_groups_every_row_and_draws_from_a_sample_of_a_large_group(
+        labelled_store, tmp_path, monkeypatch):
+    import pipeline.stages.store_rebalance as rebalance
+
+    store, labels = labelled_store
+    monkeypatch.setattr(rebalance, "BATCH_ROWS", 7)  # batches that split the groups
+    monkeypatch.setattr(rebalance, "KMEANS_SAMPLE_ROWS", 20)  # k-means fitted on 20 of the 45 rows
+    summary, _ = _rebalance(store, "kmeans:2", tmp_path / "k")
+    assert sum(summary["before"].values()) == 45 and summary["unlabeled"] == 0
+    monkeypatch.setattr(rebalance, "POOL_ROWS_PER_GROUP", 4)  # candidates from 4 of the 10 rare members
+    summary, samples = _rebalance(store, f"labels:kind:{labels}", tmp_path / "l")
+    assert summary["before"] == {"common": 30, "rare": 10} and summary["after"]["rare"] == 30
+    sources = {s for row in samples["source_ids"] for s in row}
+    assert sources <= {f"img{i:03d}" for i in range(30, 40)} and len(sources) <= 4
+
+
+def test_batching_does_not_change_the_groups_or_the_samples(labelled_store, tmp_path, monkeypatch):
+    import pipeline.stages.store_rebalance as rebalance
+
+    store, _ = labelled_store
+    whole = _rebalance(store, "kmeans:3", tmp_path / "whole")
+    monkeypatch.setattr(rebalance, "BATCH_ROWS", 4)
+    batched = _rebalance(store, "kmeans:3", tmp_path / "batched")
+    assert whole[0]["before"] == batched[0]["before"] and whole[0]["added"] == batched[0]["added"]
+    pd.testing.assert_frame_equal(whole[1][["sample_id", "group", "accepted"]],
+                                  batched[1][["sample_id", "group", "accepted"]])

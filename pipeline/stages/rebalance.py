@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -134,7 +135,9 @@ def masked_l1(images: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor) 
     return ((images - targets).abs() * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1.0)
 
 
-def nll_cut(nll: torch.Tensor, percentile: float) -> float:
-    """The prior-NLL bound of the quality filter: a percentile of the store's own rows."""
-    finite = nll[torch.isfinite(nll)].double()
-    return float(torch.quantile(finite, percentile / 100.0)) if len(finite) else math.inf
+def nll_cut(nll: torch.Tensor | np.ndarray, percentile: float) -> float:
+    """The prior-NLL bound of the quality filter: a percentile of the store's own rows (numpy's quantile:
+    torch's refuses more than 2^24 values)."""
+    values = nll.double().cpu().numpy() if isinstance(nll, torch.Tensor) else np.asarray(nll, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return float(np.quantile(finite, percentile / 100.0)) if len(finite) else math.inf

@@ -42,6 +42,7 @@ MIN_TRAINING_ROWS = 100_000  # ... and at least this many (all of a smaller stor
                              # each dimension's range from them, and a row outside it would be clipped
 BAND_SIGMAS = 4.0  # the candidate band: this many standard deviations of the projection's error
 QUANTIZATION_ERROR = 0.005  # cosine error of 8-bit scalar quantisation, added to the band
+IO_CHUNK_BYTES = 1 << 30  # FeatureFile's reads and writes, a call at a time
 
 
 @dataclass
@@ -112,8 +113,10 @@ class FeatureFile:
         return self.shape[0]
 
     def write(self, first_row: int, values: np.ndarray) -> None:
-        data = np.ascontiguousarray(values, dtype=np.float16).tobytes()
-        os.pwrite(self.fd, data, first_row * self.row_bytes)
+        data = memoryview(np.ascontiguousarray(values, dtype=np.float16).reshape(-1).view(np.uint8))
+        offset, done = first_row * self.row_bytes, 0
+        while done < len(data):  # a single call moves at most about 2 GiB
+            done += os.pwrite(self.fd, data[done : done + IO_CHUNK_BYTES], offset + done)
 
     def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
         """A range of rows (a slice with step 1) or the rows of a sorted index array, as float16."""
@@ -121,9 +124,17 @@ class FeatureFile:
             lo, hi, step = rows.indices(self.shape[0])
             if step != 1:
                 raise ValueError("FeatureFile reads contiguous ranges only")
-            data = os.pread(self.fd, (hi - lo) * self.row_bytes, lo * self.row_bytes) if hi > lo else b""
-            return np.frombuffer(data, dtype=np.float16).reshape(max(0, hi - lo), self.shape[1])
+            out = np.empty((max(0, hi - lo), self.shape[1]), dtype=np.float16)
+            view, offset, done = memoryview(out.reshape(-1).view(np.uint8)), lo * self.row_bytes, 0
+            while done < len(view):
+                got = os.preadv(self.fd, [view[done : done + IO_CHUNK_BYTES]], offset + done)
+                if got <= 0:
+                    raise OSError(f"FeatureFile: short read at byte {offset + done}")
+                done += got
+            return out
         rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) > 1 and (np.diff(rows) < 0).any():
+            raise ValueError("FeatureFile reads sorted row indices only")
         picked = [self[lo:hi][rows[(rows >= lo) & (rows < hi)] - lo] for lo, hi in _batches(self.shape[0], 65_536)]
         return np.concatenate(picked) if picked else np.zeros((0, self.shape[1]), np.float16)
 

@@ -118,25 +118,13 @@ class FeatureSource:
 
 def _ok_batches(store: Store, cfg: CurateConfig, rows: np.ndarray | None = None):
     """(first row index, ok-row arrow batch) of the store, in order; rows (sorted): only batches holding these."""
-    nll_column = NLL_COLUMNS[cfg.column]
-    columns = ["image_id", "shard", "status", cfg.column, nll_column, *METRICS]
-    offset = 0
-    for batch in store.iter_batches(columns, batch_size=BATCH_ROWS):
-        ok = pc.equal(batch.column("status"), "ok")
-        batch = batch.filter(ok)
-        if batch.num_rows == 0:
-            continue
-        if rows is None or np.searchsorted(rows, offset + batch.num_rows) > np.searchsorted(rows, offset):
-            yield offset, batch
-        offset += batch.num_rows
+    return store.ok_batches(cfg.column, ["image_id", "shard", NLL_COLUMNS[cfg.column], *METRICS],
+                            batch_size=BATCH_ROWS, rows=rows)
 
 
 def _latents(store: Store, batch: pa.RecordBatch, column: str, device: torch.device) -> torch.Tensor:
-    """A batch's latent column as float32 [rows, num_ws, w_dim] (read through Arrow, not as Python lists)."""
-    if column not in batch.schema.names or batch.column(column).null_count:
-        raise ValueError(f"--column {column}: not present for every ok row of {store.uri}")
-    values = batch.column(column).flatten().to_numpy(zero_copy_only=False)
-    return torch.from_numpy(values.astype(np.float32).reshape(batch.num_rows, *store.latent_shape)).to(device)
+    """A batch's latent column as float32 [rows, num_ws, w_dim]."""
+    return torch.from_numpy(store.batch_latents(batch, column)).to(device)
 
 
 def read_ok_rows(store: Store, cfg: CurateConfig, features_of: FeatureSource, device: torch.device,

@@ -18,7 +18,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from pipeline.data.webdataset import add_sample
 from pipeline.devices import resolve_device
 from pipeline.imaging import grid_image, png_bytes, to_uint8
 from pipeline.priors.load import Prior
+from pipeline.runtime.heap import release_free_heap
 from pipeline.stages.chain import NOISE_MODE, image_seed
 from pipeline.stages.rebalance import compose, kmeans, masked_l1, nll_cut, part_masks, sample_near, target_counts
 from pipeline.stages.rebalance_settings import RebalanceConfig
@@ -54,51 +56,192 @@ def parse_target(text: str) -> dict[str, float] | None:
         raise ValueError(f"--target must be 'uniform' or 'group=share,...', got {text!r}") from None
 
 
-def assign_groups(spec: str, ok: pd.DataFrame, ws: torch.Tensor, G: Any, prior: Prior | None,
-                  seed: int) -> pd.Series:
-    """The group name of every ok row, from a --groups spec."""
+BATCH_ROWS = 8192
+KMEANS_SAMPLE_ROWS = 100_000  # k-means is fitted on a uniform sample of at most this many ok rows ...
+KMEANS_SAMPLE_BYTES = 1 << 29  # ... and of at most this many bytes of features (all of a smaller store)
+POOL_ROWS_PER_GROUP = 50_000  # the members a group's candidates come from: a uniform sample of a larger group
+INPUT_POOL_BYTES = 2 << 30  # ... and, where their decoded inputs are held (compose, identity), this many bytes of them
+
+Labeller = Callable[[int, pa.RecordBatch, torch.Tensor], np.ndarray]  # (first row, batch, its ws) -> group names
+
+
+def pool_rows(G: Any, with_inputs: bool) -> int:
+    """How many members of a short group candidates are drawn from (all of a smaller group)."""
+    if not with_inputs:
+        return POOL_ROWS_PER_GROUP
+    per_input = G.img_channels * G.img_resolution**2 * 4  # float32 [C, R, R]
+    return max(64, min(POOL_ROWS_PER_GROUP, INPUT_POOL_BYTES // per_input))
+
+
+def _parse_groups(spec: str) -> tuple[str, str]:
     kind, _, rest = spec.partition(":")
     if kind == "labels":
         column, _, uri = rest.partition(":")
         if not column or not uri:
             raise ValueError("--groups labels:COLUMN:URI (a CSV or Parquet file with image_id and COLUMN)")
-        data = read_bytes(uri, setting="--groups")
-        table = pd.read_parquet(io.BytesIO(data)) if uri.endswith(".parquet") else pd.read_csv(io.BytesIO(data))
-        if "image_id" not in table or column not in table:
-            raise ValueError(f"--groups {uri}: needs columns image_id and {column}; it has {list(table.columns)}")
-        labels = dict(zip(table["image_id"].astype(str), table[column].astype(str)))
-        return ok["image_id"].map(labels).fillna(UNLABELED)
-    if kind == "meta":
+    elif kind == "meta":
         if not rest:
             raise ValueError("--groups meta:KEY (a key of the inputs' JSON sidecars)")
-        values = [json.loads(m).get(rest) if isinstance(m, str) else None for m in ok.get("meta", [None] * len(ok))]
-        return pd.Series([UNLABELED if v is None else str(v) for v in values], index=ok.index)
-    if kind == "attribute":
-        from pipeline.stages.stylespace import Channel, attribute_scores, stats_of, styles_of
-
-        channels_text, _, threshold = rest.rpartition(":")
+    elif kind == "attribute":
         try:
-            channels = [Channel(c.rsplit("/", 1)[0], int(c.rsplit("/", 1)[1]), 0.0, 1.0)
-                        for c in channels_text.split(",")]
-            cut = float(threshold)
+            _channels(rest)
         except (ValueError, IndexError):
             raise ValueError("--groups attribute:LAYER/CHANNEL[,LAYER/CHANNEL...]:THRESHOLD, e.g. "
                              "attribute:b16.conv0/42:1.0 (channels from `latentmill channels`)") from None
-        styles = styles_of(G, ws)
-        unknown = [c.layer for c in channels if c.layer not in styles]
-        if unknown:
-            raise ValueError(f"--groups: unknown StyleSpace layers {unknown}; known: {sorted(styles)}")
-        scores = attribute_scores(styles, channels, stats_of(styles)).numpy()
-        return pd.Series(np.where(scores >= cut, "attribute", "rest"), index=ok.index)
-    if kind == "kmeans":
+    elif kind == "kmeans":
         try:
-            k = int(rest)
+            int(rest)
         except ValueError:
             raise ValueError("--groups kmeans:K") from None
-        features = (prior.whiten(ws) if prior is not None else ws - ws.mean(0)).flatten(1)
-        labels, _ = kmeans(features, k, seed=seed)
-        return pd.Series([f"cluster-{int(c)}" for c in labels], index=ok.index)
-    raise ValueError(f"--groups {spec!r}: use labels:COLUMN:URI, meta:KEY, attribute:LAYER/CH:THRESHOLD or kmeans:K")
+    else:
+        raise ValueError(f"--groups {spec!r}: use labels:COLUMN:URI, meta:KEY, attribute:LAYER/CH:THRESHOLD or kmeans:K")
+    return kind, rest
+
+
+def _channels(rest: str) -> tuple[list[Any], float]:
+    from pipeline.stages.stylespace import Channel
+
+    channels_text, _, threshold = rest.rpartition(":")
+    channels = [Channel(c.rsplit("/", 1)[0], int(c.rsplit("/", 1)[1]), 0.0, 1.0) for c in channels_text.split(",")]
+    return channels, float(threshold)
+
+
+def group_labeller(spec: str, store: StoreWriter, column: str, rows: int, G: Any, prior: Prior,
+                   seed: int, device: torch.device) -> Labeller:
+    """What names each ok row's group, batch by batch. Labels and sidecar keys need nothing more; an
+    attribute needs its channels' mean and std over the store, and k-means its centres: one streamed
+    pass over the latents first (k-means fitted on a uniform sample of the whitened latents)."""
+    kind, rest = _parse_groups(spec)
+    if kind == "labels":
+        label_column, _, uri = rest.partition(":")
+        data = read_bytes(uri, setting="--groups")
+        table = pd.read_parquet(io.BytesIO(data)) if uri.endswith(".parquet") else pd.read_csv(io.BytesIO(data))
+        if "image_id" not in table or label_column not in table:
+            raise ValueError(f"--groups {uri}: needs columns image_id and {label_column}; it has {list(table.columns)}")
+        labels = dict(zip(table["image_id"].astype(str), table[label_column].astype(str)))
+        return lambda _, batch, __: np.array([labels.get(i, UNLABELED) for i in batch.column("image_id").to_pylist()],
+                                             dtype=object)
+    if kind == "meta":
+        def from_meta(_: int, batch: pa.RecordBatch, __: torch.Tensor) -> np.ndarray:
+            metas = batch.column("meta").to_pylist() if "meta" in batch.schema.names else [None] * batch.num_rows
+            values = [json.loads(m).get(rest) if isinstance(m, str) else None for m in metas]
+            return np.array([UNLABELED if v is None else str(v) for v in values], dtype=object)
+        return from_meta
+    if kind == "attribute":
+        channels, cut = _channels(rest)
+        with torch.no_grad():
+            known = G.styles(G.w_avg.reshape(1, 1, -1).expand(1, G.num_ws, -1))
+        unknown = [c.layer for c in channels if c.layer not in known]
+        if unknown:
+            raise ValueError(f"--groups: unknown StyleSpace layers {unknown}; known: {sorted(known)}")
+        total = torch.zeros(len(channels), dtype=torch.float64)
+        squares = torch.zeros(len(channels), dtype=torch.float64)
+
+        def values(ws: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                styles = G.styles(ws)
+            return torch.stack([styles[c.layer][:, c.channel].double().cpu() for c in channels], dim=1)
+
+        for _, batch in store.ok_batches(column, batch_size=BATCH_ROWS):
+            v = values(torch.from_numpy(store.batch_latents(batch, column)).to(device))
+            total += v.sum(0)
+            squares += v.square().sum(0)
+        mean = total / rows
+        std = ((squares - rows * mean.square()) / max(rows - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-8)
+        signs = torch.tensor([c.sign for c in channels], dtype=torch.float64)
+
+        def by_attribute(_: int, __: pa.RecordBatch, ws: torch.Tensor) -> np.ndarray:
+            scores = ((values(ws) - mean) / std * signs).mean(1).numpy()
+            return np.where(scores >= cut, "attribute", "rest").astype(object)
+        return by_attribute
+    k = int(rest)
+    if not 1 <= k <= rows:
+        raise ValueError(f"k must be between 1 and the number of rows ({rows}), got {k}")
+    sample_rows = min(KMEANS_SAMPLE_ROWS, max(k, KMEANS_SAMPLE_BYTES // (G.num_ws * G.w_dim * 4)))
+    sample = np.sort(np.random.default_rng(seed).choice(rows, size=sample_rows, replace=False)) \
+        if rows > sample_rows else None
+
+    def features_of(ws: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return prior.whiten(ws).flatten(1).float()
+
+    picked = []
+    for offset, batch in store.ok_batches(column, batch_size=BATCH_ROWS, rows=sample):
+        ws = torch.from_numpy(store.batch_latents(batch, column))
+        if sample is not None:
+            ws = ws[torch.from_numpy(sample[np.searchsorted(sample, offset) :
+                                            np.searchsorted(sample, offset + batch.num_rows)] - offset)]
+        picked.append(features_of(ws.to(device)))
+    labels, centers = kmeans(torch.cat(picked), k, seed=seed)
+    if sample is None:  # the whole store was fitted: its labels are the groups
+        return lambda offset, batch, _: np.array([f"cluster-{int(c)}" for c in labels[offset : offset + batch.num_rows]],
+                                                 dtype=object)
+
+    def nearest(_: int, __: pa.RecordBatch, ws: torch.Tensor) -> np.ndarray:
+        found = torch.cdist(features_of(ws), centers).argmin(dim=1).cpu()
+        return np.array([f"cluster-{int(c)}" for c in found], dtype=object)
+    return nearest
+
+
+@dataclass
+class GroupedRows:
+    """What the streamed pass keeps of each ok row, in store order: a few numbers a row."""
+
+    ids: pa.ChunkedArray
+    shards: pa.ChunkedArray
+    codes: np.ndarray  # int32 [rows]: each row's group, an index into `names`
+    names: list[str]
+    nll: dict[str, np.ndarray]  # latent column -> each row's prior NLL of it (the filter's reference)
+    complete: dict[str, bool]  # latent column -> present for every ok row
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def rows_of(self, name: str) -> np.ndarray:
+        """The store-order indices of a group's rows."""
+        return np.flatnonzero(self.codes == self.names.index(name)) if name in self.names else np.zeros(0, np.int64)
+
+    def group_names(self) -> pd.Series:
+        """Each row's group name (one shared string object per group, not per row)."""
+        return pd.Series(np.asarray(self.names, dtype=object)[self.codes])
+
+
+def group_rows(store: StoreWriter, cfg: RebalanceConfig, labeller: Labeller, prior: Prior,
+               device: torch.device) -> GroupedRows:
+    """One pass over the ok rows: ids, shards, groups and the prior NLL of the latents the filter may use."""
+    optional = ["w_encoded"] if cfg.method == "compose" and cfg.column != "w_encoded" else []
+    ids, shards, codes, nll = [], [], [], {c: [] for c in [cfg.column, *optional]}
+    names: dict[str, int] = {}
+    complete = {c: True for c in nll}
+    for offset, batch in store.ok_batches(cfg.column, ["image_id", "shard", "meta", *optional], batch_size=BATCH_ROWS):
+        ws = torch.from_numpy(store.batch_latents(batch, cfg.column)).to(device)
+        ids.append(batch.column("image_id"))
+        shards.append(batch.column("shard"))
+        distinct, inverse = np.unique(labeller(offset, batch, ws).astype(str), return_inverse=True)
+        code_of = np.array([names.setdefault(str(name), len(names)) for name in distinct], dtype=np.int32)
+        codes.append(code_of[inverse.reshape(-1)])
+        with torch.no_grad():
+            nll[cfg.column].append(prior.nll(ws).double().cpu().numpy())
+            for name in optional:
+                present = name in batch.schema.names and batch.column(name).null_count == 0
+                complete[name] &= present
+                if complete[name]:
+                    other = torch.from_numpy(store.batch_latents(batch, name)).to(device)
+                    nll[name].append(prior.nll(other).double().cpu().numpy())
+        release_free_heap()
+    if not codes:
+        raise ValueError(f"{store.uri}: no ok rows")
+    return GroupedRows(pa.chunked_array(ids), pa.chunked_array(shards), np.concatenate(codes), list(names),
+                       {c: np.concatenate(v) for c, v in nll.items() if complete[c]}, complete)
+
+
+def read_latents(store: StoreWriter, column: str, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The latents of the ok rows numbered `rows` (sorted, unique), in that order: only their batches are read."""
+    parts = []
+    for offset, batch in store.ok_batches(column, batch_size=BATCH_ROWS, rows=rows):
+        local = rows[np.searchsorted(rows, offset) : np.searchsorted(rows, offset + batch.num_rows)] - offset
+        parts.append(torch.from_numpy(store.batch_latents(batch.take(pa.array(local)), column)))
+    return torch.cat(parts).to(device)
 
 
 class _ShardWriter:
@@ -133,12 +276,12 @@ class _ShardWriter:
 
 
 def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
-    """Rebalance the groups of `store` into cfg.output; returns the summary (also written as summary.json)."""
+    """Rebalance the groups of `store` into cfg.output; returns the summary (also written as summary.json).
+    The store is streamed: one pass keeps each ok row's id, group and prior NLL; the latents (and inputs)
+    of just the rows candidates are made from are read afterwards."""
     device = resolve_device(cfg.device)
     meta = store.metadata
-    # only the columns it uses: ids, the sidecars (meta:KEY groups) and the latents it composes from
-    latent_columns = [cfg.column] + (["w_encoded"] if cfg.method == "compose" and cfg.column != "w_encoded" else [])
-    ok = store.ok_rows(cfg.column, ["image_id", "shard", "meta", *latent_columns])
+    _parse_groups(cfg.groups)
     if not meta.get("prior"):
         raise ValueError(f"{cfg.store} was made without --prior; rebalancing needs it (filter and sampling)")
     if cfg.method == "compose" and not meta.get("encoder"):
@@ -147,9 +290,15 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
     wants_identity = cfg.min_identity is not None and "identity" in settings.get("stages", [])
     models = store.load_models(device, prior=True, encoder=cfg.method == "compose", identity=wants_identity)
     G, prior, E, identity = models.G, models.prior, models.E, models.identity
-    ws = torch.from_numpy(store.latents(ok, cfg.column)).to(device)
-    groups = assign_groups(cfg.groups, ok, ws, G, prior, cfg.seed)
+    total_rows = int(store.manifest.totals()["ok"])
+    labeller = group_labeller(cfg.groups, store, cfg.column, total_rows, G, prior, cfg.seed, device)
+    grouped = group_rows(store, cfg, labeller, prior, device)
+    if len(grouped) != total_rows:
+        raise ValueError(f"{store.uri}: its manifest counts {total_rows} ok rows, its files hold {len(grouped)}; run "
+                         f"`latentmill verify {store.uri}`")
+    groups = grouped.group_names()
     counts = groups[groups != UNLABELED].value_counts().to_dict()
+    del groups
     if len(counts) < 2:
         raise ValueError(f"--groups {cfg.groups} gives {len(counts)} group(s) {counts}; rebalancing needs two or more")
     targets = target_counts(counts, parse_target(cfg.target))
@@ -159,9 +308,8 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
         needs = {g: int(n * scale) for g, n in needs.items()}
 
     # like for like: E's outputs for collages are held to E's outputs for the store's real images
-    reference = "w_encoded" if cfg.method == "compose" and ok["w_encoded"].notna().all() else cfg.column
-    reference_ws = ws if reference == cfg.column else torch.from_numpy(store.latents(ok, reference)).to(device)
-    cut = nll_cut(prior.nll(reference_ws), cfg.nll_percentile)
+    reference = "w_encoded" if cfg.method == "compose" and grouped.complete.get("w_encoded") else cfg.column
+    cut = nll_cut(torch.from_numpy(grouped.nll[reference]), cfg.nll_percentile)
     gen_fp = meta["generator_fingerprint"]  # load_models checked that G has it
     rng = np.random.default_rng(cfg.seed)
     parts_kinds = [p.strip() for p in cfg.parts.split(",") if p.strip()]
@@ -170,22 +318,39 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
     preview: list[torch.Tensor] = []  # compose: member | background | collage | new; sample: member | new
     preview_columns = 4 if cfg.method == "compose" else 2
 
+    # the rows candidates are made from: each short group's members (a uniform sample of a large group)
+    # and the background pool; only their latents and inputs are read
     needy = [g for g, n in needs.items() if n > 0]
-    member_rows = ok[groups.isin(needy)]
-    pool_index = rng.choice(len(ok), size=min(cfg.background_pool, len(ok)), replace=False)
-    wanted = pd.concat([member_rows, ok.iloc[pool_index]]).drop_duplicates("image_id")
+    pool_index = rng.choice(len(grouped), size=min(cfg.background_pool, len(grouped)), replace=False)
+    sampler = np.random.default_rng([cfg.seed, 1])
+    with_inputs = cfg.method == "compose" or identity is not None  # the real input pixels are needed
+    limit = pool_rows(G, with_inputs)
+    members_of = {}
+    for group in needy:
+        members = grouped.rows_of(group)
+        if len(members) > limit:
+            members = np.sort(sampler.choice(members, size=limit, replace=False))
+        members_of[group] = members
+    needed = np.unique(np.concatenate([pool_index, *members_of.values()]))
+    ws = read_latents(store, cfg.column, needed, device)  # row i of the store is ws[position(i)]
+    ids = grouped.ids.take(pa.array(needed)).to_numpy(zero_copy_only=False)
+
+    def position(store_rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(needed, store_rows)
+
     inputs: dict[str, torch.Tensor] = {}
-    if cfg.method == "compose" or identity is not None:  # the real input pixels are needed
-        inputs = store.read_inputs(wanted["shard"].tolist(), wanted["image_id"].tolist())
-    pool_ids = ok["image_id"].to_numpy()[pool_index]
+    if with_inputs:
+        inputs = store.read_inputs(grouped.shards.take(pa.array(needed)).to_pylist(), ids.tolist())
+    pool_ids = ids[position(pool_index)]
     bar = tqdm(total=sum(needs.values()), desc="rebalance", disable=not cfg.progress)
     for group in needy:
-        members = np.flatnonzero((groups == group).to_numpy())
-        member_ids = ok["image_id"].to_numpy()[members]
+        members = position(members_of[group])  # positions in ws / ids
+        member_ids = ids[members]
         member_embeddings = None
         if identity is not None:
             with torch.no_grad():
-                member_embeddings = identity.embed(torch.stack([inputs[i] for i in member_ids]).to(device))
+                member_embeddings = torch.cat([identity.embed(torch.stack([inputs[i] for i in chunk]).to(device))
+                                               for chunk in np.array_split(member_ids, -(-len(member_ids) // 256))])
         accepted, attempts, batch_no = 0, 0, 0
         while accepted < needs[group] and attempts < cfg.max_attempts * needs[group]:
             n = cfg.batch_size
@@ -193,7 +358,7 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
             batch_no += 1
             g = torch.Generator().manual_seed(seed)
             picks = members[torch.randint(len(members), (n,), generator=g).numpy()]
-            pick_ids = ok["image_id"].to_numpy()[picks]
+            pick_ids = ids[picks]
             if inputs:
                 parts = torch.stack([inputs[i] for i in pick_ids]).to(device)
             else:  # sample without identity scoring: members as the store reconstructs them
@@ -267,7 +432,7 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
                "method": cfg.method, "before": counts, "target_counts": targets, "added": added,
                "after": {g: counts[g] + added[g] for g in counts},
                "shortfall": {g: needs[g] - added[g] for g in counts if needs[g] > added[g]},
-               "unlabeled": int((groups == UNLABELED).sum()),
+               "unlabeled": len(grouped.rows_of(UNLABELED)),
                "candidates": len(rows), "rejected": {r: sum(1 for x in rows if x["rejected_because"] == r)
                                                     for r in ("prior_nll", "identity", "enough")},
                "nll_cut": cut, "nll_reference": reference, "settings": asdict(cfg)}

@@ -30,6 +30,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.data.decode import DecodeSettings, input_id
 from pipeline.data.planning import InputPlan
@@ -252,6 +253,28 @@ class Store:
         if column not in ok or ok[column].isna().any():
             raise ValueError(f"--column {column}: not present for every ok row of {self.uri}")
         return ok
+
+    def ok_batches(self, column: str, columns: Iterable[str] = (), *, batch_size: int = 8192,
+                   rows: np.ndarray | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(index of its first ok row, batch) over the ok rows, in store order, with `column` (refused where
+        an ok row lacks it) and `columns`; a batch at a time, so memory stays flat at any size.
+        rows: sorted ok-row indices; only batches holding some of them are given."""
+        wanted = list(dict.fromkeys(["status", column, *columns]))
+        offset = 0
+        for batch in self.iter_batches(wanted, batch_size=batch_size):
+            batch = batch.filter(pc.equal(batch.column("status"), "ok"))
+            if batch.num_rows == 0:
+                continue
+            if column not in batch.schema.names or batch.column(column).null_count:
+                raise ValueError(f"--column {column}: not present for every ok row of {self.uri}")
+            if rows is None or np.searchsorted(rows, offset + batch.num_rows) > np.searchsorted(rows, offset):
+                yield offset, batch
+            offset += batch.num_rows
+
+    def batch_latents(self, batch: pa.RecordBatch, column: str) -> np.ndarray:
+        """One latent column of an Arrow batch as float32 [rows, num_ws, w_dim] (through Arrow, not lists)."""
+        values = batch.column(column).flatten().to_numpy(zero_copy_only=False)
+        return values.astype(np.float32).reshape(batch.num_rows, *self.latent_shape)
 
     def latents(self, frame: pd.DataFrame, column: str) -> np.ndarray:
         """One latent column of `frame` as float32 [rows, num_ws, w_dim]."""
