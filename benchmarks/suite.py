@@ -173,6 +173,20 @@ STEPS: tuple[Step, ...] = (
                   Figure("gpu_utilization_mean", "%", "invert 256 px, {images} images, {steps} steps, batch "
                          "{batch_size}, {precision}: mean GPU utilization", rows=""),
                   Figure("ok", "images", "invert 256 px, {images} images: inverted", rows=""))),
+    Step("precision-quality",
+         ("-m", "benchmarks.precision_quality", "--images", "64", "--steps", "100", "--device", "{device}",
+          "--json", "{json}"),
+         ("-m", "benchmarks.precision_quality", "--images", "4", "--steps", "2", "--batch", "4", "--device", "{device}",
+          "--json", "{json}"),
+         seconds=20, timeout_s=120, smoke_seconds=15,
+         figures=(Figure("median_lpips", "LPIPS (random VGG)", "quality {precision}, demo model, {images} images, "
+                         "{steps} steps: median final LPIPS"),
+                  Figure("lpips_vs_fp32", "x", "quality {precision}, demo model: median final LPIPS vs fp32"),
+                  Figure("median_mse", "MSE", "quality {precision}, demo model: median final MSE"),
+                  Figure("share_worse_than_fp32", "fraction", "quality {precision}, demo model: images > 1% worse "
+                         "than fp32"),
+                  Figure("auto_lpips_cost", "fraction", "quality: --precision auto ({auto}), LPIPS cost vs fp32",
+                         rows=""))),
     Step("generator",
          ("-m", "benchmarks.generator", "--resolutions", "256,1024", "--batch-sizes", "1,8,32", "--dtypes", "fp32,bf16",
           "--repeats", "5", "--device", "{device}", "--json", "{json}"),

@@ -132,7 +132,8 @@ def test_the_declared_suite_covers_every_benchmark_with_a_json_output_and_a_smok
     assert len(set(names)) == len(names) and names[0] == CEILINGS_STEP
     modules = {s.argv[1] for s in STEPS}
     assert modules >= {f"benchmarks.{m}" for m in ("ceilings", "refine", "invert", "generator", "curate",
-                                                   "refine_memory", "flow", "pretrained_encoder", "encoder")}
+                                                   "refine_memory", "flow", "pretrained_encoder", "encoder",
+                                                   "precision_quality")}
     assert {s.smoke_argv[1] for s in STEPS if s.smoke_argv} == modules  # every benchmark runs in --smoke
     for s in STEPS:
         assert "{json}" in s.argv and (s.smoke_argv is None or "{json}" in s.smoke_argv), s.name
