@@ -4,7 +4,8 @@ Builds N small PNGs (the demo generator's resolution) in Parquet shards of `--sh
 runs the CLI's orchestrator on an embedded Ray with the demo generator and encoder, `--stages encode`
 (one encoder pass and one generator render per row), and reports:
 - rows/s over the run, start-up apart, and the pipeline's efficiency against the compute ceiling
-  measured in the same run: decode + encoder + one render per row in one process, times the actors;
+  measured in the same run: decode + encoder + one render per row, one single-core process per actor
+  running side by side (and, for comparison, one process alone times the actors);
 - the actors' busy fraction (time in the stages over time per shard: prefetching keeps it near 1
   when reading is faster than computing) and their peak memory, the driver's peak memory;
 - a rerun with nothing to do (resume), `latentmill verify` (quick and full);
@@ -36,17 +37,19 @@ from PIL import Image
 from benchmarks.timing import machine_description, write_results
 
 READER = """
-import resource, sys, time
+import sys, time
 from pipeline.store import open_store
-from pipeline.store.store import Store
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the interpreter and its imports
+def status(field):
+    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(field))) / 1024
+baseline = status("VmRSS:")  # the interpreter and its imports
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
 start = time.perf_counter()
 store = open_store(sys.argv[1])
 rows = ok = 0
 for batch in store.iter_batches(["image_id", "status", "mse"]):
     rows += batch.num_rows
     ok += sum(s == "ok" for s in batch.column("status").to_pylist())
-print(rows, ok, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline)
+print(rows, ok, time.perf_counter() - start, status("VmHWM:") - baseline)
 """
 
 
@@ -69,9 +72,10 @@ def build_input(root: Path, rows: int, shard_rows: int, resolution: int) -> floa
     return time.perf_counter() - start
 
 
-def compute_ceiling(generator: str, encoder: str, batch: int, resolution: int) -> float:
+def compute_ceiling(generator: str, encoder: str, batch: int, resolution: int, barrier=None) -> float:
     """Rows/s of decode + encoder + one render per row on one core, in this process (the work an actor does
-    per row, without reading, Ray or writing)."""
+    per row, without reading, Ray or writing). `barrier`: wait for the other processes measuring beside
+    this one before timing."""
     from pipeline.data.decode import decode_image
     from pipeline.models.checkpoints import load_generator
     from pipeline.models.encoder import encode, load_encoder
@@ -89,6 +93,8 @@ def compute_ceiling(generator: str, encoder: str, batch: int, resolution: int) -
             G.synthesis(encode(E, images), noise_mode="const")
 
     one_batch()
+    if barrier is not None:
+        barrier.wait()
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
@@ -96,6 +102,27 @@ def compute_ceiling(generator: str, encoder: str, batch: int, resolution: int) -
         best = min(best, time.perf_counter() - start)
     torch.set_num_threads(os.cpu_count() or 1)
     return batch / best
+
+
+def _ceiling_worker(args: tuple, barrier, results) -> None:
+    results.put(compute_ceiling(*args, barrier=barrier))
+
+
+def side_by_side_ceiling(generator: str, encoder: str, batch: int, resolution: int, processes: int) -> float:
+    """The compute ceiling of `processes` single-core workers running at the same time (the actors' case:
+    on a shared machine they contend for caches, memory bandwidth and the host), the sum of their rows/s."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_ceiling_worker, args=((generator, encoder, batch, resolution), barrier, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    total = sum(results.get(timeout=600) for _ in workers)
+    for worker in workers:
+        worker.join()
+    return total
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         built = build_input(root / "input", args.rows, args.shard_rows, resolution)
-        ceiling = compute_ceiling(bundle.generator, bundle.encoder, args.batch_size, resolution) * args.concurrency
+        alone = compute_ceiling(bundle.generator, bundle.encoder, args.batch_size, resolution) * args.concurrency
+        ceiling = side_by_side_ceiling(bundle.generator, bundle.encoder, args.batch_size, resolution,
+                                       args.concurrency)
         config = InvertConfig(input=str(root / "input"), output=str(root / "store"), generator=bundle.generator,
                               encoder=bundle.encoder, stages=("encode",), id_column="id",
                               batch_size=args.batch_size, concurrency=args.concurrency, progress=False)
@@ -149,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
                   "wall_s": round(wall, 1), "startup_s": round(summary.startup_seconds, 1),
                   "rows_per_s": round(steady, 1), "rows_per_s_wall": round(args.rows / wall, 1),
                   "ceiling_rows_per_s": round(ceiling, 1), "efficiency": round(steady / ceiling, 3),
+                  "ceiling_alone_rows_per_s": round(alone, 1), "efficiency_vs_alone": round(steady / alone, 3),
                   "actor_busy_fraction": round(busy, 3), "actor_peak_mb": actor_mb,
                   "driver_peak_mb": round(driver_mb, 1), "resume_nothing_to_do_s": round(resume_s, 2),
                   **timings, "reader_s": round(reader_s, 2), "reader_peak_mb_above_imports": round(reader_mb, 1),
