@@ -7,7 +7,9 @@ process held once imports and models were loaded:
 - `summary`: the end-of-run summary (counts and errors by reason, from the manifest);
 - `iter_batches`: open_store(...).iter_batches over id, status and mse;
 - `report_rows`: the report's pass over the scalar columns (sample, worst rows, counts);
-- `curate`: `latentmill curate` (streamed rows, the approximate near-duplicate search beyond small stores).
+- `curate`: `latentmill curate` (streamed rows, the approximate near-duplicate search beyond small stores);
+- `rebalance`: `latentmill rebalance --groups kmeans:4 --method sample --max-new 64` (streamed groups,
+  k-means on a sample, the latents of just the rows candidates come from).
 Flat memory across sizes is the claim; the growth of each time is fitted between sizes.
 
   python -m benchmarks.store_readers --rows 100000,1000000 --json out.json
@@ -36,6 +38,8 @@ READERS = {
     "iter_batches": "store = open_store(uri)\nfor batch in store.iter_batches(['image_id', 'status', 'mse']): pass",
     "report_rows": "from pipeline.report.report_rows import collect\ncollect(open_store(uri))",
     "curate": "from jobs.curate import CurateConfig, run\nrun(CurateConfig(store=uri, progress=False, device='cpu'))",
+    "rebalance": "from jobs.rebalance import RebalanceConfig, run\nrun(RebalanceConfig(store=uri, groups='kmeans:4', "
+                 "method='sample', output=uri + '-rebalanced', max_new=64, progress=False, device='cpu'))",
 }
 PROLOGUE = """
 import sys, time

@@ -22,6 +22,18 @@ def mean_over_layers(per_vector: torch.Tensor, ws: torch.Tensor) -> torch.Tensor
     return per_vector.mean(dim=-1) if ws.ndim == 3 else per_vector
 
 
+CHUNK_ELEMENTS = 1 << 20  # latent values a prior maps at once in `in_chunks` (its float64 temporaries: ~50 MB)
+
+
+def in_chunks(fn, ws: torch.Tensor) -> torch.Tensor:
+    """fn (a prior's whiten, nll, ...) over rows of ws [N, ...] a chunk at a time, concatenated: the same
+    values, with the prior's float64 temporaries bounded whatever N is."""
+    rows = max(1, CHUNK_ELEMENTS // max(1, ws[0].numel() if len(ws) else 1))
+    if len(ws) <= rows:
+        return fn(ws)
+    return torch.cat([fn(chunk) for chunk in ws.split(rows)])
+
+
 def log_compress(c: torch.Tensor, tau: float) -> torch.Tensor:
     """Identity inside [-tau, tau]; beyond, sign(c) * (tau + log(1 + |c| - tau)): continuous, slope 1 at tau."""
     magnitude = c.abs()

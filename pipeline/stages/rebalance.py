@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from pipeline.models.encoder import Encoder, encode
 from pipeline.models.stylegan2 import Generator
+from pipeline.priors.latent_prior import in_chunks
 from pipeline.priors.load import Prior
 
 PART_KINDS = ("half", "quadrants", "blob")
@@ -116,15 +117,21 @@ def compose(E: Encoder, G: Generator, parts: torch.Tensor, backgrounds: torch.Te
 
 
 @torch.no_grad()
-def sample_near(prior: Prior, ws_group: torch.Tensor, n: int, *, generator: torch.Generator,
-                temperature: float = 0.7) -> torch.Tensor:
-    """n latents from a diagonal Gaussian fitted to a group's whitened latents [M, num_ws, D].
+def group_gaussian(prior: Prior, ws_group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of a group's whitened latents [M, num_ws, D]: the diagonal Gaussian `sample_near` draws from."""
+    v = in_chunks(prior.whiten, ws_group.float())
+    return v.mean(0), v.std(0, unbiased=len(v) > 1).nan_to_num(0.0)
+
+
+def sample_near(prior: Prior, ws_group: torch.Tensor | tuple[torch.Tensor, torch.Tensor], n: int, *,
+                generator: torch.Generator, temperature: float = 0.7) -> torch.Tensor:
+    """n latents from a diagonal Gaussian fitted to a group's whitened latents [M, num_ws, D] (or given as
+    `group_gaussian`'s (mean, std), fitted once for many draws).
 
     Sampling in the whitened gaussianized space keeps the samples in the prior's support;
     temperature < 1 keeps them nearer the group's mean.
     """
-    v = prior.whiten(ws_group.float())
-    mean, std = v.mean(0), v.std(0, unbiased=len(v) > 1).nan_to_num(0.0)
+    mean, std = ws_group if isinstance(ws_group, tuple) else group_gaussian(prior, ws_group)
     noise = torch.randn((n, *mean.shape), generator=generator).to(mean.device)
     return prior.unwhiten(mean + temperature * std * noise)
 

@@ -35,6 +35,7 @@ from pipeline.stages.curate import above_percentile, duplicate_groups, near_dupl
 from pipeline.stages.curation_settings import CurateConfig
 from pipeline.stages.similarity_search import (DuplicatePairs, FeatureFile, RandomProjection, SearchProgress,
                                               approximate_pairs, exact_cosines, projection_band, split_by_band)
+from pipeline.priors.latent_prior import in_chunks
 from pipeline.runtime.heap import release_free_heap
 from pipeline.store import layout
 from pipeline.store.flags_schema import FLAGS_VERSION, flags_schema
@@ -112,7 +113,7 @@ class FeatureSource:
                     out.append(self.models.identity.embed(chunk).float())
             return torch.cat(out) if out else torch.zeros(0, self.dim, device=self.device)
         if self.models.prior is not None:
-            return self.models.prior.whiten(ws).flatten(1)  # independent samples are near-orthogonal here
+            return in_chunks(self.models.prior.whiten, ws).flatten(1)  # independent samples are near-orthogonal here
         return (ws - self.models.G.w_avg.to(ws.device)).flatten(1)
 
 
@@ -139,7 +140,7 @@ def read_ok_rows(store: Store, cfg: CurateConfig, features_of: FeatureSource, de
         kept.shards.append(shards)
         with torch.no_grad():
             if features_of.models.prior is not None:
-                kept.nll.append(features_of.models.prior.nll(ws).double().cpu().numpy())
+                kept.nll.append(in_chunks(features_of.models.prior.nll, ws).double().cpu().numpy())
             elif nll_column in batch.schema.names:
                 kept.nll.append(batch.column(nll_column).to_numpy(zero_copy_only=False).astype(float))
             else:

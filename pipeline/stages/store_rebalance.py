@@ -31,10 +31,12 @@ from tqdm.auto import tqdm
 from pipeline.data.webdataset import add_sample
 from pipeline.devices import resolve_device
 from pipeline.imaging import grid_image, png_bytes, to_uint8
+from pipeline.priors.latent_prior import in_chunks
 from pipeline.priors.load import Prior
 from pipeline.runtime.heap import release_free_heap
 from pipeline.stages.chain import NOISE_MODE, image_seed
-from pipeline.stages.rebalance import compose, kmeans, masked_l1, nll_cut, part_masks, sample_near, target_counts
+from pipeline.stages.rebalance import (compose, group_gaussian, kmeans, masked_l1, nll_cut, part_masks, sample_near,
+                                      target_counts)
 from pipeline.stages.rebalance_settings import RebalanceConfig
 from pipeline.store import layout
 from pipeline.store.file_names import safe_file_name
@@ -59,18 +61,19 @@ def parse_target(text: str) -> dict[str, float] | None:
 BATCH_ROWS = 8192
 KMEANS_SAMPLE_ROWS = 100_000  # k-means is fitted on a uniform sample of at most this many ok rows ...
 KMEANS_SAMPLE_BYTES = 1 << 29  # ... and of at most this many bytes of features (all of a smaller store)
-POOL_ROWS_PER_GROUP = 50_000  # the members a group's candidates come from: a uniform sample of a larger group
-INPUT_POOL_BYTES = 2 << 30  # ... and, where their decoded inputs are held (compose, identity), this many bytes of them
+POOL_ROWS_PER_GROUP = 50_000  # the members a group's candidates come from: a uniform sample of a larger group,
+LATENT_POOL_BYTES = 1 << 27  # ... of at most this many bytes of latents (each held twice: as is and whitened)
+INPUT_POOL_BYTES = 1 << 30  # ... and, where their decoded inputs are held (compose, identity), of inputs
 
 Labeller = Callable[[int, pa.RecordBatch, torch.Tensor], np.ndarray]  # (first row, batch, its ws) -> group names
 
 
 def pool_rows(G: Any, with_inputs: bool) -> int:
     """How many members of a short group candidates are drawn from (all of a smaller group)."""
-    if not with_inputs:
-        return POOL_ROWS_PER_GROUP
-    per_input = G.img_channels * G.img_resolution**2 * 4  # float32 [C, R, R]
-    return max(64, min(POOL_ROWS_PER_GROUP, INPUT_POOL_BYTES // per_input))
+    rows = min(POOL_ROWS_PER_GROUP, LATENT_POOL_BYTES // (G.num_ws * G.w_dim * 4))
+    if with_inputs:
+        rows = min(rows, INPUT_POOL_BYTES // (G.img_channels * G.img_resolution**2 * 4))  # float32 [C, R, R]
+    return max(1, rows)
 
 
 def _parse_groups(spec: str) -> tuple[str, str]:
@@ -163,7 +166,7 @@ def group_labeller(spec: str, store: StoreWriter, column: str, rows: int, G: Any
 
     def features_of(ws: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return prior.whiten(ws).flatten(1).float()
+            return in_chunks(prior.whiten, ws).flatten(1).float()
 
     picked = []
     for offset, batch in store.ok_batches(column, batch_size=BATCH_ROWS, rows=sample):
@@ -221,13 +224,13 @@ def group_rows(store: StoreWriter, cfg: RebalanceConfig, labeller: Labeller, pri
         code_of = np.array([names.setdefault(str(name), len(names)) for name in distinct], dtype=np.int32)
         codes.append(code_of[inverse.reshape(-1)])
         with torch.no_grad():
-            nll[cfg.column].append(prior.nll(ws).double().cpu().numpy())
+            nll[cfg.column].append(in_chunks(prior.nll, ws).double().cpu().numpy())
             for name in optional:
                 present = name in batch.schema.names and batch.column(name).null_count == 0
                 complete[name] &= present
                 if complete[name]:
                     other = torch.from_numpy(store.batch_latents(batch, name)).to(device)
-                    nll[name].append(prior.nll(other).double().cpu().numpy())
+                    nll[name].append(in_chunks(prior.nll, other).double().cpu().numpy())
         release_free_heap()
     if not codes:
         raise ValueError(f"{store.uri}: no ok rows")
@@ -236,12 +239,15 @@ def group_rows(store: StoreWriter, cfg: RebalanceConfig, labeller: Labeller, pri
 
 
 def read_latents(store: StoreWriter, column: str, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The latents of the ok rows numbered `rows` (sorted, unique), in that order: only their batches are read."""
-    parts = []
+    """The latents of the ok rows numbered `rows` (sorted, unique), in that order: only their batches are read,
+    into one tensor allocated once."""
+    out = torch.empty(len(rows), *store.latent_shape)
+    filled = 0
     for offset, batch in store.ok_batches(column, batch_size=BATCH_ROWS, rows=rows):
         local = rows[np.searchsorted(rows, offset) : np.searchsorted(rows, offset + batch.num_rows)] - offset
-        parts.append(torch.from_numpy(store.batch_latents(batch.take(pa.array(local)), column)))
-    return torch.cat(parts).to(device)
+        out[filled : filled + len(local)] = torch.from_numpy(store.batch_latents(batch.take(pa.array(local)), column))
+        filled += len(local)
+    return out.to(device)
 
 
 class _ShardWriter:
@@ -292,6 +298,7 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
     G, prior, E, identity = models.G, models.prior, models.E, models.identity
     total_rows = int(store.manifest.totals()["ok"])
     labeller = group_labeller(cfg.groups, store, cfg.column, total_rows, G, prior, cfg.seed, device)
+    release_free_heap()  # what fitting the groups freed (k-means' sample)
     grouped = group_rows(store, cfg, labeller, prior, device)
     if len(grouped) != total_rows:
         raise ValueError(f"{store.uri}: its manifest counts {total_rows} ok rows, its files hold {len(grouped)}; run "
@@ -351,6 +358,11 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
             with torch.no_grad():
                 member_embeddings = torch.cat([identity.embed(torch.stack([inputs[i] for i in chunk]).to(device))
                                                for chunk in np.array_split(member_ids, -(-len(member_ids) // 256))])
+        gaussian = white = None
+        if cfg.method == "sample":  # the group's Gaussian and whitened latents, once for all its candidates
+            with torch.no_grad():
+                gaussian = group_gaussian(prior, ws[members])
+                white = in_chunks(prior.whiten, ws[members]).flatten(1)
         accepted, attempts, batch_no = 0, 0, 0
         while accepted < needs[group] and attempts < cfg.max_attempts * needs[group]:
             n = cfg.batch_size
@@ -373,12 +385,12 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
                 part_l1 = masked_l1(images, parts, masks).cpu().numpy()
                 sources = [[a, b] for a, b in zip(pick_ids, background_ids)]
             else:
-                new_ws = sample_near(prior, ws[members], n, generator=g, temperature=cfg.temperature)
+                new_ws = sample_near(prior, gaussian, n, generator=g, temperature=cfg.temperature)
                 with torch.no_grad():
                     images = G.synthesis(new_ws, noise_mode=NOISE_MODE).float()
                 masks, kinds, part_l1, collages = None, [None] * n, [None] * n, None
                 with torch.no_grad():  # provenance: the three members nearest in the whitened space
-                    near = torch.cdist(prior.whiten(new_ws).flatten(1), prior.whiten(ws[members]).flatten(1))
+                    near = torch.cdist(prior.whiten(new_ws).flatten(1), white)
                     nearest = near.topk(min(3, len(members)), largest=False).indices.cpu().numpy()
                 sources = [list(member_ids[row]) for row in nearest]
             with torch.no_grad():
