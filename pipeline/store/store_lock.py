@@ -151,7 +151,7 @@ def _read_json_fd(fd: int) -> dict[str, Any] | None:
 @contextmanager
 def _lease(store: str, wait: bool, timeout_s: float | None, wait_hint: str) -> Iterator[StoreClaim]:
     fs, root = fsspec.core.url_to_fs(store)
-    path = root.rstrip("/") + "/" + layout.LEASE
+    path = layout.join(root, layout.LEASE)
     fs.makedirs(root, exist_ok=True)
     holder = _holder()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
