@@ -39,7 +39,9 @@ def test_two_nodes_give_the_same_rows_and_latents_as_one(two_node_cluster, fixtu
     prior = str(tmp_path / "prior.safetensors")
     fit_prior_file(str(fixture_dir / "sg2ada_32px.pkl"), prior, num_samples=5000, batch_size=5000)
     base = dict(input=str(tmp_path / "in"), generator=str(fixture_dir / "sg2ada_32px.pkl"), prior=prior,
-                stages=("refine", "compress"), perceptual="discriminator", steps=3, shard_size=4, progress=False)
+                stages=("refine", "compress"), perceptual="discriminator", steps=10, shard_size=1, progress=False)
+    # one input a shard, 16 shards: work enough that the slower node's actor is ready before the other has
+    # taken them all (the pool hands shards to whichever actor is ready first)
     run(InvertConfig(output=str(tmp_path / "two"), concurrency=2, cpus_per_actor=1, **base))
     nodes = {entry["node"] for entry in manifest_entries(str(tmp_path / "two")).values()}
     assert len(nodes) == 2, "shards ran on both nodes"
