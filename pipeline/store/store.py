@@ -243,17 +243,6 @@ class Store:
                     reasons[error.split(":", 1)[0]] += 1
         return dict(reasons.most_common())
 
-    def ok_rows(self, column: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
-        """The ok rows that have `column`; refuses a store where some ok row lacks it."""
-        wanted = None if columns is None else list(dict.fromkeys(["status", column, *columns]))
-        frame = self.to_pandas(wanted)
-        ok = frame[frame["status"] == "ok"].reset_index(drop=True)
-        if ok.empty:
-            raise ValueError(f"{self.uri}: no ok rows")
-        if column not in ok or ok[column].isna().any():
-            raise ValueError(f"--column {column}: not present for every ok row of {self.uri}")
-        return ok
-
     def ok_batches(self, column: str, columns: Iterable[str] = (), *, batch_size: int = 8192,
                    rows: np.ndarray | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
         """(index of its first ok row, batch) over the ok rows, in store order, with `column` (refused where
