@@ -53,7 +53,8 @@ def messy_folder(root: Path) -> dict[str, str]:
     put("bad/truncated.png", good[: len(good) // 2], "corrupt")
     jpeg = png_bytes(colorful(seed=13, size=64), "JPEG")
     put("bad/corrupt.jpg", jpeg[: len(jpeg) // 3], "corrupt")
-    put("bad/notes.txt", b"this is not an image", "not an image")
+    put("bad/notes.txt", b"this is not an image", "orphan sidecar")  # a caption without its image
+    put("bad/readme.md", b"this is not an image", "not an image")
     put("bad/huge.png", png_bytes(Image.new("1", (9000, 8000))), "too large")
     put("bad/tiny.png", png_bytes(colorful(size=4)), "too small")
     return expected

@@ -291,7 +291,7 @@ def test_duplicate_ids_get_a_deterministic_suffix_or_are_refused(generator, tmp_
     cfg = config(generator, tmp_path / "in", tmp_path / "store", id_column="id")
     frame = invert_here(cfg)
     assert sorted(frame["image_id"]) == ["x", "x~1", "y", "y~1", "z"]
-    with pytest.raises(ValueError, match="--id-column id: 2 ids appear more than once"):
+    with pytest.raises(ValueError, match="--id-column: 2 ids appear more than once"):
         invert_here(config(generator, tmp_path / "in", tmp_path / "store2", id_column="id", on_duplicate_id="error"))
 
 

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 
 RESIZE_POLICIES = ("center-crop", "pad", "stretch")
 DEFAULT_MAX_PIXELS = 64_000_000  # refuse larger images (decompression bombs); Pillow's default is ~89M
+
+
+def input_bytes_for(max_pixels: int) -> int:
+    """The most bytes an input of at most `max_pixels` pixels needs: uncompressed RGBA, plus room for
+    headers and metadata (a larger file is refused unread)."""
+    return 4 * max_pixels + (1 << 20)
 MIN_SIDE = 8
 FACE_ID_SEPARATOR = "#face"  # with --faces all, a photo's rows are IMAGE#face0, IMAGE#face1, ...
 

@@ -6,8 +6,15 @@ reason it could not be read. Every planned input yields exactly one record, what
   a FIFO would block forever), and every read of a folder input has a timeout (`read_timeout`);
 - a shard that cannot be read at all (a corrupt tar, say) yields one error record for itself;
 - names that are not UTF-8 become escaped ids (pipeline/data/names.py) and are opened by their bytes;
-- a tar key seen again becomes 'key~n' (the first such suffix that is no other key of the tar),
-  or an error record with `on_duplicate_id="error"`.
+- tars are streamed a sample at a time (consecutive members sharing a key, as webdataset defines a
+  sample); a key seen again becomes 'key~n' (the first such suffix no earlier sample of the tar has;
+  a later key spelled like a suffix already given gets one itself), or an error record with
+  `on_duplicate_id="error"`; a member above `max_input_bytes` is a 'too large' record, never read; a
+  hardlinked member gives its target's bytes; symlink, device and FIFO members are records saying so;
+  a tar damaged part way keeps the records before the damage and gives one record for the rest;
+- Parquet shards are read a batch of rows at a time; other scalar columns become the row's meta;
+- img2dataset's per-shard metadata Parquet (planned beside a shard) is joined into each sample's meta
+  by key, as are a sample's JSON and small text parts (`.txt`, `.cls`).
 Folder inputs are read ahead of the consumer with bounded concurrency (`prefetch`), so an actor's
 accelerator never waits for an object store's round trips while reading is faster than computing.
 """
@@ -34,8 +41,13 @@ from pipeline.data.names import default_id, escape_name, id_text, os_name
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+TEXT_PART_EXTENSIONS = ("txt", "cls", "caption", "label")  # small text parts of a sample, kept in its meta
+TEXT_SIDECAR_SUFFIXES = tuple(f".{e}" for e in TEXT_PART_EXTENSIONS)
+TEXT_PART_MAX_BYTES = 65536  # larger text parts are not meta
+SIDECAR_SUFFIXES = (".mask.png", ".json", *TEXT_SIDECAR_SUFFIXES)  # read with the image of the same stem
 MASK_SUFFIX = ".mask.png"
 DEFAULT_READ_TIMEOUT_S = 120.0
+MAX_READ_TIMEOUT_S = 86400.0  # a day: a longer wait is a mistake in the setting (and overflows timers)
 DEFAULT_PREFETCH = 16
 T = TypeVar("T")
 
@@ -61,16 +73,17 @@ class ShardSpec:
     # parquet: image_column, id_column, renamed_ids {row: new id}; folder: sidecars {member: [".mask.png", ...]};
     # any layout: kinds {member or "": what a non-regular file is}
     options: dict = field(default_factory=dict)
+    path: str | None = None  # tar and Parquet shards: the file's escaped path relative to the input root
 
     @property
     def file(self) -> str:
-        """A tar or Parquet shard's file name (escaped), as its plan lists it."""
-        return posixpath.basename(self.uri)
+        """A tar or Parquet shard's file (escaped, relative to the input root), as its plan lists it."""
+        return self.path if self.path is not None else posixpath.basename(self.uri)
 
 
 def sidecar_stem(relative: str) -> str | None:
     """The image stem a sidecar file belongs to ('x' for 'x.mask.png' and 'x.json'), else None."""
-    for suffix in (MASK_SUFFIX, ".json"):
+    for suffix in SIDECAR_SUFFIXES:
         if relative.endswith(suffix):
             return relative[: -len(suffix)]
     return None
@@ -148,25 +161,58 @@ def _not_regular(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
 
 
 def read_shard(spec: ShardSpec, *, timeout: float | None = DEFAULT_READ_TIMEOUT_S,
-               prefetch: int = DEFAULT_PREFETCH, on_duplicate_id: str = "suffix") -> Iterator[InputRecord]:
-    """The input records of one shard, in a deterministic order."""
+               prefetch: int = DEFAULT_PREFETCH, on_duplicate_id: str = "suffix",
+               max_input_bytes: int | None = None) -> Iterator[InputRecord]:
+    """The input records of one shard, in a deterministic order, streamed: an input larger than
+    `max_input_bytes` is a 'too large' record without its bytes being read."""
+    metadata = read_metadata(spec.options["metadata"]) if spec.options.get("metadata") else None
     if spec.layout == "folder":
-        yield from _read_folder(spec, timeout, prefetch)
+        yield from _read_folder(spec, timeout, prefetch, max_input_bytes, metadata)
     elif spec.layout == "tar":
-        yield from _read_tar(spec, on_duplicate_id)
+        yield from _read_tar(spec, on_duplicate_id, max_input_bytes, metadata)
     elif spec.layout == "parquet":
-        yield from _read_parquet(spec)
+        yield from _read_parquet(spec, max_input_bytes)
     else:
         raise ValueError(f"unknown shard layout {spec.layout!r}")
 
 
-def _read_folder(spec: ShardSpec, timeout: float | None, prefetch: int) -> Iterator[InputRecord]:
+def read_metadata(uri: str) -> dict[str, dict]:
+    """A per-sample metadata Parquet written beside shards (img2dataset's `00000.parquet`): key -> its
+    scalar fields; an unreadable one gives nothing (its samples are still read)."""
+    fs, path = _fs(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+    except Exception:  # metadata is a courtesy: never the reason a sample is lost
+        return {}
+    if "key" not in table.column_names:
+        return {}
+    keep = [n for n in table.column_names if n != "key" and is_scalar(table.schema.field(n).type)]
+    keys = table.column("key").to_pylist()
+    columns = {n: table.column(n).to_pylist() for n in keep}
+    return {str(k): {n: columns[n][i] for n in keep if columns[n][i] is not None} for i, k in enumerate(keys)
+            if k is not None}
+
+
+def is_scalar(kind: pa.DataType) -> bool:
+    """A column worth carrying into a row's meta: text, numbers, booleans (not bytes, lists or structs)."""
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+            or pa.types.is_floating(kind) or pa.types.is_boolean(kind))
+
+
+def _read_folder(spec: ShardSpec, timeout: float | None, prefetch: int, max_input_bytes: int | None,
+                 metadata: dict[str, dict] | None) -> Iterator[InputRecord]:
     fs, root = _fs(spec.uri)
     sidecars: dict[str, list[str]] | None = spec.options.get("sidecars")  # None: a legacy plan, look for them
 
-    def read_optional(path: str) -> bytes | None:
+    def read_optional(path: str, limit: int | None = None) -> bytes | None:
+        """The file's bytes, or None if it is gone; at most limit + 1 bytes are read (so a file past the
+        limit is known as such without reading it whole)."""
         try:
-            return fs.cat_file(path)
+            if limit is None:
+                return fs.cat_file(path)
+            with fs.open(path, "rb") as f:
+                return f.read(limit + 1)
         except FileNotFoundError:
             return None
 
@@ -183,14 +229,23 @@ def _read_folder(spec: ShardSpec, timeout: float | None, prefetch: int) -> Itera
                 return InputRecord(relative, source, error="missing: the file disappeared after planning")
             if kind is not None:
                 return InputRecord(relative, source, error=f"not a regular file: a {kind}")
-            data = call_with_timeout(lambda: read_optional(path), timeout)
+            data = call_with_timeout(lambda: read_optional(path, max_input_bytes), timeout)
             if data is None:
                 return InputRecord(relative, source, error="missing: the file disappeared after planning")
+            if max_input_bytes is not None and len(data) > max_input_bytes:
+                return InputRecord(relative, source, error=f"too large: more than --max-input-bytes "
+                                                           f"{max_input_bytes:,} bytes (not read)")
             base = posixpath.join(root, os_name(stem(relative)))
             wanted = sidecars.get(relative, []) if sidecars is not None else [MASK_SUFFIX, ".json"]
+            found = {suffix: call_with_timeout(lambda s=suffix: read_optional(base + s, TEXT_PART_MAX_BYTES), timeout)
+                     for suffix in wanted if suffix != MASK_SUFFIX}
             mask = call_with_timeout(lambda: read_optional(base + MASK_SUFFIX), timeout) if MASK_SUFFIX in wanted else None
-            meta = call_with_timeout(lambda: read_optional(base + ".json"), timeout) if ".json" in wanted else None
-            return InputRecord(relative, source, data, mask=mask, meta=_parse_json(meta))
+            meta = dict(metadata.get(posixpath.basename(stem(relative)), {})) if metadata else {}
+            meta.update(_parse_json(found.pop(".json", None)) or {})
+            for suffix, text in found.items():
+                if text is not None and len(text) <= TEXT_PART_MAX_BYTES:
+                    meta[suffix.lstrip(".")] = text.decode("utf-8", "replace").strip()
+            return InputRecord(relative, source, data, mask=mask, meta=meta or None)
         except TimeoutError as exc:
             return InputRecord(relative, source, error=f"read timeout: {exc} (--read-timeout)")
         except Exception as exc:  # one unreadable file is that file's row, whatever the storage raised
@@ -200,105 +255,220 @@ def _read_folder(spec: ShardSpec, timeout: float | None, prefetch: int) -> Itera
 
 
 def _parse_json(data: bytes | None) -> dict | None:
+    """A sidecar's JSON as a dict; a sidecar that is not JSON (or nested past the parser's depth) is
+    marked, never the row's failure."""
     if not data:
         return None
     try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"_unparsable_json": True}
     return value if isinstance(value, dict) else {"value": value}
 
 
-def _tar_members(spec: ShardSpec) -> tuple[list[tuple[str, str, bytes]], str | None]:
-    """Every (key, extension, bytes) of a tar's regular members in archive order (keys escaped), and the
-    reason the rest could not be read, if it could not."""
+class _PartProblem(str):
+    """Why a tar member's bytes were not read (too large, a link, a device): the sample's row says so."""
+
+
+def _member_problem(member: tarfile.TarInfo, max_input_bytes: int | None) -> _PartProblem | None:
+    if member.issym():
+        return _PartProblem(f"a symlink member: {member.name} -> {member.linkname} (links are not followed "
+                            "out of the archive)")
+    if member.ischr() or member.isblk():
+        return _PartProblem(f"a device member: {member.name}")
+    if member.isfifo():
+        return _PartProblem(f"a fifo member: {member.name}")
+    if not (member.isfile() or member.islnk()):
+        return _PartProblem(f"not a regular file member: {member.name}")
+    if max_input_bytes is not None and member.isfile() and member.size > max_input_bytes:
+        return _PartProblem(f"too large: {member.name} holds {member.size:,} bytes, more than --max-input-bytes "
+                            f"{max_input_bytes:,} (not read)")
+    return None
+
+
+def _extract(archive: tarfile.TarFile, member: tarfile.TarInfo, max_input_bytes: int | None) -> bytes | _PartProblem:
+    """A member's bytes; a hardlink gives its target's (GNU tar stores a second name of a file that way)."""
+    if member.islnk():
+        try:
+            target = archive._find_link_target(member)  # the members read so far, as extractfile uses
+        except KeyError:
+            return _PartProblem(f"a hardlink to {member.linkname}, which is not an earlier member of the tar")
+        if max_input_bytes is not None and target.size > max_input_bytes:
+            return _PartProblem(f"too large: {member.name} (a link to {target.name}) holds {target.size:,} bytes, "
+                                f"more than --max-input-bytes {max_input_bytes:,} (not read)")
+    handle = archive.extractfile(member)
+    if handle is None:
+        return _PartProblem(f"not a regular file member: {member.name}")
+    return handle.read()
+
+
+@dataclass
+class _Sample:
+    key: str  # escaped, unique within the tar
+    parts: dict[str, bytes | _PartProblem] = field(default_factory=dict)
+    repeat_of: str | None = None  # the key it repeats (a member seen again)
+    archive_key: str = ""  # the key as the archive spells it
+
+    def __post_init__(self) -> None:
+        self.archive_key = self.archive_key or self.key
+
+
+def _tar_samples(spec: ShardSpec, max_input_bytes: int | None) -> Iterator[_Sample | str]:
+    """A tar's samples, streamed in archive order (consecutive members sharing a key, as the webdataset
+    format defines them), each read when its last member has been; a str at the end: why the rest of the
+    tar could not be read. Memory: one sample's bytes, plus tarfile's small record of each member."""
     fs, path = _fs(spec.uri)
-    members: list[tuple[str, str, bytes]] = []
     kind = spec.options.get("kind") or _not_regular(fs, path)
     if kind == "missing":
-        return members, "missing: the tar disappeared after planning"
+        yield "missing: the tar disappeared after planning"
+        return
     if kind is not None:
-        return members, f"not a regular file: a {kind}"
+        yield f"not a regular file: a {kind}"
+        return
+    taken: set[str] = set()  # ids given so far
+    keys: set[str] = set()  # keys as the archive spells them, seen so far
+    current: _Sample | None = None
     try:
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as archive:
             for member in archive:
-                if not member.isfile():
+                if member.isdir():
                     continue
                 directory, name = posixpath.split(member.name)
                 if name.startswith("."):
                     continue
-                key, _, suffix = name.partition(".")
-                members.append((escape_name(posixpath.join(directory, key)), suffix.lower(),
-                                archive.extractfile(member).read()))
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        return members, f"unreadable tar: {exc}"
-    return members, None
+                base_key, _, ext = name.partition(".")
+                key, ext = escape_name(posixpath.join(directory, base_key)), ext.lower()
+                if current is not None and current.archive_key == key and ext not in current.parts:
+                    sample = current
+                else:
+                    if current is not None:
+                        yield current
+                    sample = current = _Sample(key)
+                    if key in taken:  # the first 'key~n' no earlier sample has
+                        current.key = next(f"{key}~{n}" for n in itertools.count(1) if f"{key}~{n}" not in taken)
+                        current.repeat_of = key if key in keys else None  # else a key equal to an earlier suffix
+                    taken.add(current.key)
+                    keys.add(key)
+                problem = _member_problem(member, max_input_bytes)
+                try:
+                    sample.parts[ext] = problem if problem is not None else _extract(archive, member, max_input_bytes)
+                except Exception as exc:  # a decompressor's error mid-member: this sample, then the rest
+                    sample.parts[ext] = _PartProblem(f"unreadable: {type(exc).__name__}: {exc}")
+                    raise
+    except Exception as exc:  # a damaged or truncated archive: rows read so far stay, the rest is one row
+        if current is not None:
+            yield current
+        yield f"unreadable tar: {type(exc).__name__}: {exc}"
+        return
+    if current is not None:
+        yield current
 
 
-def _read_tar(spec: ShardSpec, on_duplicate_id: str) -> Iterator[InputRecord]:
-    members, failure = _tar_members(spec)
-    natural = {key for key, _, _ in members}
-    samples: dict[str, dict[str, bytes]] = {}
-    repeats: set[str] = set()  # samples made by a repeated member
-    order: list[str] = []
-    for key, ext, data in members:
-        unique = key
-        if unique in samples and ext in samples[unique]:  # a repeated member: the first free 'key~n'
-            for n in itertools.count(1):
-                unique = f"{key}~{n}"
-                if unique not in natural and (unique not in samples or ext not in samples[unique]):
-                    break
-            repeats.add(unique)
-        if unique not in samples:
-            samples[unique] = {}
-            order.append(unique)
-        samples[unique][ext] = data
-    for key in order:
-        parts = samples[key]
-        source = f"{spec.uri}#{key}"
+def _text_parts(parts: dict[str, bytes | _PartProblem], image_suffix: str) -> dict[str, str]:
+    """A sample's small text parts (a caption `.txt`, a label `.cls`), for its meta."""
+    found = {}
+    for ext, data in parts.items():
+        if ext in (image_suffix, "json", "mask.png") or isinstance(data, _PartProblem) or len(data) > TEXT_PART_MAX_BYTES:
+            continue
+        if ext in TEXT_PART_EXTENSIONS:
+            try:
+                found[ext] = data.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                continue
+    return found
+
+
+def _read_tar(spec: ShardSpec, on_duplicate_id: str, max_input_bytes: int | None,
+              metadata: dict[str, dict] | None) -> Iterator[InputRecord]:
+    keys: set[str] = set()
+    for sample in _tar_samples(spec, max_input_bytes):
+        if isinstance(sample, str):  # what could not be enumerated gets one row, so nothing vanishes silently
+            rest = next(f"<rest of shard>{'' if n == 0 else f'~{n}'}" for n in itertools.count()
+                        if f"<rest of shard>{'' if n == 0 else f'~{n}'}" not in keys)
+            yield InputRecord(f"{spec.shard_id}/{rest}", spec.uri, error=sample)
+            return
+        keys.add(sample.key)
+        parts = sample.parts
+        source = f"{spec.uri}#{sample.key}"
+        image_id = f"{spec.shard_id}/{sample.key}"
         image_suffix = next((s for s in TAR_IMAGE_EXTENSIONS if s in parts), None)
-        image_id = f"{spec.shard_id}/{key}"
-        if key in repeats and on_duplicate_id == "error":
-            original = key.rsplit("~", 1)[0]
-            yield InputRecord(image_id, source, error=f"duplicate id: the tar holds {original} more than once "
+        if sample.repeat_of is not None and on_duplicate_id == "error":
+            yield InputRecord(image_id, source, error=f"duplicate id: the tar holds {sample.repeat_of} more than once "
                                                       "(--on-duplicate-id error)")
-        elif image_suffix is None:
-            yield InputRecord(image_id, source, error=f"no image: the sample has only {sorted(parts)}")
-        else:
-            yield InputRecord(image_id, source, parts[image_suffix], mask=parts.get("mask.png"),
-                              meta=_parse_json(parts.get("json")))
-    if failure is not None:  # what could not be enumerated gets one row, so nothing vanishes silently
-        yield InputRecord(f"{spec.shard_id}/<rest of shard>", spec.uri, error=failure)
+            continue
+        if image_suffix is None:
+            problems = [p for p in parts.values() if isinstance(p, _PartProblem)]
+            error = problems[0] if problems else f"no image: the sample has only {sorted(parts)}"
+            yield InputRecord(image_id, source, error=str(error))
+            continue
+        image = parts[image_suffix]
+        if isinstance(image, _PartProblem):
+            yield InputRecord(image_id, source, error=str(image))
+            continue
+        meta = dict(metadata.get(sample.archive_key, {})) if metadata else {}
+        json_part = parts.get("json")
+        meta.update(_parse_json(json_part if isinstance(json_part, bytes) else None) or {})
+        meta.update(_text_parts(parts, image_suffix))
+        mask = parts.get("mask.png")
+        yield InputRecord(image_id, source, image, mask=mask if isinstance(mask, bytes) else None, meta=meta or None)
 
 
-def _read_parquet(spec: ShardSpec) -> Iterator[InputRecord]:
+PARQUET_BATCH_ROWS = 64  # rows decoded from a Parquet shard at a time: memory is a row group, not the file
+
+
+def _read_parquet(spec: ShardSpec, max_input_bytes: int | None) -> Iterator[InputRecord]:
+    """One record per row, a batch of rows at a time. Other scalar columns (a label, a caption, img2dataset's
+    url and status) go into the row's meta; a row without bytes whose `status` says it failed to download
+    (img2dataset) says so."""
     image_column, id_column = spec.options.get("image_column", "image"), spec.options.get("id_column")
+    problem = spec.options.get("problem")
     fs, path = _fs(spec.uri)
     kind = spec.options.get("kind") or _not_regular(fs, path)
+    renamed = spec.options.get("renamed_ids") or {}
+    row = 0
     try:
         if kind is not None:
             raise OSError("it disappeared after planning" if kind == "missing" else f"not a regular file: a {kind}")
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        yield InputRecord(f"{spec.shard_id}/<whole file>", spec.uri, error=f"unreadable parquet: {exc}")
-        return
-    if image_column not in table.column_names:
-        raise ValueError(f"--image-column {image_column!r} is not a column of {spec.uri} "
-                         f"(columns: {table.column_names})")
-    if id_column is not None and id_column not in table.column_names:
-        raise ValueError(f"--id-column {id_column!r} is not a column of {spec.uri}")
-    images = table.column(image_column).to_pylist()
-    ids = table.column(id_column).to_pylist() if id_column else [None] * len(images)
-    renamed = spec.options.get("renamed_ids") or {}
-    for row, (value, given) in enumerate(zip(images, ids)):
-        image_id = renamed.get(str(row)) or (default_id(spec.shard_id, row) if given is None else id_text(given))
-        source = f"{spec.uri}#row={row}"
-        if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
-            value = value.get("bytes")
-        if value is None:
-            yield InputRecord(image_id, source, error="empty: the image cell is null")
-        elif not isinstance(value, (bytes, bytearray)):
-            yield InputRecord(image_id, source, error=f"not an image: the cell holds {type(value).__name__}")
-        else:
-            yield InputRecord(image_id, source, bytes(value))
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            if problem is None and image_column not in names:
+                problem = f"no image column: --image-column {image_column!r} is not a column (columns: {names})"
+            if problem is None and id_column is not None and id_column not in names:
+                problem = f"no id column: --id-column {id_column!r} is not a column (columns: {names})"
+            if problem is not None:
+                yield InputRecord(f"{spec.shard_id}/<whole file>", spec.uri, error=problem)
+                return
+            scalars = [n for n in names if n not in (image_column, id_column)
+                       and is_scalar(parquet.schema_arrow.field(n).type)]
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                images = batch.column(image_column).to_pylist()
+                ids = batch.column(id_column).to_pylist() if id_column else [None] * len(images)
+                extra = {n: batch.column(n).to_pylist() for n in scalars}
+                for j, (value, given) in enumerate(zip(images, ids)):
+                    image_id = renamed.get(str(row)) or (default_id(spec.shard_id, row) if given is None
+                                                         else id_text(given))
+                    meta = {n: values[j] for n, values in extra.items() if values[j] is not None} or None
+                    yield _parquet_record(image_id, f"{spec.uri}#row={row}", value, meta, max_input_bytes)
+                    row += 1
+    except Exception as exc:  # unreadable, or damaged part way: rows read so far stay, the rest is one row
+        what = "unreadable parquet" if row == 0 else f"unreadable parquet after row {row - 1}"
+        yield InputRecord(f"{spec.shard_id}/<{'whole file' if row == 0 else 'rest of file'}>", spec.uri,
+                          error=f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _parquet_record(image_id: str, source: str, value: Any, meta: dict | None,
+                    max_input_bytes: int | None) -> InputRecord:
+    if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
+        value = value.get("bytes")
+    if value is None:
+        if meta and meta.get("status") not in (None, "success"):  # img2dataset's failed downloads
+            why = meta.get("error_message") or meta["status"]
+            return InputRecord(image_id, source, meta=meta, error=f"not downloaded: {why}")
+        return InputRecord(image_id, source, meta=meta, error="empty: the image cell is null")
+    if not isinstance(value, (bytes, bytearray)):
+        return InputRecord(image_id, source, meta=meta, error=f"not an image: the cell holds {type(value).__name__}")
+    if max_input_bytes is not None and len(value) > max_input_bytes:
+        return InputRecord(image_id, source, meta=meta, error=f"too large: {len(value):,} bytes, more than "
+                                                             f"--max-input-bytes {max_input_bytes:,}")
+    return InputRecord(image_id, source, bytes(value), meta=meta)

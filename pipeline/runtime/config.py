@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import MISSING, dataclass
 from typing import Any
 
-from pipeline.data.decode import DecodeSettings
+from pipeline.data.decode import DecodeSettings, input_bytes_for
 from pipeline.data.planning import CHANGED_INPUT_POLICIES, InputSettings
-from pipeline.data.sources import DEFAULT_PREFETCH, DEFAULT_READ_TIMEOUT_S
+from pipeline.data.sources import DEFAULT_PREFETCH, DEFAULT_READ_TIMEOUT_S, MAX_READ_TIMEOUT_S
 from pipeline.models.model_settings import GeneratorSettings, IdentitySettings, PerceptualSettings
 from pipeline.settings import ProgressSettings, RaySettings, setting, setting_problems
 from pipeline.stages.inversion_settings import InversionSettings
@@ -49,7 +49,13 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
                           minimum=0)
     wait: bool = setting(False, "If another run is writing --output, wait for it instead of exiting.")
     read_timeout: float = setting(DEFAULT_READ_TIMEOUT_S, "Seconds one input file may take to read before it becomes "
-                                                          "an error row (a hung mount, a FIFO).", above=0)
+                                                          "an error row (a hung mount, a FIFO); at most a day.",
+                                  above=0, maximum=MAX_READ_TIMEOUT_S)
+    max_input_bytes: int | None = setting(None, "Larger input files, tar members and Parquet cells are 'too large' "
+                                                "error rows, never read into memory; default: 4 bytes per "
+                                                "--max-pixels pixel plus 1 MiB.", minimum=1, metavar="BYTES")
+    retry_errors: bool = setting(False, "Redo only the error rows whose reason is transient (read timeout, I/O "
+                                        "error, a file missing or unreadable at the time), keeping every other row.")
     prefetch: int = setting(DEFAULT_PREFETCH, "Input files each actor reads ahead of decoding, at once.", minimum=1)
     on_changed_input: str = setting("refuse", "When a rerun finds inputs changed since their rows were made (size or "
                                               "modification time): refuse (say which), redo their shards, or keep the "
@@ -58,6 +64,11 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def input_byte_limit(self) -> int:
+        """--max-input-bytes, or what --max-pixels implies: an uncompressed RGBA image of that size."""
+        return self.max_input_bytes if self.max_input_bytes is not None else input_bytes_for(self.max_pixels)
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from pipeline.data.planning import InputChanges, InputPlan, InputSettings, Listing, compare_listing, plan_listing
+from pipeline.data.planning import (PLAN_VERSION, InputChanges, InputPlan, InputSettings, Listing, compare_listing,
+                                    plan_listing)
 from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
 from pipeline.runtime.config import InvertConfig
+from pipeline.runtime.shard_processor import TRANSIENT_REASONS
 from pipeline.settings import narrow
 from pipeline.stages.chain import InversionModels
 from pipeline.stages.inversion_settings import PRECISIONS
@@ -71,12 +73,13 @@ def _planning(config: InvertConfig) -> dict:
 
 def _create(writer: StoreWriter, config: InvertConfig, models: InversionModels, listing: Listing) -> PreparedStore:
     plan = plan_listing(listing, **_planning(config))
+    notes = [f"input: {plan.found}", *listing.notes]
     recipe = make_recipe(config.to_dict(), models.fingerprints())
     writer.write_json(layout.RECIPE, recipe)
     writer.write_json(layout.PRECISION, {})
     writer.write_table(layout.PLAN, plan.to_table(dataclasses.asdict(narrow(config, InputSettings))))
     writer.reread()
-    return PreparedStore(config, plan, list(plan.shards), recipe_digest(recipe), recipe["models"])
+    return PreparedStore(config, plan, list(plan.shards), recipe_digest(recipe), recipe["models"], notes=notes)
 
 
 def keep_store_precision(config: InvertConfig, stored: dict) -> tuple[InvertConfig, str | None]:
@@ -127,6 +130,39 @@ def _apply_changes(writer: StoreWriter, config: InvertConfig, plan: InputPlan, l
     return bool(changes.new or changes.changed)
 
 
+def _upgrade_plan(plan: InputPlan, listing: Listing, config: InvertConfig, notes: list[str]) -> bool:
+    """A plan made before shards were named by their path relative to --input, given those paths (found
+    in the fresh listing as that planning named them); True if it changed. Refused, with the way out,
+    where a shard's file cannot be told."""
+    if plan.version >= PLAN_VERSION:
+        return False
+    unknown = plan.migrate_paths(listing)
+    if unknown:
+        raise mismatch_error(config.output, [
+            f"its plan predates nested shard paths and {len(unknown)} tar or Parquet shards cannot be matched to one "
+            f"file of --input ({', '.join(unknown[:5])}): rerun with --overwrite to plan the input again"])
+    if any(spec.layout != "folder" for spec in plan.shards):
+        notes.append("plan upgraded: tar and Parquet shards are now recorded by their path relative to --input")
+    return True
+
+
+def _retry_transient(plan: InputPlan, finished: dict[str, dict], notes: list[str]) -> list[ShardSpec]:
+    """--retry-errors: the finished shards holding error rows of a transient kind, marked to redo only those
+    rows (every other row of theirs is kept as it is)."""
+    retried = []
+    count = 0
+    for spec in plan.shards:
+        reasons = finished.get(spec.shard_id, {}).get("error_reasons") or {}
+        transient = sum(n for reason, n in reasons.items() if reason in TRANSIENT_REASONS)
+        if transient:
+            retried.append(dataclasses.replace(spec, options={**spec.options, "retry_errors": True}))
+            count += transient
+    notes.append(f"--retry-errors: retrying {count:,} error rows of a transient kind ({', '.join(TRANSIENT_REASONS)})"
+                 f" in {len(retried)} shards" if retried else
+                 "--retry-errors: no error rows of a transient kind to retry")
+    return retried
+
+
 def prepare_store(writer: StoreWriter, config: InvertConfig, models: InversionModels,
                   listing: Listing) -> PreparedStore:
     """Plan, recipe, input changes and resume checks for a run that holds the store's claim."""
@@ -154,8 +190,11 @@ def prepare_store(writer: StoreWriter, config: InvertConfig, models: InversionMo
     if differences:
         raise mismatch_error(config.output, differences)
     notes = [kept] if kept else []
+    notes += listing.notes
+    upgraded = _upgrade_plan(plan, listing, config, notes)
     changes = compare_listing(plan, listing)
-    if _apply_changes(writer, config, plan, listing, changes, notes) or not writer.exists(layout.PLAN):
+    if (_apply_changes(writer, config, plan, listing, changes, notes) or upgraded
+            or not writer.exists(layout.PLAN)):
         writer.write_table(layout.PLAN, plan.to_table(dataclasses.asdict(narrow(config, InputSettings))))
     writer.reread()
     digest = recipe_digest(stored)
@@ -174,5 +213,9 @@ def prepare_store(writer: StoreWriter, config: InvertConfig, models: InversionMo
         repair_store(writer, report)
     finished = writer.manifest.finished
     todo = [spec for spec in plan.shards if spec.shard_id not in finished]
+    if config.retry_errors:
+        retried = _retry_transient(plan, finished, notes)
+        todo += retried
+        finished = {k: v for k, v in finished.items() if k not in {s.shard_id for s in retried}}
     return PreparedStore(config, plan, todo, digest, stored["models"], finished=len(finished),
                          redone=[p.shard for p in report.damaged], notes=notes)

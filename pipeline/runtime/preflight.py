@@ -82,7 +82,8 @@ def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu"
     problems = _Problems()
     for message in config.problems():
         problems.attempt(lambda message=message: _raise(ValueError(message)))
-    listing = problems.attempt(lambda: list_dataset(config.input, setting="--input", layout=config.input_format))
+    listing = problems.attempt(lambda: list_dataset(config.input, setting="--input", layout=config.input_format,
+                                                    skip=[config.output]))
     problems.attempt(lambda: check_writable_dir(config.output, setting="--output"))
     models = problems.attempt(lambda: load_model_set(config.generator, device=device))
     wants_refine, wants_identity = "refine" in config.stages, "identity" in config.stages

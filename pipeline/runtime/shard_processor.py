@@ -31,7 +31,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.concurrency import bounded_map
-from pipeline.data.decode import Decoded, DecodeSettings, decode_mask
+from pipeline.data.decode import Decoded, DecodeSettings, decode_mask, input_id
 from pipeline.data.sources import InputRecord, ShardSpec, read_shard
 from pipeline.errors import LatentmillError
 from pipeline.models.fingerprint import fingerprint
@@ -114,6 +114,46 @@ class _Row:
     record: InputRecord
     decoded: Decoded | None
     mask: np.ndarray | None
+
+
+TRANSIENT_REASONS = ("read timeout", "unreadable", "missing")  # what a later read may not meet again
+
+
+def is_transient(error: str | None) -> bool:
+    """An error row worth another try: the reading failed at the time (not the content)."""
+    return error is not None and error.split(":", 1)[0] in TRANSIENT_REASONS
+
+
+def retried_inputs(earlier: pa.Table) -> set[str]:
+    """The inputs whose rows --retry-errors redoes: those with a transient error."""
+    ids, errors = earlier.column("image_id").to_pylist(), earlier.column("error").to_pylist()
+    return {input_id(i) for i, e in zip(ids, errors) if is_transient(e)}
+
+
+def merge_retried(earlier: pa.Table, redone: pa.Table) -> pa.Table:
+    """The shard's rows after a retry: each retried input's new rows where its old rows stood, every other
+    row as it was."""
+    redo = retried_inputs(earlier)
+    new_rows: dict[str, list[int]] = {}
+    for j, row_id in enumerate(redone.column("image_id").to_pylist()):
+        new_rows.setdefault(input_id(row_id), []).append(earlier.num_rows + j)
+    order: list[int] = []
+    for i, row_id in enumerate(earlier.column("image_id").to_pylist()):
+        key = input_id(row_id)
+        if key not in redo:
+            order.append(i)
+        elif key in new_rows:
+            order.extend(new_rows.pop(key))
+    order.extend(j for js in new_rows.values() for j in js)
+    return pa.concat_tables([earlier, redone]).take(pa.array(order, type=pa.int64()))
+
+
+def _release(rows: list[_Row], index: list[int]) -> None:
+    """Rows whose batch has run keep their ids and columns only: a shard's memory is its batches in
+    flight, not its pixels."""
+    for i in index:
+        rows[i].decoded = replace(rows[i].decoded, image=None, valid=None)
+        rows[i].mask = None
 
 
 ProgressReport = Callable[[str, int, "str | None"], None]  # (shard, rows finished in it so far, stage now)
@@ -223,7 +263,12 @@ class ShardProcessor:
         self._shard, self._finished, self._compute_seconds = spec.shard_id, 0, 0.0
         self._report("decode")
         records = read_shard(spec, timeout=self.config.read_timeout, prefetch=self.config.prefetch,
-                             on_duplicate_id=self.config.on_duplicate_id)
+                             on_duplicate_id=self.config.on_duplicate_id,
+                             max_input_bytes=self.config.input_byte_limit)
+        earlier = self._earlier_rows(spec) if spec.options.get("retry_errors") else None
+        if earlier is not None:
+            redo = retried_inputs(earlier)
+            records = (r for r in records if r.image_id in redo)
         columns: dict[str, list] = {f.name: [] for f in self.schema}
         rows: list[_Row] = []
         pending: list[int] = []  # decoded, valid rows waiting for a full batch
@@ -232,6 +277,7 @@ class ShardProcessor:
         for input_rows in bounded_map(self._decode, records, workers=threads, window=threads + self.batch_size,
                                       name="latentmill-decode"):
             for row in input_rows:
+                row.record.data = row.record.mask = None  # decoded: the bytes are not needed again
                 rows.append(row)
                 for values in columns.values():
                     values.append(None)
@@ -243,9 +289,11 @@ class ShardProcessor:
                     self._run_batch(pending, rows, columns)
                     self._finished += len(pending)
                     self._report(None)
+                    _release(rows, pending)
                     pending = []
         if pending:
             self._run_batch(pending, rows, columns)
+            _release(rows, pending)
         self._finished = len(rows)
         self._report("write")
 
@@ -253,6 +301,8 @@ class ShardProcessor:
         columns["model_fingerprint"] = [self.generator_fingerprint] * len(rows)
         columns["schema_version"] = [SCHEMA_VERSION] * len(rows)
         table = self._table(columns)
+        if earlier is not None:
+            table = merge_retried(earlier, table)
         status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
         ok = sum(s == "ok" for s in status)
         reasons: dict[str, int] = {}
@@ -260,7 +310,7 @@ class ShardProcessor:
             if s != "ok":
                 reason = (error or "unknown").split(":", 1)[0]
                 reasons[reason] = reasons.get(reason, 0) + 1
-        entry = {"shard": spec.shard_id, "rows": len(rows), "ok": ok, "errors": len(rows) - ok,
+        entry = {"shard": spec.shard_id, "rows": table.num_rows, "ok": ok, "errors": table.num_rows - ok,
                  "error_reasons": reasons, "seconds": round(time.perf_counter() - start, 3), "attempt": attempt,
                  "host": socket.gethostname(), "node": _ray_node_id(), "device": str(self.device),
                  "device_kind": self.device_kind, "precision": self.precision,
@@ -269,6 +319,14 @@ class ShardProcessor:
                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         return self.writer.write(spec.shard_id, table, entry)
+
+    def _earlier_rows(self, spec: ShardSpec) -> pa.Table:
+        """The rows an earlier run wrote for this shard (--retry-errors redoes some of them)."""
+        from pipeline.store import layout
+        from pipeline.store.parquet_files import open_parquet
+
+        with open_parquet(layout.shard_file(self.writer.store, spec.shard_id)) as parquet:
+            return parquet.read().cast(self.schema)
 
     def _report(self, stage: str | None) -> None:
         if self.progress is not None:

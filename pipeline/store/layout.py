@@ -45,6 +45,9 @@ LOCK = ".lock"
 LEASE = ".lease.json"
 INPUTS_RECORD = "inputs.json"  # in an output folder derived from a store: what it was computed from
 SHARD_PREFIX, SHARD_SUFFIX = "part-", ".parquet"
+# every name a store writes at its top: none may be a symlink (a write would land outside the store)
+OWN_ENTRIES = (LOCK, LEASE, LATENTS, MANIFEST, SUMMARY, PLAN, LEGACY_PLAN, RECIPE, PRECISION, CURATION, REBALANCE,
+               REPORT, REPORT_FILES, QUARANTINE)
 ENTRY_SUFFIX, FAILED_SUFFIX = ".json", ".failed.json"
 
 

@@ -162,7 +162,14 @@ class Store:
 
     @property
     def plan(self) -> dict[str, ShardSpec]:
-        return {spec.shard_id: spec for spec in self.input_plan.shards}
+        plan = self.input_plan
+        unknown = plan.nested_paths_unknown()
+        if unknown:
+            raise StoreDamagedError(f"{self.path(layout.PLAN)} was made before shards were recorded by their path "
+                                    f"relative to the input, and {len(unknown)} tar or Parquet shards may be nested "
+                                    f"({', '.join(unknown[:3])}): rerun the store's `latentmill invert` command once "
+                                    "to upgrade its plan")
+        return {spec.shard_id: spec for spec in plan.shards}
 
     @property
     def decode_settings(self) -> DecodeSettings:

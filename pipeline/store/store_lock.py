@@ -111,13 +111,38 @@ def holds_claim(store: str, token: str) -> bool:
     return isinstance(current, dict) and current.get("token") == token
 
 
+class StoreLinkError(LatentmillError, ValueError):
+    """A symlink stands where a store's own file or folder belongs: writing through it would change a
+    file outside the store."""
+
+
+def _link_message(store: str, name: str, path: Path) -> str:
+    return (f"{store}: {name} is a symlink (to {os.readlink(path)}), where the store's own "
+            f"{'folder' if '.' not in name else 'file'} belongs; latentmill writes only inside a store and "
+            "never through links. Remove the link (or use another --output) and rerun.")
+
+
+def refuse_links(root: Path, store: str) -> None:
+    """Refuse a store whose own entries (its lock, records and folders) are symlinks."""
+    for name in layout.OWN_ENTRIES:
+        path = root / name
+        if path.is_symlink():
+            raise StoreLinkError(_link_message(store, name, path))
+
+
 @contextmanager
 def _local_lock(root: Path, store: str, wait: bool, timeout_s: float | None, wait_hint: str) -> Iterator[StoreClaim]:
     import fcntl
 
     root.mkdir(parents=True, exist_ok=True)
+    refuse_links(root, store)
     path = root / layout.LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if path.is_symlink():
+            raise StoreLinkError(_link_message(store, layout.LOCK, path)) from None
+        raise exc
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         while True:

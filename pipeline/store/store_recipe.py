@@ -28,7 +28,8 @@ RECIPE_VERSION = 2
 # the recipe replaces by the fingerprints of what they hold (a moved file is the same model).
 EXECUTION_SETTINGS = frozenset({"output", "overwrite", "batch_size", "concurrency", "num_gpus", "cpus_per_actor",
                                 "decode_threads", "max_retries", "address", "verbose", "progress", "compile",
-                                "wait", "read_timeout", "prefetch", "on_changed_input", "placement_timeout"})
+                                "wait", "read_timeout", "prefetch", "on_changed_input", "placement_timeout",
+                                "retry_errors"})
 MODEL_URIS = frozenset({"generator", "encoder", "prior", "lpips_weights", "facenet_weights", "identity_model"})
 
 

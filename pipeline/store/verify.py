@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from pipeline.data.decode import input_id
 from pipeline.data.planning import InputSettings, plan_input
+from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
 from pipeline.store import layout
 from pipeline.store.manifest import Manifest
@@ -43,6 +44,7 @@ from pipeline.uris import list_sizes, read_if_exists
 class ShardProblem:
     shard: str
     problem: str
+    redo: bool = True  # the next invert redoes it (False: not a shard of the plan, only moved aside)
 
 
 @dataclass
@@ -107,8 +109,27 @@ def shard_problem(store: Store, shard: str, entry: dict[str, Any], *, size: int 
     return None
 
 
+def misplaced_rows(table: pa.Table, shard: str, spec: ShardSpec | None) -> str | None:
+    """What says a shard's file holds rows that are not its own: another shard's name in its `shard`
+    column, or inputs its plan entry does not hold (another file, other members)."""
+    names = set(table.column("shard").to_pylist())
+    if names - {shard}:
+        return f"its file holds rows of shard {sorted(map(str, names - {shard}))[0]} (files swapped or copied in)"
+    if spec is None:
+        return None
+    if spec.layout == "folder":
+        members = set(spec.members)
+        strays = [i for i in table.column("image_id").to_pylist() if input_id(i) not in members]
+    else:
+        strays = [u for u in table.column("source_uri").to_pylist() if u != spec.uri and not u.startswith(spec.uri + "#")]
+    if strays:
+        return (f"{len(strays):,} of its rows come from inputs its plan entry does not hold ({strays[0]}): not this "
+                f"shard's rows ({spec.file if spec.layout != 'folder' else 'its planned files'})")
+    return None
+
+
 def _full_problem(store: Store, shard: str, entry: dict[str, Any], recipe: dict[str, Any] | None,
-                  ids: list[np.ndarray], defaults: dict[str, Any] | None) -> str | None:
+                  ids: list[np.ndarray], defaults: dict[str, Any] | None, spec: ShardSpec | None) -> str | None:
     uri = layout.shard_file(store.uri, shard)
     data = read_if_exists(uri)
     if data is None:
@@ -128,6 +149,9 @@ def _full_problem(store: Store, shard: str, entry: dict[str, Any], recipe: dict[
         return str(exc)
     if info.get("schema_version") != SCHEMA_VERSION:
         return f"schema version {info.get('schema_version')}, expected {SCHEMA_VERSION}"
+    misplaced = misplaced_rows(table, shard, spec)
+    if misplaced:
+        return misplaced
     ids.append(np.array([_id_hash(i) for i in table.column("image_id").to_pylist()], dtype=np.uint64))
     if recipe is None:
         return None
@@ -168,16 +192,20 @@ def verify_store(uri: str, *, full: bool = True, defaults: dict[str, Any] | None
     for shard, problem in sorted(manifest.torn.items()):
         report.damaged.append(ShardProblem(shard, f"its manifest entry is {problem}"))
     unplanned = sorted(set(manifest.finished) - set(planned)) if plan is not None else []
-    if unplanned:
-        report.problems.append(f"finished shards that the plan does not list: {unplanned[:5]}")
+    for shard in unplanned:
+        report.damaged.append(ShardProblem(shard, "the plan does not list it (a shard copied in, or from another "
+                                                  "store): its rows are not this store's", redo=False))
+    specs = {spec.shard_id: spec for spec in plan.shards} if plan is not None else {}
     sizes = list_sizes(store.path(layout.LATENTS))
     digest = recipe_digest(recipe) if recipe is not None else None
     ids: list[np.ndarray] = []
     for shard, entry in sorted(manifest.finished.items()):
+        if shard in unplanned:
+            continue
         name = layout.shard_file_name(shard).rsplit("/", 1)[1]
         problem = shard_problem(store, shard, entry, size=sizes.get(name), recipe=digest)
         if problem is None and full:
-            problem = _full_problem(store, shard, entry, recipe, ids, defaults)
+            problem = _full_problem(store, shard, entry, recipe, ids, defaults, specs.get(shard))
         if problem:
             report.damaged.append(ShardProblem(shard, problem))
         else:
@@ -222,7 +250,8 @@ def repair_store(writer: Any, report: VerifyReport) -> list[str]:
     for item in report.damaged:
         writer.remove(layout.entry_name(item.shard))  # first: no longer claimed finished
         moved = writer.quarantine(layout.shard_file_name(item.shard))
-        done.append(f"shard {item.shard}: moved aside to be redone" + (f" ({moved})" if moved else ""))
+        what = "moved aside; the next invert redoes it" if item.redo else "moved aside (not a shard of the plan)"
+        done.append(f"shard {item.shard}: {what}" + (f" ({moved})" if moved else ""))
     writer.reread()
     for name in list(report.damaged_files):
         if name == layout.RECIPE:
