@@ -11,7 +11,7 @@ import sys
 import click
 
 from latentmill.commands import align, checkpoints, evaluate, invert, store, training
-from pipeline.errors import LatentmillError
+from pipeline.errors import LatentmillError, describe_fault, filesystem_fault
 
 # The order of `latentmill --help`: try it, run it, look at the result, then the tools behind it.
 COMMANDS = [invert.demo, align.align, invert.invert, invert.verify, store.report, store.curate, store.rebalance,
@@ -46,6 +46,12 @@ class _Group(click.Group):
         except LatentmillError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            fault = filesystem_fault(exc)
+            if fault is None:
+                raise
+            click.echo(f"error: {describe_fault(fault)}", err=True)
+            sys.exit(1)
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
         """One error style for every mistake, click's (a misspelt option) and latentmill's alike:

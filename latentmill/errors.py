@@ -19,12 +19,13 @@ def as_usage_errors(*kinds: type[Exception]) -> Iterator[None]:
 
 
 def parse_ids(spec: str) -> list[str]:
-    """'a.png,b.png' or '@FILE' (one id per line) -> ids."""
+    """'a.png,b.png' or '@FILE' (one id per line, kept whole: ids may hold spaces and commas) -> ids."""
     from pathlib import Path
 
     if spec.startswith("@"):
         try:
-            return Path(spec[1:]).read_text().split()
+            lines = Path(spec[1:]).read_text().splitlines()
         except OSError as exc:
             raise click.BadParameter(f"cannot read {spec[1:]}: {exc.strerror}") from None
+        return [line.strip("\r") for line in lines if line.strip()]
     return [i for i in spec.split(",") if i]

@@ -43,58 +43,6 @@ def test_serve_folder(tmp_path):
         _get(f"{base}/a.png")
 
 
-@pytest.mark.slow  # img2dataset spawns a logger and a worker process: about 7-9 s on 2 cores
-@pytest.mark.parametrize("output_format", ["webdataset", "parquet", "files"])
-def test_img2dataset_output(tmp_path, output_format):
-    pytest.importorskip("img2dataset")
-    out = rl.img2dataset_output(tmp_path, n_ok=25, n_broken=3, output_format=output_format, samples_per_shard=10)
-    assert out.shards == ("00000", "00001", "00002")  # 28 URLs, 10 a shard
-    assert len(out.keys) == 25 and len(set(out.keys)) == 25 and len(out.failed) == 3
-    assert not set(out.keys) & set(out.failed)
-    assert all("/missing_" in url for url in out.failed.values())
-    assert sorted(k for ks in out.shard_keys.values() for k in ks) == list(out.keys)
-    # keys: 5-digit shard id + position in the shard (1 digit for 10 a shard); failures leave gaps
-    assert sorted([*out.keys, *out.failed]) == [f"{i // 10:05d}{i % 10}" for i in range(28)]
-    assert set(out.labels) == set(out.keys) and set(out.captions) == set(out.keys) == set(out.sha256)
-
-    names = {p.name for p in out.folder.iterdir()}
-    success_total = 0
-    for shard in out.shards:
-        assert {f"{shard}.parquet", f"{shard}_stats.json"} <= names
-        stats = json.loads((out.folder / f"{shard}_stats.json").read_text())
-        success_total += stats["successes"]
-        meta = pq.read_table(out.folder / f"{shard}.parquet")
-        assert {"key", "status", "url", "caption", "label", "error_message", "sha256"} <= set(meta.column_names)
-        assert meta.num_rows == 10 if shard != "00002" else meta.num_rows == 8  # failures are rows too
-        expected = {(k, ext) for k in out.shard_keys[shard] for ext in ("jpg", "txt", "json")}
-        if output_format == "webdataset":
-            with tarfile.open(out.folder / f"{shard}.tar") as tf:
-                members = {tuple(m.name.split(".", 1)) for m in tf.getmembers()}
-                sample = json.loads(tf.extractfile(f"{out.shard_keys[shard][0]}.json").read())
-            assert members == expected
-            assert sample["label"] == out.labels[sample["key"]] and sample["status"] == "success"
-        elif output_format == "files":
-            files = {tuple(p.name.split(".", 1)) for p in (out.folder / shard).iterdir()}
-            assert files == expected
-        else:
-            assert "jpg" in meta.column_names and f"{shard}.tar" not in names
-            ok = [r for r in meta.to_pylist() if r["status"] == "success"]
-            assert all(Image.open(io.BytesIO(r["jpg"])).format == "JPEG" for r in ok)
-            assert all(r["jpg"] is None for r in meta.to_pylist() if r["status"] != "success")
-    assert success_total == 25
-
-
-@pytest.mark.slow
-def test_img2dataset_csv_without_extra_columns(tmp_path):
-    pytest.importorskip("img2dataset")
-    out = rl.img2dataset_output(tmp_path, n_ok=4, n_broken=1, input_format="csv", extra_columns=False,
-                                thread_count=1)
-    assert out.url_list.suffix == ".csv" and out.labels == {} and len(out.keys) == 4
-    assert "label" not in pq.read_schema(out.folder / "00000.parquet").names
-    with tarfile.open(out.folder / "00000.tar") as tf:  # one thread: members in key order
-        assert [m.name.split(".")[0] for m in tf.getmembers()][::3] == list(out.keys)
-
-
 def test_webdataset_tree(tmp_path):
     pytest.importorskip("webdataset")
     tree = rl.webdataset_tree(tmp_path)

@@ -61,8 +61,13 @@ def convert(src: str, dst: str) -> None:
     Example:
       latentmill convert stylegan2-ffhq-config-f.pkl ffhq.safetensors
     """
+    from pathlib import Path
+
     from pipeline.models.checkpoints import convert_checkpoint
 
+    if Path(dst).is_dir():
+        raise click.UsageError(f"DST {dst} is a folder; convert writes one bundle file: name a file such as "
+                               f"{Path(dst) / 'model.safetensors'}")
     for name, fp in convert_checkpoint(src, dst).items():
         click.echo(f"{name}: {fp}")
     click.echo(f"wrote {dst}")

@@ -127,7 +127,7 @@ def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str 
     from pipeline.devices import resolve_device
     from pipeline.imaging import to_uint8
     from pipeline.stages.chain import NOISE_MODE
-    from pipeline.store.file_names import safe_file_name
+    from pipeline.store.file_names import distinct_file_names
     from pipeline.store.store import open_store
 
     wanted = parse_ids(ids)
@@ -143,10 +143,11 @@ def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str 
     with torch.no_grad():
         images = to_uint8(G.synthesis(ws, noise_mode=opened.metadata.get("noise_mode", NOISE_MODE)))
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise click.UsageError(f"--output {out_dir} is a file; reconstruct writes a folder of PNGs: name a folder")
     out.mkdir(parents=True, exist_ok=True)
-    for image_id, array in zip(frame["image_id"], images):
-        stem = image_id.rsplit(".", 1)[0] if image_id.lower().endswith(IMAGE_SUFFIXES) else image_id
-        name = safe_file_name(stem, f".{column}.png")
+    names = distinct_file_names(list(frame["image_id"]), f".{column}.png", strip=IMAGE_SUFFIXES)
+    for name, array in zip(names, images):
         Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(out / name)
     click.echo(f"wrote {len(frame)} images to {out}")
 

@@ -37,7 +37,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data.names import default_id, escape_name, id_text, unique_names, unique_shard_ids
+from pipeline.data.names import default_id, escape_name, flat_shard_name, id_text, unique_names, unique_shard_ids
 from pipeline.data.sources import MASK_SUFFIX, ShardSpec, is_sidecar_name, kind_of_mode, sidecar_stem, stem
 from pipeline.settings import setting
 from pipeline.store.plan_schema import PLAN

@@ -355,6 +355,7 @@ def _tar_samples(spec: ShardSpec, max_input_bytes: int | None) -> Iterator[_Samp
                 except Exception as exc:  # a decompressor's error mid-member: this sample, then the rest
                     sample.parts[ext] = _PartProblem(f"unreadable: {type(exc).__name__}: {exc}")
                     raise
+            _check_end(archive)
     except Exception as exc:  # a damaged or truncated archive: rows read so far stay, the rest is one row
         if current is not None:
             yield current
@@ -362,6 +363,16 @@ def _tar_samples(spec: ShardSpec, max_input_bytes: int | None) -> Iterator[_Samp
         return
     if current is not None:
         yield current
+
+
+def _check_end(archive: tarfile.TarFile) -> None:
+    """tarfile ends its iteration quietly at a damaged header past the first member; the archive really
+    ended only if what follows the last member is its end marker (zero blocks) or nothing."""
+    archive.fileobj.seek(archive.offset)
+    block = archive.fileobj.read(tarfile.BLOCKSIZE)
+    if block.strip(b"\0"):
+        raise tarfile.ReadError(f"a damaged member header at byte {archive.offset:,}: the members after it "
+                                "cannot be found")
 
 
 def _text_parts(parts: dict[str, bytes | _PartProblem], image_suffix: str) -> dict[str, str]:

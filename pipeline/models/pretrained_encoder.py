@@ -210,7 +210,19 @@ def _latent_avg(value: Any, n_styles: int, source: str) -> torch.Tensor | None:
 
 
 def read_encoder_file(obj: Mapping[str, Any], *, source: str) -> tuple[dict[str, NetworkRecord], dict[str, Any]]:
-    """Records {'E': PretrainedEncoder, 'G_ema': the decoder} and what the file says of itself."""
+    """Records {'E': PretrainedEncoder, 'G_ema': the decoder} and what the file says of itself; a file
+    whose opts or entries are malformed (a size that is not a number, a list for a name) is a
+    CheckpointError naming it."""
+    try:
+        return _read_encoder_file(obj, source=source)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise CheckpointError(f"{source}: a pSp/e4e/ReStyle-style checkpoint whose opts or entries are malformed "
+                              f"({type(exc).__name__}: {exc})") from None
+
+
+def _read_encoder_file(obj: Mapping[str, Any], *, source: str) -> tuple[dict[str, NetworkRecord], dict[str, Any]]:
     opts = obj["opts"]
     if not isinstance(opts, Mapping):
         opts = vars(opts) if hasattr(opts, "__dict__") else {}

@@ -22,3 +22,28 @@ def safe_file_name(image_id: str, suffix: str = "") -> str:
         digest = hashlib.sha256(image_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
         stem = f"{stem[: MAX_STEM - 11]}-{digest}"
     return stem + suffix
+
+
+def distinct_file_names(image_ids: list[str], suffix: str, *, strip: tuple[str, ...] = ()) -> list[str]:
+    """One file name per id, distinct even on case-insensitive filesystems: an id's extension in `strip`
+    is dropped for a readable name ('face.png' -> 'face<suffix>') unless another id shares that name
+    ('both.png' and 'both.jpg', 'A.png' and 'a.png'), which then keep their full ids (hashed where
+    changed)."""
+    from pipeline.data.names import same_file_key
+
+    def short(image_id: str) -> str:
+        return image_id.rsplit(".", 1)[0] if image_id.lower().endswith(strip) else image_id
+
+    names = [safe_file_name(short(i), suffix) for i in image_ids]
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[same_file_key(name)] = counts.get(same_file_key(name), 0) + 1
+    out = []
+    for image_id, name in zip(image_ids, names):
+        if counts[same_file_key(name)] > 1:
+            full = safe_file_name(image_id)
+            if full == image_id and same_file_key(image_id) != image_id:  # case twins: a hash tells them apart
+                full = f"{full}-{hashlib.sha256(image_id.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
+            name = full + suffix
+        out.append(name)
+    return out

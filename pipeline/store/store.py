@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from pathlib import Path
+
 import fsspec
 import numpy as np
 import pandas as pd
@@ -42,7 +44,7 @@ from pipeline.store.manifest import Manifest, read_manifest
 from pipeline.store.parquet_files import DamagedFileError, iter_parquet, open_parquet, read_parquet
 from pipeline.store.schema import LATENT_SHAPED_COLUMNS, store_metadata
 from pipeline.store.table_spec import TableSpec
-from pipeline.uris import read_if_exists
+from pipeline.uris import is_local, read_if_exists
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +63,11 @@ class StoreDamagedError(LatentmillError, ValueError):
 @dataclass
 class Store:
     uri: str
+
+    def __post_init__(self) -> None:
+        if is_local(self.uri) and Path(self.uri.removeprefix("file://")).expanduser().is_file():
+            raise StoreNotFoundError(f"{self.uri} is a file, not a latentmill store (a store is the folder "
+                                     "`latentmill invert --output` makes)")
 
     def path(self, name: str) -> str:
         """The URI of a file of the store (a name from pipeline/store/layout.py)."""

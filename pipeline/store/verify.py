@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -181,7 +182,9 @@ def verify_store(uri: str, *, full: bool = True, defaults: dict[str, Any] | None
     plan = _safely(report, layout.PLAN, lambda: store.input_plan if _has_plan(store) else None)
     _safely(report, layout.PRECISION, lambda: store.precisions)
     if plan is None and not manifest.finished and not manifest.torn and not report.damaged_files:
-        report.problems.append("not a latentmill store: no plan and no finished shards")
+        fs, path = fsspec.core.url_to_fs(uri)
+        report.problems.append("not a latentmill store: no plan and no finished shards" if fs.exists(path) else
+                               "does not exist: no store here (make one with `latentmill invert --output ...`)")
         return report
     planned = plan.shard_ids() if plan is not None else sorted(manifest.finished)
     report.planned, report.finished = len(planned), len(manifest.finished)
