@@ -381,3 +381,15 @@ def test_reconstruct_names_extension_and_case_twins_apart_and_reads_ids_one_per_
     assert result.returncode == 0, result.stderr
     names = {n.lower() for n in os.listdir(tmp_path / "renders")}
     assert len(names) == 5, "one file per id, distinct even where case does not count"
+
+
+def test_an_encoder_checkpoint_with_malformed_opts_is_a_checkpoint_error_naming_it(tmp_path):
+    import torch
+
+    from pipeline.errors import CheckpointError
+    from pipeline.models.checkpoints import read_checkpoint
+
+    path = tmp_path / "psp.pt"
+    torch.save({"state_dict": {"encoder.w": torch.zeros(2)}, "opts": {"encoder_type": ["GradualStyleEncoder"]}}, path)
+    with pytest.raises(CheckpointError, match="opts or entries are malformed"):
+        read_checkpoint(str(path))
