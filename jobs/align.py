@@ -91,7 +91,7 @@ def _records(config: AlignConfig) -> tuple[int | None, Iterator[InputRecord]]:
 
 def run(config: AlignConfig) -> dict[str, Any]:
     """Align every face of config.input; returns a summary (inputs, faces, errors by reason, paths)."""
-    from tqdm.auto import tqdm
+    from pipeline.progress import progress_bar
 
     config.check()
     check_writable_dir(config.output, setting="--output")
@@ -106,7 +106,7 @@ def run(config: AlignConfig) -> dict[str, Any]:
     names, columns = _Names(), collections.defaultdict(list)
     inputs, errors = 0, collections.Counter()
     sheet: list[SheetRow] = []
-    bar = tqdm(total=total, desc="align", unit="photo", disable=not config.progress)
+    bar = progress_bar(total=total, desc="align", unit="photo", enabled=config.progress)
     with ThreadPoolExecutor(max_workers=config.threads) as pool:
         # a bounded window of photos in flight: the threads run ahead while results are written in order
         window: collections.deque = collections.deque()

@@ -123,3 +123,50 @@ def test_batching_does_not_change_the_groups_or_the_samples(labelled_store, tmp_
     assert whole[0]["before"] == batched[0]["before"] and whole[0]["added"] == batched[0]["added"]
     pd.testing.assert_frame_equal(whole[1][["sample_id", "group", "accepted"]],
                                   batched[1][["sample_id", "group", "accepted"]])
+
+
+def test_rebalance_writes_which_group_each_store_row_is_in(labelled_store, tmp_path):
+    store, labels = labelled_store
+    summary, _ = _rebalance(store, f"labels:kind:{labels}", tmp_path / "out")
+    groups = pd.read_parquet(tmp_path / "out" / "groups.parquet")
+    assert len(groups) == 45 and groups["image_id"].is_unique
+    assert groups.set_index("image_id")["group"].astype(str).to_dict() == {
+        **{f"img{i:03d}": "common" for i in range(30)}, **{f"img{i:03d}": "rare" for i in range(30, 40)},
+        **{f"img{i:03d}": "(unlabeled)" for i in range(40, 45)}}
+    assert summary["groups_file"].endswith("groups.parquet")
+
+
+def test_a_grouping_that_gives_no_groups_says_why_and_what_to_use(labelled_store, tmp_path):
+    store, _ = labelled_store
+    result = CliRunner().invoke(main, ["rebalance", store, "--groups", "meta:group", "--output", str(tmp_path / "o"),
+                                       "--method", "sample", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 2
+    assert "no ok row's meta has the key 'group'" in result.output and "kmeans:K" in result.output
+
+
+def test_exclude_flagged_leaves_curates_flagged_rows_out_of_every_group_and_source(labelled_store, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.store import layout
+    from pipeline.store.flags_schema import FLAGS
+
+    store, labels = labelled_store
+    flagged = {f"img{i:03d}" for i in range(30, 35)}  # half of the rare group
+    ids = [f"img{i:03d}" for i in range(45)]
+    def filler(field: pa.Field) -> pa.Array:  # what curate writes where this test does not care
+        if field.nullable:
+            return pa.nulls(len(ids), field.type)
+        value = False if pa.types.is_boolean(field.type) else "" if pa.types.is_string(field.type) else 0
+        return pa.array([value] * len(ids), field.type)
+
+    columns = {f.name: filler(f) for f in FLAGS.schema()}
+    columns.update(image_id=pa.array(ids), shard=pa.array(["s"] * len(ids)),
+                   flagged=pa.array([i in flagged for i in ids]))
+    (Path(store) / layout.CURATION).mkdir(exist_ok=True)
+    pq.write_table(pa.table([columns[f.name] for f in FLAGS.schema()], schema=FLAGS.schema()),
+                   Path(store) / layout.FLAGS)
+    summary, samples = _rebalance(store, f"labels:kind:{labels}", tmp_path / "out", "--exclude-flagged")
+    assert summary["before"] == {"common": 30, "rare": 5} and summary["flagged_excluded"] == 5
+    accepted = samples[samples["accepted"]]
+    assert not flagged & {s for sources in accepted["source_ids"] for s in sources}, "a flagged row is never a source"

@@ -50,6 +50,8 @@ IMAGE_COLUMN_GUESSES = ("image", "jpg", "jpeg", "png", "webp", "img", "image_byt
 DUPLICATE_ID_POLICIES = ("suffix", "error")
 CHANGED_INPUT_POLICIES = ("refuse", "redo", "keep")
 SIDECAR_SUFFIXES = (MASK_SUFFIX, ".json")
+MAX_AUTO_SHARD = 1000  # rows per shard beyond which a shard's retry or resume costs too much
+SHARDS_PER_ACTOR = 4  # --shard-size auto: enough shards that no actor waits on the last one for long
 PLAN_VERSION = 2  # 2: a tar or Parquet shard's path is relative to the input root (1: its base name only)
 
 
@@ -60,7 +62,9 @@ class InputSettings:
     input: str = setting(MISSING, "Dataset URI: a folder of images (recursive), a folder or file of webdataset "
                                   ".tar shards, or .parquet files; local or any fsspec URI.")
     input_format: str = setting("auto", "Input layout; auto looks at the files.", choices=INPUT_FORMATS)
-    shard_size: int = setting(1000, "Images per shard for folder inputs.", minimum=1)
+    shard_size: int | str = setting("auto", "Images per shard for folder inputs; auto: sized from the work, so every "
+                                            "actor gets several shards (inputs / (4 x actors), at most 1000), chosen "
+                                            "once and kept in the store's plan.", minimum=1, metavar="N|auto")
     image_column: str = setting("image", "Parquet column holding image bytes.")
     id_column: str | None = setting(None, "Parquet column holding image ids (default: <file>/<row>).")
     on_duplicate_id: str = setting("suffix", "An id seen again (Parquet id column, repeated tar key): suffix keeps "
@@ -281,6 +285,7 @@ class InputPlan:
     metadata: dict[str, str] = field(default_factory=dict)  # escaped path of a metadata file -> the shard it serves
     found: str = ""  # what planning found, in a line ("img2dataset webdataset output: 3 shards, 25 samples")
     version: int = PLAN_VERSION
+    shard_size: int | None = None  # folder inputs per shard, as chosen when planned (--shard-size auto included)
 
     def shard_ids(self) -> list[str]:
         return [s.shard_id for s in self.shards]
@@ -341,7 +346,7 @@ class InputPlan:
             for path in paths:
                 add(shard, path, "metadata", None)
         meta = {"input": self.input, "layout": self.layout, "base": self.base, "plan_version": self.version,
-                "settings": settings or {}, "found": self.found}
+                "settings": settings or {}, "found": self.found, "shard_size": self.shard_size}
         return pa.table(columns, schema=PLAN.schema(meta))
 
     @classmethod
@@ -375,8 +380,9 @@ class InputPlan:
                 current.members.append(path)
             elif kind != "file":
                 current.options["kind"] = kind
+        chosen = meta.get("shard_size") or meta.get("settings", {}).get("shard_size")
         return cls(meta["input"], layout, base, shards, files, metadata, meta.get("found", ""),
-                   int(meta.get("plan_version", 1)))
+                   int(meta.get("plan_version", 1)), chosen if isinstance(chosen, int) else None)
 
     @classmethod
     def from_legacy_json(cls, saved: dict[str, Any]) -> InputPlan:
@@ -434,11 +440,11 @@ def _join_uri(base: str, relative: str) -> str:
     return f"{base.rstrip('/')}/{relative}"
 
 
-def plan_input(settings: InputSettings, *, listing: Listing | None = None) -> InputPlan:
+def plan_input(settings: InputSettings, *, listing: Listing | None = None, actors: int = 1) -> InputPlan:
     """The plan of `settings.input`; a ValueError naming --input when it does not exist or holds nothing."""
     return plan_dataset(settings.input, setting="--input", listing=listing, layout=settings.input_format,
                         shard_size=settings.shard_size, image_column=settings.image_column,
-                        id_column=settings.id_column, on_duplicate_id=settings.on_duplicate_id)
+                        id_column=settings.id_column, on_duplicate_id=settings.on_duplicate_id, actors=actors)
 
 
 def list_dataset(uri: str, *, setting: str, layout: str = "auto", skip: Iterable[str] = ()) -> Listing:
@@ -516,11 +522,18 @@ def _classify(listing: Listing, files: dict[str, tuple[int | None, str | None, s
     return found
 
 
-def plan_listing(listing: Listing, *, shard_size: int = 1000, image_column: str = DEFAULT_IMAGE_COLUMN,
+def auto_shard_size(inputs: int, actors: int) -> int:
+    """Folder inputs per shard for `--shard-size auto`: SHARDS_PER_ACTOR shards for each actor, at most
+    MAX_AUTO_SHARD inputs each (so large inputs get many shards, and small ones keep every actor busy)."""
+    return max(1, min(MAX_AUTO_SHARD, -(-inputs // (SHARDS_PER_ACTOR * max(1, actors)))))
+
+
+def plan_listing(listing: Listing, *, shard_size: int | str = "auto", image_column: str = DEFAULT_IMAGE_COLUMN,
                  id_column: str | None = None, on_duplicate_id: str = "suffix",
-                 after: InputPlan | None = None) -> InputPlan:
+                 after: InputPlan | None = None, actors: int = 1) -> InputPlan:
     """The plan of a listing; with `after`, a plan of the inputs `after` does not hold, whose shard ids
-    and input ids are unique against `after`'s too."""
+    and input ids are unique against `after`'s too. `shard_size` "auto" sizes folder shards for
+    `actors` actors (after an earlier plan: that plan's size)."""
     files = listing.entries()
     known = set(after.files) if after is not None else set()
     taken = after.shard_ids() if after is not None else []
@@ -530,6 +543,11 @@ def plan_listing(listing: Listing, *, shard_size: int = 1000, image_column: str 
     image_stems = {stem(p) for p in files if sidecar_stem(p) is None}
     inputs = [p for p in found.folder if not is_sidecar_name(p, image_stems)]
     serving = {stem: path for path, stem in found.metadata.items() if stem is not None}
+    auto = shard_size == "auto"
+    if auto:
+        shard_size = (after.shard_size if after is not None and after.shard_size else
+                      auto_shard_size(len(inputs), actors))
+    shard_size = int(shard_size)
     groups: dict[str | None, list[str]] = {}  # folder inputs by the metadata file that serves them
     for member in inputs:
         groups.setdefault(serving.get(posixpath.dirname(member)), []).append(member)
@@ -572,7 +590,10 @@ def plan_listing(listing: Listing, *, shard_size: int = 1000, image_column: str 
     planned = set(found.folder) | set(found.containers) | set(found.metadata)
     plan = InputPlan(listing.uri, layouts.pop() if len(layouts) == 1 else "mixed", listing.base, shards,
                      {p: files[p] for p in new if p in planned}, metadata)
+    plan.shard_size = shard_size
     plan.found = describe_found(plan, found, inputs)
+    if auto and inputs and after is None:
+        plan.found += f" (--shard-size auto: {shard_size} per shard, for {actors} actor{'s' if actors != 1 else ''})"
     return plan
 
 

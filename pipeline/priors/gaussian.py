@@ -17,7 +17,7 @@ import math
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from pipeline.progress import progress_bar
 
 from pipeline.errors import CheckpointError
 from pipeline.models.bundle import safetensors_metadata
@@ -117,7 +117,7 @@ class GaussianizedPrior(LatentPrior):
         G = G.to(device)
         rng = torch.Generator(device=device).manual_seed(seed)
         acc = _MomentAccumulator()
-        with tqdm(total=num_samples, desc="fit prior", unit="w", disable=not progress) as bar:
+        with progress_bar(total=num_samples, desc="fit prior", unit="w", enabled=progress) as bar:
             done = 0
             while done < num_samples:
                 n = min(batch_size, num_samples - done)

@@ -231,12 +231,12 @@ STEPS = ("read the store", "decode inputs", "contact sheets", "in-domain check",
 
 def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, generator: str | None,
                   device: str | torch.device, self_contained: bool, in_domain: int, progress: bool) -> str:
-    from tqdm.auto import tqdm
+    from pipeline.progress import progress_bar
 
     device = resolve_device(device)
     store, meta = opened.uri, opened.metadata
     models = opened.load_models(device, generator=generator)
-    bar = tqdm(total=len(STEPS), desc="report", unit="step", disable=not progress)
+    bar = progress_bar(total=len(STEPS), desc="report", unit="step", enabled=progress)
 
     def step(name: str) -> None:
         bar.set_postfix_str(name)

@@ -88,6 +88,8 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
              "--batch-size must be auto or at least 1"),
             (self.concurrency == "auto" or (isinstance(self.concurrency, int) and self.concurrency >= 1),
              "--concurrency must be auto or at least 1"),
+            (self.shard_size == "auto" or (isinstance(self.shard_size, int) and self.shard_size >= 1),
+             "--shard-size must be auto or at least 1"),
             ("encode" not in self.stages or self.encoder is not None or "refine" in self.stages,
              "--stages encode needs --encoder (or add refine, which then starts from w_avg)"),
         ]

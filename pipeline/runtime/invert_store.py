@@ -16,6 +16,7 @@ Order (each step before any shard work, inside the run's claim on the store):
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from pipeline.data.planning import (PLAN_VERSION, InputChanges, InputPlan, InputSettings, Listing, compare_listing,
@@ -68,13 +69,26 @@ class PreparedStore:
 def _planning(config: InvertConfig) -> dict:
     settings = narrow(config, InputSettings)
     return {"shard_size": settings.shard_size, "image_column": settings.image_column, "id_column": settings.id_column,
-            "on_duplicate_id": settings.on_duplicate_id}
+            "on_duplicate_id": settings.on_duplicate_id, "actors": planned_actors(config)}
+
+
+def planned_actors(config: InvertConfig) -> int:
+    """The actors `--shard-size auto` plans for: --concurrency, or with auto what this machine holds
+    (its GPUs / --num-gpus, else its CPUs / --cpus-per-actor). The plan keeps the size it chose, so a
+    resume on another cluster follows it."""
+    if config.concurrency != "auto":
+        return int(config.concurrency)
+    if config.num_gpus > 0:
+        import torch
+
+        return max(1, int(torch.cuda.device_count() / config.num_gpus))
+    return max(1, int((os.cpu_count() or 1) / config.cpus_per_actor))
 
 
 def _create(writer: StoreWriter, config: InvertConfig, models: InversionModels, listing: Listing) -> PreparedStore:
     plan = plan_listing(listing, **_planning(config))
     notes = [f"input: {plan.found}", *listing.notes]
-    recipe = make_recipe(config.to_dict(), models.fingerprints())
+    recipe = {**make_recipe(config.to_dict(), models.fingerprints()), "plan": {"shard_size": plan.shard_size}}
     writer.write_json(layout.RECIPE, recipe)
     writer.write_json(layout.PRECISION, {})
     writer.write_table(layout.PLAN, plan.to_table(dataclasses.asdict(narrow(config, InputSettings))))

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.data.sources import ShardSpec
 from pipeline.runtime.config import InvertConfig
-from pipeline.runtime.ray_runner import progress_bars
+from pipeline.runtime.ray_runner import progress_bars, show_rows
 from pipeline.runtime.shard_book import RunSummary, ShardBook
 from pipeline.store.store_lock import StoreClaimLostError
 from pipeline.store.writer import ShardWriter
@@ -29,8 +29,16 @@ def run_shards_here(config: InvertConfig, shards: list[ShardSpec], summary: RunS
     started = time.perf_counter() if started is None else started
     cls = processor_class or ShardProcessor
 
+    finished_rows = 0
+    bars: list[Any] = []
+
+    def report(shard: str, rows: int, stage: str | None, ok: int = 0) -> None:
+        if bars:
+            show_rows(bars[1], finished_rows + rows, summary.ok + ok, summary.errors + rows - ok, stage)
+
     def new_processor():
         processor = cls(config, shard_writer, "cpu", models, None, precisions, recipe_models)
+        processor.progress = report if config.progress else None
         book.started(processor.ready())
         return processor
 
@@ -41,6 +49,7 @@ def run_shards_here(config: InvertConfig, shards: list[ShardSpec], summary: RunS
     summary.startup_seconds = time.perf_counter() - started
     start = time.perf_counter()
     bar, image_bar = progress_bars(config, shards)
+    bars[:] = [bar, image_bar]
     for spec in shards:
         attempt = 1
         while True:
@@ -56,7 +65,8 @@ def run_shards_here(config: InvertConfig, shards: list[ShardSpec], summary: RunS
                     continue
                 break
             book.done(entry)
-            image_bar.update(entry["rows"])
+            finished_rows += entry["rows"]
+            show_rows(image_bar, finished_rows, summary.ok, summary.errors, None)
             break
         bar.update(1)
     bar.close()

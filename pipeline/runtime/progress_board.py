@@ -17,12 +17,14 @@ class ProgressBoard:
 
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}
+        self.ok: dict[str, int] = {}
         self.stage = ""
         self.updated = time.time()
 
-    def report(self, shard: str, rows: int, stage: str | None = None) -> None:
-        """`rows` finished so far in the current attempt at `shard`; `stage` is what runs now."""
+    def report(self, shard: str, rows: int, stage: str | None = None, ok: int = 0) -> None:
+        """`rows` finished so far in the current attempt at `shard`, `ok` of them ok; `stage` is what runs now."""
         self.rows[shard] = rows
+        self.ok[shard] = ok
         if stage:
             self.stage = stage
         self.updated = time.time()
@@ -30,6 +32,8 @@ class ProgressBoard:
     def restart(self, shard: str) -> None:
         """A new attempt at `shard`: what the failed one reported no longer counts."""
         self.rows.pop(shard, None)
+        self.ok.pop(shard, None)
 
-    def read(self) -> tuple[int, str]:
-        return sum(self.rows.values()), self.stage
+    def read(self) -> tuple[int, int, str]:
+        """Rows finished in shards in flight, how many of them ok, and the latest stage."""
+        return sum(self.rows.values()), sum(self.ok.values()), self.stage

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import Any
 
-from tqdm.auto import tqdm
+from pipeline.progress import progress_bar
 
 from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
@@ -68,16 +68,16 @@ class BoardReport:
     def __init__(self, board: Any) -> None:
         self.board = board
 
-    def __call__(self, shard: str, rows: int, stage: str | None) -> None:
-        self.board.report.remote(shard, rows, stage)
+    def __call__(self, shard: str, rows: int, stage: str | None, ok: int = 0) -> None:
+        self.board.report.remote(shard, rows, stage, ok)
 
 
-def progress_bars(config: InvertConfig, shards: list[ShardSpec]) -> tuple[tqdm, tqdm]:
+def progress_bars(config: InvertConfig, shards: list[ShardSpec]) -> tuple[Any, Any]:
     """A bar of shards and one of images (its total known only for folders without --faces all)."""
-    bar = tqdm(total=len(shards), desc="shards", unit="shard", disable=not config.progress, position=0)
+    bar = progress_bar(total=len(shards), desc="shards", unit="shard", enabled=config.progress, position=0)
     known = all(spec.layout == "folder" for spec in shards) and config.faces != "all"
-    image_bar = tqdm(total=sum(len(s.members) for s in shards) if known else None, desc="images", unit="img",
-                     disable=not config.progress, position=1)
+    image_bar = progress_bar(total=sum(len(s.members) for s in shards) if known else None, desc="images",
+                             unit="img", enabled=config.progress, position=1)
     return bar, image_bar
 
 
@@ -183,9 +183,7 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
             finished_rows += entry["rows"]
             if bar is not None:
                 bar.update(1)
-                image_bar.n = finished_rows
-                image_bar.set_postfix(ok=summary.ok, errors=summary.errors, refresh=False)
-                image_bar.refresh()
+                show_rows(image_bar, finished_rows, summary.ok, summary.errors, None)
     except RayTaskError as exc:  # an actor could not start (e.g. an explicit batch that does not fit)
         if isinstance(exc.cause, LatentmillError):
             raise exc.cause from None
@@ -203,14 +201,19 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     return summary
 
 
-def show_in_flight(board: Any, image_bar: tqdm, finished_rows: int, summary: RunSummary, *errors: type) -> None:
+def show_in_flight(board: Any, image_bar: Any, finished_rows: int, summary: RunSummary, *errors: type) -> None:
     """The images bar with the rows finished inside shards in flight (skipped if the board is slow or gone)."""
     import ray
 
     try:
-        in_flight, stage = ray.get(board.read.remote(), timeout=PROGRESS_POLL_S)
+        in_flight, ok, stage = ray.get(board.read.remote(), timeout=PROGRESS_POLL_S)
     except errors:
         return
-    image_bar.n = finished_rows + in_flight
-    image_bar.set_postfix(stage=stage, ok=summary.ok, errors=summary.errors, refresh=False)
+    show_rows(image_bar, finished_rows + in_flight, summary.ok + ok, summary.errors + in_flight - ok, stage)
+
+
+def show_rows(image_bar: Any, rows: int, ok: int, errors: int, stage: str | None) -> None:
+    """The images bar at `rows` finished rows, counting ok and error rows as they finish."""
+    image_bar.n = rows
+    image_bar.set_postfix(ok=ok, errors=errors, **({"stage": stage} if stage else {}), refresh=False)
     image_bar.refresh()

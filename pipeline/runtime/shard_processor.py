@@ -156,7 +156,9 @@ def _release(rows: list[_Row], index: list[int]) -> None:
         rows[i].mask = None
 
 
-ProgressReport = Callable[[str, int, "str | None"], None]  # (shard, rows finished in it so far, stage now)
+# (shard, rows finished in it so far, stage now, rows of those that are ok)
+ProgressReport = Callable[[str, int, "str | None", int], None]
+STEP_REPORT_S = 1.0
 
 
 class ShardProcessor:
@@ -260,7 +262,8 @@ class ShardProcessor:
         if self.problem is not None:
             raise self.problem
         start = time.perf_counter()
-        self._shard, self._finished, self._compute_seconds = spec.shard_id, 0, 0.0
+        self._shard, self._finished, self._ok, self._compute_seconds = spec.shard_id, 0, 0, 0.0
+        self._step_reported = -STEP_REPORT_S
         self._report("decode")
         records = read_shard(spec, timeout=self.config.read_timeout, prefetch=self.config.prefetch,
                              on_duplicate_id=self.config.on_duplicate_id,
@@ -288,11 +291,13 @@ class ShardProcessor:
                 if len(pending) == self.batch_size:
                     self._run_batch(pending, rows, columns)
                     self._finished += len(pending)
+                    self._ok += sum(columns["status"][i] == "ok" for i in pending)
                     self._report(None)
                     _release(rows, pending)
                     pending = []
         if pending:
             self._run_batch(pending, rows, columns)
+            self._ok += sum(columns["status"][i] == "ok" for i in pending)
             _release(rows, pending)
         self._finished = len(rows)
         self._report("write")
@@ -329,8 +334,16 @@ class ShardProcessor:
             return parquet.read().cast(self.schema)
 
     def _report(self, stage: str | None) -> None:
-        if self.progress is not None:
-            self.progress(self._shard, self._finished, stage)
+        """Tell the driver's bar the rows finished in this shard (and how many ok) and the stage running;
+        refinement steps at most one every STEP_REPORT_S."""
+        if self.progress is None:
+            return
+        if stage is not None and stage.startswith("refine step"):
+            now = time.monotonic()
+            if now - self._step_reported < STEP_REPORT_S:
+                return
+            self._step_reported = now
+        self.progress(self._shard, self._finished, stage, self._ok)
 
     @staticmethod
     def _fill_row(i: int, row: _Row, columns: dict[str, list]) -> bool:

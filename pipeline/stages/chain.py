@@ -83,7 +83,8 @@ def invert_batch(models: InversionModels, settings: InversionSettings, images: t
     if "refine" in settings.stages:
         stage("refine")
         result = refine(G, images, ws, settings, masks=masks, perceptual=models.perceptual, prior=prior,
-                        noise_mode=NOISE_MODE, seeds=[image_seed(i) for i in image_ids])
+                        noise_mode=NOISE_MODE, seeds=[image_seed(i) for i in image_ids],
+                        on_step=lambda step, steps: stage(f"refine step {step + 1}/{steps}"))
         ws, recon = result.ws, result.images
         out["w_refined"] = _np(ws)
         out["refine_steps"] = result.steps_run.cpu().numpy().astype(np.int32)

@@ -34,6 +34,8 @@ class RebalanceConfig(LatentColumnSettings, DeviceSettings, ProgressSettings):
     batch_size: int = setting(32, "Candidates per batch.", minimum=1)
     shard_size: int = setting(1000, "Samples per output tar shard.", minimum=1)
     seed: int = setting(0, "Seed of picks, masks and samples.")
+    exclude_flagged: bool = setting(False, "Leave out the rows `latentmill curate` flagged (near-duplicates, prior "
+                                           "outliers, ...): they join no group and are never a source.")
 
     def validate(self) -> None:
         check_settings(self)

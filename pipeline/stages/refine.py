@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from pipeline.progress import progress_bar
 
 from pipeline.losses.pixel import masked_mse
 from pipeline.models.stylegan2 import Generator
@@ -111,6 +111,7 @@ def refine(
     prior: Prior | None = None,
     seeds: Sequence[int] | None = None,  # per-image random streams (default: position in the batch)
     progress: bool = False,
+    on_step: Callable[[int, int], None] | None = None,  # told (steps done, steps) after each step, for progress
     # The official projector's recipe beyond the settings (benchmarks and the evaluation baseline use them):
     lr_rampup: float = 0.05,  # fraction of steps of linear warm-up
     lr_rampdown: float = 0.25,  # fraction of steps of cosine ramp-down
@@ -236,7 +237,11 @@ def refine(
     best = torch.full((n,), float("inf"), device=device)
     stale = torch.zeros(n, dtype=torch.long, device=device)
     steps_run = torch.zeros(n, dtype=torch.long, device=device)
-    for step in tqdm(range(steps), desc="refine", disable=not progress, leave=False):
+    bar = progress_bar(total=steps, desc="refine", unit="step", enabled=progress, leave=False)
+    for step in range(steps):
+        bar.update(1)
+        if on_step is not None:
+            on_step(step, steps)
         if not active.any():
             break
         for group in optimizer.param_groups:
@@ -263,6 +268,7 @@ def refine(
                 best = torch.where(improved, total, torch.minimum(best, total))
                 stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
                 active &= stale < early_stop_patience
+    bar.close()
 
     with torch.no_grad():
         parts, synth = all_losses(None, backward=False)

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from tqdm.auto import tqdm
+from pipeline.progress import progress_bar
 
 from pipeline.devices import resolve_device
 from pipeline.models.model_set import ModelSet
@@ -129,7 +129,7 @@ def _latents(store: Store, batch: pa.RecordBatch, column: str, device: torch.dev
 
 
 def read_ok_rows(store: Store, cfg: CurateConfig, features_of: FeatureSource, device: torch.device,
-                 projected: FeatureFile | None, projection: RandomProjection | None, bar: tqdm) -> OkRows:
+                 projected: FeatureFile | None, projection: RandomProjection | None, bar: Any) -> OkRows:
     """Pass 1: ids, metrics and the prior NLL of every ok row; the search features, full (exact) or
     projected into `projected` (approximate)."""
     kept, nll_column = OkRows(), NLL_COLUMNS[cfg.column]
@@ -193,7 +193,7 @@ def find_pairs(store: StoreWriter, cfg: CurateConfig, key: str, device: torch.de
         raise ValueError(f"{store.uri}: no ok rows")
     dim = features_of.dim
     search = choose_search(cfg, rows, dim, device)
-    bar = tqdm(total=rows, desc="curate: read rows", unit="row", disable=not cfg.progress)
+    bar = progress_bar(total=rows, desc="curate: read rows", unit="row", enabled=cfg.progress)
     with tempfile.TemporaryDirectory(prefix="latentmill-curate-") as tmp, contextlib.ExitStack() as cleanup:
         projection = projected = None
         if search == "approximate":
@@ -205,7 +205,7 @@ def find_pairs(store: StoreWriter, cfg: CurateConfig, key: str, device: torch.de
         if kept.count != rows:
             raise ValueError(f"{store.uri}: its manifest counts {rows} ok rows, its files hold {kept.count}; run "
                              f"`latentmill verify {store.uri}`")
-        bar = tqdm(total=rows, desc="curate: near-duplicate search", unit="row", disable=not cfg.progress)
+        bar = progress_bar(total=rows, desc="curate: near-duplicate search", unit="row", enabled=cfg.progress)
         searched = (lambda done: (setattr(bar, "n", done), bar.refresh()))
         resume = load_search(store, key, rows)
         save = (lambda progress: save_search(store, key, rows, progress))

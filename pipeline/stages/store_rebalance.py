@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
+from pipeline.progress import progress_bar
 
 from pipeline.data.webdataset import add_sample
 from pipeline.devices import resolve_device
@@ -46,6 +46,8 @@ from pipeline.store.writer import StoreWriter
 from pipeline.uris import read_bytes, write_bytes
 
 UNLABELED = "(unlabeled)"
+FLAGGED = "(flagged)"  # --exclude-flagged: a row curate flagged, in no group
+GROUPS_FILE = "groups.parquet"  # OUTPUT/groups.parquet: each ok row of the store and its group
 
 
 def parse_target(text: str) -> dict[str, float] | None:
@@ -211,7 +213,9 @@ class GroupedRows:
 
 def group_rows(store: StoreWriter, cfg: RebalanceConfig, labeller: Labeller, prior: Prior,
                device: torch.device) -> GroupedRows:
-    """One pass over the ok rows: ids, shards, groups and the prior NLL of the latents the filter may use."""
+    """One pass over the ok rows: ids, shards, groups and the prior NLL of the latents the filter may use;
+    with --exclude-flagged, the rows curate flagged are in no group (FLAGGED)."""
+    flagged = store.flagged_ids() if cfg.exclude_flagged else set()
     optional = ["w_encoded"] if cfg.method == "compose" and cfg.column != "w_encoded" else []
     ids, shards, codes, nll = [], [], [], {c: [] for c in [cfg.column, *optional]}
     names: dict[str, int] = {}
@@ -220,7 +224,11 @@ def group_rows(store: StoreWriter, cfg: RebalanceConfig, labeller: Labeller, pri
         ws = torch.from_numpy(store.batch_latents(batch, cfg.column)).to(device)
         ids.append(batch.column("image_id"))
         shards.append(batch.column("shard"))
-        distinct, inverse = np.unique(labeller(offset, batch, ws).astype(str), return_inverse=True)
+        labels = labeller(offset, batch, ws).astype(str)
+        if flagged:
+            labels = np.where(np.isin(np.asarray(batch.column("image_id").to_pylist(), dtype=object),
+                                      list(flagged)), FLAGGED, labels)
+        distinct, inverse = np.unique(labels, return_inverse=True)
         code_of = np.array([names.setdefault(str(name), len(names)) for name in distinct], dtype=np.int32)
         codes.append(code_of[inverse.reshape(-1)])
         with torch.no_grad():
@@ -281,6 +289,29 @@ class _ShardWriter:
             self.index += 1
 
 
+def too_few_groups(cfg: RebalanceConfig, counts: dict[str, int], store: StoreWriter) -> str:
+    """Why a grouping gives fewer than two groups, and what to use instead."""
+    line = f"--groups {cfg.groups} gives {len(counts)} group(s)" + (f" ({counts})" if counts else "")
+    kind, rest = _parse_groups(cfg.groups)
+    if kind == "meta":
+        keys: set[str] = set()
+        with_meta = 0
+        for _, batch in store.ok_batches(cfg.column, ["meta"], batch_size=4096):
+            for text in batch.column("meta").to_pylist() if "meta" in batch.schema.names else []:
+                if isinstance(text, str):
+                    with_meta += 1
+                    value = json.loads(text)
+                    keys.update(value if isinstance(value, dict) else [])
+            break  # the first batch tells
+        line += (f": no ok row's meta has the key {rest!r}" + (f" (keys found: {sorted(keys)[:10]})" if keys else
+                 " (its inputs had no JSON sidecars or metadata)" if not with_meta else ""))
+    elif kind == "labels":
+        line += ": the labels file names fewer than two groups among the store's image ids"
+    return (line + "; rebalancing needs two or more. Use --groups kmeans:K (clusters of the latents), "
+            "labels:COLUMN:FILE (a CSV or Parquet of image_id and COLUMN), or meta:KEY with a key the inputs' "
+            "metadata has.")
+
+
 def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
     """Rebalance the groups of `store` into cfg.output; returns the summary (also written as summary.json).
     The store is streamed: one pass keeps each ok row's id, group and prior NLL; the latents (and inputs)
@@ -304,10 +335,12 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
         raise ValueError(f"{store.uri}: its manifest counts {total_rows} ok rows, its files hold {len(grouped)}; run "
                          f"`latentmill verify {store.uri}`")
     groups = grouped.group_names()
-    counts = groups[groups != UNLABELED].value_counts().to_dict()
+    counts = groups[~groups.isin([UNLABELED, FLAGGED])].value_counts().to_dict()
     del groups
     if len(counts) < 2:
-        raise ValueError(f"--groups {cfg.groups} gives {len(counts)} group(s) {counts}; rebalancing needs two or more")
+        raise ValueError(too_few_groups(cfg, counts, store))
+    write_bytes(layout.join(cfg.output, GROUPS_FILE), parquet_bytes(pa.table({
+        "image_id": grouped.ids, "group": pa.DictionaryArray.from_arrays(pa.array(grouped.codes), grouped.names)})))
     targets = target_counts(counts, parse_target(cfg.target))
     needs = {g: targets[g] - counts[g] for g in counts}
     if cfg.max_new is not None:
@@ -328,7 +361,9 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
     # the rows candidates are made from: each short group's members (a uniform sample of a large group)
     # and the background pool; only their latents and inputs are read
     needy = [g for g, n in needs.items() if n > 0]
-    pool_index = rng.choice(len(grouped), size=min(cfg.background_pool, len(grouped)), replace=False)
+    eligible = np.flatnonzero(grouped.codes != grouped.names.index(FLAGGED)) if FLAGGED in grouped.names \
+        else np.arange(len(grouped))
+    pool_index = eligible[rng.choice(len(eligible), size=min(cfg.background_pool, len(eligible)), replace=False)]
     sampler = np.random.default_rng([cfg.seed, 1])
     with_inputs = cfg.method == "compose" or identity is not None  # the real input pixels are needed
     limit = pool_rows(G, with_inputs)
@@ -349,7 +384,7 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
     if with_inputs:
         inputs = store.read_inputs(grouped.shards.take(pa.array(needed)).to_pylist(), ids.tolist())
     pool_ids = ids[position(pool_index)]
-    bar = tqdm(total=sum(needs.values()), desc="rebalance", disable=not cfg.progress)
+    bar = progress_bar(total=sum(needs.values()), desc="rebalance", unit="sample", enabled=cfg.progress)
     for group in needy:
         members = position(members_of[group])  # positions in ws / ids
         member_ids = ids[members]
@@ -444,7 +479,8 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
                "method": cfg.method, "before": counts, "target_counts": targets, "added": added,
                "after": {g: counts[g] + added[g] for g in counts},
                "shortfall": {g: needs[g] - added[g] for g in counts if needs[g] > added[g]},
-               "unlabeled": len(grouped.rows_of(UNLABELED)),
+               "unlabeled": len(grouped.rows_of(UNLABELED)), "flagged_excluded": len(grouped.rows_of(FLAGGED)),
+               "groups_file": layout.join(cfg.output, GROUPS_FILE),
                "candidates": len(rows), "rejected": {r: sum(1 for x in rows if x["rejected_because"] == r)
                                                     for r in ("prior_nll", "identity", "enough")},
                "nll_cut": cut, "nll_reference": reference, "settings": asdict(cfg)}

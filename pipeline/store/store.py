@@ -283,6 +283,18 @@ class Store:
         """One latent column of `frame` as float32 [rows, num_ws, w_dim]."""
         return latent_array(frame, column, self.latent_shape)
 
+    def flagged_ids(self) -> set[str]:
+        """The ids `latentmill curate` flagged (curation/flags.parquet), for --exclude-flagged; refused, with
+        the command to run, where the store was never curated."""
+        from pipeline.store.flags_schema import FLAGS
+
+        found = self.read_table(layout.FLAGS, FLAGS)
+        if found is None:
+            raise ValueError(f"--exclude-flagged: {self.uri} has no {layout.FLAGS}; run `latentmill curate {self.uri}` "
+                             "first")
+        table = found[0].select(["image_id", "flagged"])
+        return set(table.filter(pc.fill_null(table.column("flagged"), False)).column("image_id").to_pylist())
+
     def read_table(self, name: str, spec: TableSpec) -> tuple[pa.Table, dict[str, Any]] | None:
         """A table the store holds besides its rows (e.g. layout.FLAGS, spec FLAGS) and its metadata, or
         None where it was never written; checked to be that table."""

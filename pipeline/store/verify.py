@@ -296,6 +296,7 @@ def _rebuild_plan(writer: Any, name: str) -> str:
                           "invert with --overwrite")
     moved = writer.quarantine(name)
     recorded = {**recipe["settings"], "input": recipe["input"]}
+    recorded.setdefault("shard_size", (recipe.get("plan") or {}).get("shard_size") or "auto")
     plan = plan_input(InputSettings(**{k: v for k, v in recorded.items() if k in InputSettings.__dataclass_fields__}))
     writer.write_table(layout.PLAN, plan.to_table())
     redo = []

@@ -75,7 +75,7 @@ def run_training(task: TrainingTask, settings: Any, *, rank: int, device: torch.
     """Train `task` for settings.steps steps (settings: the job's config; output, steps, seed,
     checkpoint_every, keep_checkpoints, progress), resuming where a checkpoint says."""
     import ray.train
-    from tqdm.auto import tqdm
+    from pipeline.progress import progress_bar
 
     from pipeline.runtime.ray_train import report_checkpoint, resume_directory
 
@@ -92,7 +92,8 @@ def run_training(task: TrainingTask, settings: Any, *, rank: int, device: torch.
         broadcast_parameters(network)
     output = Path(settings.output)
     logs = TrainingLogs(output) if rank == 0 else None
-    bar = tqdm(total=settings.steps, initial=start, desc=task.name, disable=not (settings.progress and rank == 0))
+    bar = progress_bar(total=settings.steps, initial=start, desc=task.name, unit="step",
+                       enabled=settings.progress and rank == 0)
     for step in range(start, settings.steps):
         seed = step_seed(settings.seed, step, rank)
         rng = torch.Generator(device=device).manual_seed(seed)
