@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from jobs import curate, invert, rebalance
 from pipeline.demo import demo_config
+from pipeline.report.verdict import rebalance_shortfall
 from pipeline.uris import link
 
 
@@ -36,7 +37,11 @@ def run(output: str, *, limit: int | None = None, steps: int = 100, batch_size: 
         counts = rebalance.run(rebalance.RebalanceConfig(store=config.output, output=f"{output.rstrip('/')}/rebalanced",
                                                          groups="meta:group", device=device, progress=progress))
         echo(("rebalance: reused: " if counts.get("reused") else "rebalance: ") +
-             ", ".join(f"{g} {counts['before'][g]} -> {counts['after'][g]}" for g in counts["before"]))
+             ", ".join(f"{g} {counts['before'][g]} -> {counts['after'][g]} (target {counts['target_counts'][g]})"
+                       for g in counts["before"]))
+        short = rebalance_shortfall(counts)
+        if short:
+            echo(f"rebalance: {short}; the report's verdict says so too")
     except ValueError as exc:  # e.g. a --limit subset with a single group
         echo(f"rebalance skipped: {exc}")
     report = build_report(config.output, device=device, progress=progress)

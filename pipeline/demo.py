@@ -63,7 +63,8 @@ def demo_config(output: str, *, limit: int | None = None, steps: int = 100, batc
     """The invert settings of the demo: every stage, the bundled models, the sample (or its first `limit`)."""
     bundle = DemoBundle.locate()
     source = bundle.sample if limit is None else subset_tar(bundle.sample, limit, Path(output) / "input")
-    return InvertConfig(input=source, output=str(Path(output) / "store"), generator=bundle.generator,
+    store = "store" if limit is None else f"store-first-{limit}"  # a subset is another store, never a mismatch
+    return InvertConfig(input=source, output=str(Path(output) / store), generator=bundle.generator,
                         encoder=bundle.encoder, prior=bundle.prior, identity_model=bundle.identity,
                         perceptual="discriminator", steps=steps, batch_size=batch_size, address=address,
                         num_gpus=num_gpus, progress=progress,

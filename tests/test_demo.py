@@ -86,18 +86,19 @@ def test_demo_runs_every_stage_on_a_subset_and_writes_a_report(ray_local, tmp_pa
     result = CliRunner().invoke(main, ["demo", "--output", str(tmp_path), "--limit", "4", "--steps", "2",
                                        "--no-progress"])
     assert result.exit_code == 0, result.output
-    frame = read_latents(str(tmp_path / "store"))
+    # a subset is a store of its own beside the full demo's, so `demo --limit N` never meets a recipe mismatch
+    frame = read_latents(str(tmp_path / "store-first-4"))
     assert len(frame) == 4 and (frame["status"] == "ok").all()
     for column in ("w_encoded", "w_refined", "w_compressed", "id_cosine_refined", "id_cosine_compressed",
                    "perceptual", "prior_nll_refined"):
         assert frame[column].notna().all(), column
-    page = (tmp_path / "store" / "report.html").read_text()
+    page = (tmp_path / "store-first-4" / "report.html").read_text()
     sources = re.findall(r'src="([^"]+)"', page)
-    assert sources and all((tmp_path / "store" / s).is_file() for s in sources)
+    assert sources and all((tmp_path / "store-first-4" / s).is_file() for s in sources)
     assert "compression (tau)" in page and "truncation (psi)" in page
     assert '<h2 id="curation">Curation</h2>' in page and "curate:" in result.output
-    store = str(tmp_path / "store")
-    outputs = [tmp_path / "store" / p for p in ("report.html", "curation/flags.parquet", "latents")]
+    store = str(tmp_path / "store-first-4")
+    outputs = [tmp_path / "store-first-4" / p for p in ("report.html", "curation/flags.parquet", "latents")]
     before = {p: p.stat().st_mtime_ns for p in outputs}
     again = CliRunner().invoke(main, ["demo", "--output", str(tmp_path), "--limit", "4", "--steps", "2", "--no-progress"])
     assert again.exit_code == 0, again.output
@@ -110,7 +111,7 @@ def test_demo_runs_every_stage_on_a_subset_and_writes_a_report(ray_local, tmp_pa
         assert curated.exit_code == 0, curated.output
         assert "4 rows:" in curated.output
     reported = CliRunner().invoke(main, ["report", store, "--device", "cpu"])
-    assert reported.exit_code == 0 and '<h2 id="curation">Curation</h2>' in (tmp_path / "store" / "report.html").read_text()
+    assert reported.exit_code == 0 and '<h2 id="curation">Curation</h2>' in (tmp_path / "store-first-4" / "report.html").read_text()
 
 
 def test_composition_keeps_the_pasted_parts(bundle):

@@ -107,3 +107,15 @@ def test_training_settings_that_cannot_work_are_refused_before_ray_starts(tmp_pa
     with pytest.raises(ValueError, match="--z-dim .* must equal --w-dim"):
         preflight_training(GeneratorTrainingConfig(data=str(tmp_path / "data"), output=str(tmp_path / "g"),
                                                    mapping="invertible", z_dim=64, w_dim=128), "train-generator")
+
+
+def test_a_checkpoint_without_a_discriminator_is_never_told_to_use_one(tmp_path, no_default_weights):
+    from pipeline.models.bundle import write_bundle
+    from tests.conftest import tiny_generator
+
+    write_bundle(str(tmp_path / "g-only.safetensors"), {"G_ema": tiny_generator(16)})  # as an e4e decoder comes
+    with pytest.raises(Exception) as info:
+        preflight_invert(newcomer(tmp_path, str(tmp_path / "g-only.safetensors"), stages=("refine",)))
+    text = str(info.value)
+    assert "--perceptual none" in text and "does not hold" in text
+    assert "--perceptual discriminator (the checkpoint's own" not in text

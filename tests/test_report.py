@@ -153,3 +153,28 @@ def test_the_report_of_a_large_store_reads_a_sample_and_the_exact_extremes(repor
     assert small.error_rows["image_id"].tolist() == sorted(frame.loc[frame["status"] != "ok", "image_id"])[:50]
     again = report_rows.collect(store, sample_rows=5, worst=3)
     assert again.sample["image_id"].tolist() == small.sample["image_id"].tolist()  # the same rows every run
+
+
+def test_the_rows_curate_flagged_can_be_left_out_of_every_count(report_store):
+    from pipeline.report import report_rows
+    from pipeline.store.store import open_store
+
+    store = open_store(report_store["uri"])
+    frame = read_latents(report_store["uri"])
+    ok = frame[frame["status"] == "ok"].sort_values("mse", ascending=False)
+    worst_two = set(ok["image_id"].head(2))
+    kept = report_rows.collect(store, worst=3, exclude=worst_two)
+    assert kept.rows == len(frame) - 2 and kept.ok == len(ok) - 2
+    assert not worst_two & set(kept.worst["image_id"]) and not worst_two & set(kept.sample["image_id"])
+
+
+def test_the_report_command_takes_exclude_flagged_and_says_so(store, tmp_path):
+    copy = tmp_path / "store"
+    shutil.copytree(store["uri"], copy)
+    without = CliRunner().invoke(main, ["report", str(copy), "--exclude-flagged", "--device", "cpu", "--no-progress"])
+    assert without.exit_code == 2 and "run `latentmill curate" in without.output
+    assert CliRunner().invoke(main, ["curate", str(copy), "--device", "cpu", "--no-progress"]).exit_code == 0
+    result = CliRunner().invoke(main, ["report", str(copy), "--exclude-flagged", "--device", "cpu", "--no-progress",
+                                       "--in-domain", "0"])
+    assert result.exit_code == 0, result.output
+    assert "left out of every count, sheet and chart (--exclude-flagged)" in (copy / "report.html").read_text()

@@ -66,3 +66,18 @@ def test_open_store_gives_latent_arrays_and_expanded_sidecars(store):
     assert isinstance(latent, np.ndarray) and latent.ndim == 2
     assert frame.loc["img3.png", "meta.group"] == "b" and frame.loc["img3.png", "meta.source.id"] == 3
     assert "meta" not in frame
+
+
+def test_the_documented_reshape_of_a_flat_reader_gives_the_stores_latents(store):
+    from pipeline.store import open_store
+
+    text = README.read_text()
+    section = text[text.index("The flat readers reshape"):]
+    line = re.search(r"```python\n(.*?)```", section, re.S).group(1).strip()
+    opened = open_store(store)
+    num_ws, w_dim = opened.latent_shape
+    scope: dict = {}
+    exec(line.replace("STORE", store).replace("NUM_WS", str(num_ws)).replace("W_DIM", str(w_dim)), scope)
+    expected = opened.to_pandas(latents_as_arrays=True)
+    expected = np.stack(expected.loc[expected.status == "ok", "w_refined"].to_numpy())
+    np.testing.assert_array_equal(scope["ws"], expected)

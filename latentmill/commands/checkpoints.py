@@ -25,7 +25,7 @@ def inspect(uri: str, as_json: bool) -> None:
     """
     from pipeline.models.checkpoints import describe_checkpoint
 
-    desc = describe_checkpoint(uri)
+    desc = describe_checkpoint(uri, setting="URI (the first argument)")
     if as_json:
         click.echo(json.dumps(desc, indent=2, default=str))
         return
@@ -68,7 +68,7 @@ def convert(src: str, dst: str) -> None:
     if Path(dst).is_dir():
         raise click.UsageError(f"DST {dst} is a folder; convert writes one bundle file: name a file such as "
                                f"{Path(dst) / 'model.safetensors'}")
-    for name, fp in convert_checkpoint(src, dst).items():
+    for name, fp in convert_checkpoint(src, dst, setting="SRC (the first argument)").items():
         click.echo(f"{name}: {fp}")
     click.echo(f"wrote {dst}")
 
@@ -103,7 +103,7 @@ def generate(generator: str, seeds: str, truncation_psi: float, noise_mode: str,
         seed_list = parse_seeds(seeds)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--seeds") from None
-    G = load_generator(generator, which=which, device=resolve_device(device))
+    G = load_generator(generator, which=which, device=resolve_device(device), setting="GENERATOR (the first argument)")
     images = generate_images(G, seed_list, truncation_psi=truncation_psi, noise_mode=noise_mode, class_idx=class_idx)
     click.echo(f"wrote {save_grid(images, out_path, nrow=nrow)} ({len(seed_list)} images, "
                f"{G.img_resolution} px)")

@@ -30,8 +30,10 @@ _generator = click.option("--generator", default=None, help="Generator URI (defa
 @_generator
 @options_from(DeviceSettings)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar.")
+@click.option("--exclude-flagged", is_flag=True, help="Leave the rows `latentmill curate` flagged out of every count, "
+              "sheet and chart.")
 def report(store: str, sheet_size: int, curve_images: int, in_domain: int, self_contained: bool,
-           generator: str | None, device: str, progress: bool) -> None:
+           generator: str | None, device: str, progress: bool, exclude_flagged: bool) -> None:
     """Write STORE/report.html, the page to read (and send) after a run.
 
     A verdict (what ran, how well, what failed), labelled contact sheets (input | encoded | refined
@@ -49,7 +51,8 @@ def report(store: str, sheet_size: int, curve_images: int, in_domain: int, self_
 
     with as_usage_errors(FileNotFoundError, ValueError):
         uri = build_report(store, sheet_size=sheet_size, curve_images=curve_images, generator=generator,
-                           device=device, self_contained=self_contained, in_domain=in_domain, progress=progress)
+                           device=device, self_contained=self_contained, in_domain=in_domain, progress=progress,
+                           exclude_flagged=exclude_flagged)
     click.echo(f"report: {link(uri)}")
 
 

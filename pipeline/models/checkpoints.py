@@ -266,9 +266,9 @@ def load_generator(uri: str, *, which: str = "G_ema", device: str | torch.device
     return module.to(device)
 
 
-def describe_checkpoint(uri: str, *, cache_dir: str | Path | None = None) -> dict[str, Any]:
+def describe_checkpoint(uri: str, *, cache_dir: str | Path | None = None, setting: str = "checkpoint") -> dict[str, Any]:
     """What `latentmill inspect` prints: format, and per network its architecture and fingerprint."""
-    ckpt = read_checkpoint(uri, cache_dir=cache_dir)
+    ckpt = read_checkpoint(uri, cache_dir=cache_dir, setting=setting)
     networks = {}
     for name, rec in ckpt.records.items():
         module = build_network(rec, source=uri, name=name)
@@ -288,9 +288,10 @@ def describe_checkpoint(uri: str, *, cache_dir: str | Path | None = None) -> dic
     return {"uri": uri, "format": ckpt.format, "layout": ckpt.layout, "networks": networks, "info": ckpt.info}
 
 
-def convert_checkpoint(src: str, dst: str, *, cache_dir: str | Path | None = None) -> dict[str, str]:
+def convert_checkpoint(src: str, dst: str, *, cache_dir: str | Path | None = None,
+                       setting: str = "checkpoint") -> dict[str, str]:
     """Write every network of `src` into a latentmill safetensors bundle at `dst`; returns fingerprints."""
-    ckpt = read_checkpoint(src, cache_dir=cache_dir)
+    ckpt = read_checkpoint(src, cache_dir=cache_dir, setting=setting)
     networks = {name: build_network(rec, source=src, name=name) for name, rec in ckpt.records.items()}
     write_bundle(dst, networks, info={"converted_from": src, "source_format": ckpt.format,
                                       "source_info": ckpt.info})

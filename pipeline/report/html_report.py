@@ -207,7 +207,7 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, generator: str | None = None,
                  device: str | torch.device = "cpu", self_contained: bool = False, in_domain: int = 4,
-                 progress: bool = False) -> str:
+                 progress: bool = False, exclude_flagged: bool = False) -> str:
     """Write STORE/report.html (and its pictures under STORE/report/, unless self_contained embeds
     them) through the store's claim; returns the report's URI. Reuses them when the store's rows, the
     settings, the curation and the rebalancing are unchanged since the last report."""
@@ -216,21 +216,24 @@ def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, ge
         reads = [writer.path(name) for name in (layout.CURATION_SUMMARY, layout.FLAGS, layout.REBALANCE_SUMMARY,
                                                 layout.REBALANCE_PREVIEW)]
         key = inputs_key(writer, {"sheet_size": sheet_size, "curve_images": curve_images, "generator": generator,
-                                  "self_contained": self_contained, "in_domain": in_domain}, depends_on=reads)
+                                  "self_contained": self_contained, "in_domain": in_domain,
+                                  **({"exclude_flagged": True} if exclude_flagged else {})}, depends_on=reads)
         uri = writer.path(layout.REPORT)
         return reuse_or_compute(
             StoreFolder(writer, layout.REPORT_FILES), key, outputs=[uri], reuse=lambda: uri,
             what="report (the store, its curation and rebalancing)",
             compute=lambda: _build_report(writer, sheet_size=sheet_size, curve_images=curve_images,
                                           generator=generator, device=device, self_contained=self_contained,
-                                          in_domain=in_domain, progress=progress))
+                                          in_domain=in_domain, progress=progress,
+                                          excluded=writer.flagged_ids() if exclude_flagged else None))
 
 
 STEPS = ("read the store", "decode inputs", "contact sheets", "in-domain check", "compression curve", "write")
 
 
 def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, generator: str | None,
-                  device: str | torch.device, self_contained: bool, in_domain: int, progress: bool) -> str:
+                  device: str | torch.device, self_contained: bool, in_domain: int, progress: bool,
+                  excluded: set[str] | None = None) -> str:
     from pipeline.progress import progress_bar
 
     device = resolve_device(device)
@@ -243,7 +246,7 @@ def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, ge
         bar.update(1)
 
     images = ReportImages(opened, self_contained=self_contained)
-    collected = collect(opened, worst=sheet_size)
+    collected = collect(opened, worst=sheet_size, exclude=excluded)
     frame = collected.sample  # every row of a small store; a uniform sample of a large one
     G = models.G
     ok = frame[frame["status"] == "ok"]
@@ -343,7 +346,8 @@ def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, ge
 
     manifest = opened.summary()
     verdict = verdict_block(collected, meta, manifest, opened.finished, list((manifest or {}).get("shards_failed", [])),
-                            domain_line, toy_caption(meta, _is_demo_generator(opened)))
+                            domain_line, toy_caption(meta, _is_demo_generator(opened)),
+                            opened.read_json(layout.REBALANCE_SUMMARY), excluded=len(excluded) if excluded else 0)
     contents = " · ".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title, _ in sections)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>latentmill report: {html.escape(store)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.stats import chi2
 
 from pipeline.store.layout import shard_file
@@ -61,8 +62,11 @@ def _sample_key(image_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(image_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
-def collect(store: Store, *, worst: int = 12, errors: int = 50, sample_rows: int = SAMPLE_ROWS) -> ReportRows:
-    """One pass over the store (see the module docstring)."""
+def collect(store: Store, *, worst: int = 12, errors: int = 50, sample_rows: int = SAMPLE_ROWS,
+            exclude: set[str] | None = None) -> ReportRows:
+    """One pass over the store (see the module docstring); rows whose id is in `exclude` (the rows curate
+    flagged, with --exclude-flagged) are left out of every count, sample and list."""
+    left_out = pa.array(sorted(exclude)) if exclude else None
     total = store.count_rows()
     cutoff = 2**64 if total <= sample_rows else int(sample_rows / total * 2**64)
     has_z = "z" in store.schema.names
@@ -75,8 +79,11 @@ def collect(store: Store, *, worst: int = 12, errors: int = 50, sample_rows: int
     sampled: list[pd.DataFrame] = []
     worst_heap: list[tuple[float, str, int, dict]] = []
     error_heap: list[tuple[str, int, dict]] = []  # max-heap by id through negated order: kept as the smallest ids
-    counter = 0
+    counter = seen_rows = seen_ok = 0
+    seen_reasons: dict[str, int] = {}
     for batch in store.iter_batches(columns):
+        if left_out is not None:
+            batch = batch.filter(pc.invert(pc.is_in(batch.column("image_id"), value_set=left_out)))
         frame = batch.drop_columns(["z"]).to_pandas() if has_z else batch.to_pandas()
         if has_z:
             values = batch.column("z")
@@ -98,6 +105,10 @@ def collect(store: Store, *, worst: int = 12, errors: int = 50, sample_rows: int
         keys = np.array([_sample_key(i) for i in frame["image_id"]], dtype=np.uint64) if cutoff < 2**64 else None
         sampled.append(frame if keys is None else frame[keys < np.uint64(cutoff)])
         ok = frame[frame["status"] == "ok"]
+        seen_rows, seen_ok = seen_rows + len(frame), seen_ok + len(ok)
+        if left_out is not None and "error" in frame:
+            for reason in frame.loc[frame["status"] != "ok", "error"].fillna("unknown").str.split(":").str[0]:
+                seen_reasons[reason] = seen_reasons.get(reason, 0) + 1
         if "mse" in ok and worst:
             for record in ok[ok["mse"].notna()].to_dict("records"):
                 item = (float(record["mse"]), record["image_id"], counter, record)
@@ -120,6 +131,8 @@ def collect(store: Store, *, worst: int = 12, errors: int = 50, sample_rows: int
         z.atypical = [(ratio, image_id) for _, ratio, image_id in sorted(z.atypical, reverse=True)]
     worst_rows = pd.DataFrame([r for *_, r in sorted(worst_heap, key=lambda t: -t[0])], columns=sample.columns)
     error_rows = pd.DataFrame([r for *_, r in sorted(error_heap, key=lambda t: t[0].value)], columns=sample.columns)
+    if left_out is not None:  # the rows left in, as counted in the pass
+        return ReportRows(sample, seen_rows, seen_ok, seen_reasons, worst_rows, error_rows, z)
     totals = store.manifest.totals()
     reasons = store.error_reasons()
     return ReportRows(sample, totals["rows"], totals["ok"], reasons, worst_rows, error_rows, z)

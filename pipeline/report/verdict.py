@@ -41,7 +41,7 @@ def headline(rows: ReportRows, meta: dict[str, Any]) -> str:
 
 def verdict_block(rows: ReportRows, meta: dict[str, Any], manifest: dict[str, Any] | None,
                   shard_entries: dict[str, dict[str, Any]], failed_shards: list[str], in_domain: str | None,
-                  toy_caption: str | None) -> str:
+                  toy_caption: str | None, rebalanced: dict[str, Any] | None = None, excluded: int = 0) -> str:
     """manifest: STORE/manifest.json (the last run's summary) or None; shard_entries: each finished
     shard's manifest entry (when and how long it ran), for stores whose last run did not finish."""
     settings = meta.get("settings", {})
@@ -67,6 +67,9 @@ def verdict_block(rows: ReportRows, meta: dict[str, Any], manifest: dict[str, An
                      f"{last.get('seconds', 0):.0f} s of work at {last.get('images_per_second', 0):.2f} images/s "
                      f"after a start-up of {last.get('startup_seconds', 0):.1f} s "
                      f"({last.get('shards_processed', 0)} shards run, {last.get('shards_skipped', 0)} already done).")
+    if excluded:
+        items.append(f"<b>Rows shown</b>: {excluded:,} rows that <code>latentmill curate</code> flagged are left "
+                     "out of every count, sheet and chart (--exclude-flagged).")
     problems = []
     if rows.error_reasons:
         problems.append(f"{sum(rows.error_reasons.values()):,} error rows (" + ", ".join(
@@ -74,6 +77,9 @@ def verdict_block(rows: ReportRows, meta: dict[str, Any], manifest: dict[str, An
     if failed_shards:
         problems.append(f"{len(failed_shards)} shards failed after retries ({html.escape(', '.join(failed_shards[:5]))}"
                         "; rerun invert to retry them)")
+    shortfall = rebalance_shortfall(rebalanced)
+    if shortfall:
+        problems.append(html.escape(shortfall) + " (listed under Rebalancing)")
     items.append("<b>Problems</b>: " + ("; ".join(problems) if problems else "none."))
     if in_domain:
         items.append(f"<b>In-domain check</b>: {in_domain}")
@@ -81,6 +87,23 @@ def verdict_block(rows: ReportRows, meta: dict[str, Any], manifest: dict[str, An
     caption = f'<p class="caption">{toy_caption}</p>' if toy_caption else ""
     return (f'<section class="verdict"><h2>Verdict</h2><p class="headline">{html.escape(headline(rows, meta))}</p>'
             f"<ul>{listing}</ul>{caption}</section>")
+
+
+def rebalance_shortfall(summary: dict[str, Any] | None) -> str | None:
+    """What the last rebalance fell short of, and why, in a sentence (None: it reached every target)."""
+    short = (summary or {}).get("shortfall") or {}
+    if not short:
+        return None
+    groups = ", ".join(f"{g} {summary['after'][g]} of target {summary['target_counts'][g]}" for g in short)
+    rejected = {k: v for k, v in (summary.get("rejected") or {}).items() if v}
+    why = ", ".join(f"{n:,} candidates rejected by the {REJECTION_NAMES.get(r, r)}" for r, n in rejected.items())
+    attempts = (summary.get("settings") or {}).get("max_attempts")
+    return (f"rebalancing fell short: {groups}" + (f"; {why}" if why else "")
+            + (f", within {attempts:g} candidates per needed sample (--max-attempts)" if attempts else ""))
+
+
+REJECTION_NAMES = {"prior_nll": "prior-NLL filter (--nll-percentile)", "identity": "identity filter (--min-identity)",
+                   "enough": "group already full"}
 
 
 def toy_caption(meta: dict[str, Any], is_demo: bool) -> str | None:
