@@ -1,13 +1,16 @@
-"""An S3-compatible object store on this machine for tests: moto's server, behind a proxy that adds a
-fixed latency to every request (as a real bucket in another building would), both on 127.0.0.1 and
-stopped when the block ends."""
+"""An S3-compatible object store on this machine for tests: moto's server (a process of its own), behind
+a proxy that adds a fixed latency to every request (as a real bucket in another building would), both
+on 127.0.0.1 and stopped when the block ends."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,15 +78,30 @@ class ObjectStore:
 @contextmanager
 def local_s3(latency_s: float = 0.02) -> Iterator[ObjectStore]:
     """moto's S3 server and a latency proxy in front of it, on loopback, for the duration of the block."""
-    from moto.server import ThreadedMotoServer
-
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    proxy = LatencyProxy(port, latency_s)
-    proxy.start()
+    # its own process: the server's request handling never waits on the test's GIL (or the test on it)
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        yield ObjectStore(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{proxy.port}")
+        _wait_for_port(port, server)
+        proxy = LatencyProxy(port, latency_s)
+        proxy.start()
+        try:
+            yield ObjectStore(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{proxy.port}")
+        finally:
+            proxy.stop()
     finally:
-        proxy.stop()
-        server.stop()
+        server.terminate()
+        server.wait(10)
+
+
+def _wait_for_port(port: int, server: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"moto's server exited with status {server.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"moto's server did not listen on port {port} within {timeout_s:g} s")
