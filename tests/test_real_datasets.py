@@ -393,3 +393,41 @@ def test_an_encoder_checkpoint_with_malformed_opts_is_a_checkpoint_error_naming_
     torch.save({"state_dict": {"encoder.w": torch.zeros(2)}, "opts": {"encoder_type": ["GradualStyleEncoder"]}}, path)
     with pytest.raises(CheckpointError, match="opts or entries are malformed"):
         read_checkpoint(str(path))
+
+
+def test_device_and_fifo_members_of_a_tar_are_rows_saying_what_they_are(tmp_path):
+    import io
+
+    (tmp_path / "in").mkdir()
+    with tarfile.open(tmp_path / "in" / "s.tar", "w") as archive:
+        data = png_bytes(colorful())
+        info = tarfile.TarInfo("a.png")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+        for name, kind in (("pipe.png", tarfile.FIFOTYPE), ("tty.png", tarfile.CHRTYPE), ("disk.png", tarfile.BLKTYPE)):
+            special = tarfile.TarInfo(name)
+            special.type = kind
+            archive.addfile(special)
+    _, records = records_of(tmp_path / "in")
+    errors = {r.image_id: r.error for r in records}
+    assert errors["s/a"] is None
+    assert errors["s/pipe"].startswith("a fifo member") and errors["s/tty"].startswith("a device member")
+    assert errors["s/disk"].startswith("a device member") and len(records) == 4
+
+
+def test_curate_on_a_finished_store_whose_lock_is_a_symlink_refuses_and_touches_nothing(generator, tmp_path):
+    from click.testing import CliRunner
+
+    from latentmill.cli import main
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        (tmp_path / "in" / f"{i}.png").write_bytes(png_bytes(colorful(seed=i)))
+    invert_here(config(generator, tmp_path / "in", tmp_path / "store"))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "store" / layout.LOCK).unlink(missing_ok=True)
+    os.symlink(victim, tmp_path / "store" / layout.LOCK)
+    result = CliRunner().invoke(main, ["curate", str(tmp_path / "store"), "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 2 and ".lock is a symlink" in result.output
+    assert victim.read_text() == "precious"
