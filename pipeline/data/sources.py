@@ -237,8 +237,9 @@ def _read_folder(spec: ShardSpec, timeout: float | None, prefetch: int, max_inpu
                                                            f"{max_input_bytes:,} bytes (not read)")
             base = posixpath.join(root, os_name(stem(relative)))
             wanted = sidecars.get(relative, []) if sidecars is not None else [MASK_SUFFIX, ".json"]
-            found = {suffix: call_with_timeout(lambda s=suffix: read_optional(base + s, TEXT_PART_MAX_BYTES), timeout)
-                     for suffix in wanted if suffix != MASK_SUFFIX}
+            limits = {".json": max_input_bytes}  # a JSON sidecar whole (up to the input limit); text parts are short
+            found = {suffix: call_with_timeout(lambda s=suffix: read_optional(base + s, limits.get(
+                     s, TEXT_PART_MAX_BYTES)), timeout) for suffix in wanted if suffix != MASK_SUFFIX}
             mask = call_with_timeout(lambda: read_optional(base + MASK_SUFFIX), timeout) if MASK_SUFFIX in wanted else None
             meta = dict(metadata.get(posixpath.basename(stem(relative)), {})) if metadata else {}
             meta.update(_parse_json(found.pop(".json", None)) or {})
