@@ -51,3 +51,17 @@ def test_a_store_resumes_whatever_shard_size_the_rerun_says(tmp_path):
     assert len(open_store(str(tmp_path / "store")).input_plan.shards) == 6
     again = invert_here(InvertConfig(**base, shard_size=4))  # not a recipe difference: the plan keeps its shards
     assert len(again) == 6 and len(open_store(str(tmp_path / "store")).input_plan.shards) == 6
+
+
+def test_a_run_that_leaves_cpus_idle_says_what_would_use_them():
+    from types import SimpleNamespace
+
+    from pipeline.runtime.ray_runner import idle_note
+
+    cluster = SimpleNamespace(cpus=2.0)
+    config = InvertConfig(input="x", output="y", generator="g", concurrency=1)
+    assert idle_note(config, cluster, 8) == "1 actor on 2 CPUs (--concurrency 1): --concurrency auto runs 2"
+    two = InvertConfig(input="x", output="y", generator="g", concurrency=2)
+    assert idle_note(two, cluster, 1).endswith("a smaller --shard-size gives every actor work")
+    assert idle_note(two, cluster, 8) is None
+    assert idle_note(InvertConfig(input="x", output="y", generator="g", concurrency="auto"), cluster, 8) is None

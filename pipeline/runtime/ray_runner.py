@@ -72,6 +72,20 @@ class BoardReport:
         self.board.report.remote(shard, rows, stage, ok)
 
 
+def idle_note(config: InvertConfig, cluster: Any, shards: int) -> str | None:
+    """A line when a fixed --concurrency leaves much of the cluster idle (or the shards do): what would use it."""
+    if cluster is None or config.concurrency == "auto" or config.num_gpus > 0:
+        return None
+    room = int(cluster.cpus / config.cpus_per_actor)
+    actors = min(int(config.concurrency), shards)
+    if room <= actors:
+        return None
+    head = f"{actors} actor{'s' if actors != 1 else ''} on {cluster.cpus:g} CPUs"
+    if actors < int(config.concurrency):
+        return f"{head} ({shards} shard{'s' if shards != 1 else ''} to run): a smaller --shard-size gives every actor work"
+    return f"{head} (--concurrency {config.concurrency}): --concurrency auto runs {room}"
+
+
 def progress_bars(config: InvertConfig, shards: list[ShardSpec]) -> tuple[Any, Any]:
     """A bar of shards and one of images (its total known only for folders without --faces all)."""
     bar = progress_bar(total=len(shards), desc="shards", unit="shard", enabled=config.progress, position=0)
@@ -92,8 +106,11 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     once and handed to every actor (and replacement). started: when the run began (perf_counter),
     for the start-up time in the summary (default: now, so it counts Ray and the actors only)."""
     started = time.perf_counter() if started is None else started
-    init_ray(config.address, verbose=config.verbose,
-             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::UserWarning"}})
+    cluster = init_ray(config.address, verbose=config.verbose,
+                       runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::UserWarning"}})
+    idle = idle_note(config, cluster, len(shards))
+    if idle:
+        print(f"latentmill: {idle}", file=sys.stderr)
     import ray
     from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
