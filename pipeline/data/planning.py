@@ -606,8 +606,9 @@ def describe_found(plan: InputPlan, found: _Classified, inputs: list[str]) -> st
     if stats:
         successes, attempted = _img2dataset_counts(plan.base, stats)
         what = "webdataset" if tars else "parquet" if parquets else "files"
-        parts.append(f"img2dataset {what} output: {len(plan.shards)} shards"
-                     + (f", {successes:,} samples ({attempted:,} downloads attempted)" if successes is not None else ""))
+        parts.append(f"img2dataset {what} output: {len(stats)} shards"
+                     + (f", {successes:,} samples ({attempted:,} downloads attempted)" if successes is not None else "")
+                     + (f", planned as {len(plan.shards)} shards" if len(plan.shards) != len(stats) else ""))
     else:
         if tars:
             parts.append(f"{len(tars)} tar shard{'s' if len(tars) != 1 else ''} (webdataset samples: members "
