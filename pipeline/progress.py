@@ -51,6 +51,7 @@ class PlainProgress:
         self.start_n = initial
         self.tenth = self._tenth()
         self.closed = False
+        self.last_state: tuple[float, dict] | None = None  # (n, counters) of the last line written
 
     def _tenth(self) -> int:
         return int(10 * self.n / self.total) if self.total else 0
@@ -70,6 +71,7 @@ class PlainProgress:
     def _emit(self) -> None:
         print(self.line(), file=self.file or sys.stderr, flush=True)
         self.last_line = time.monotonic()
+        self.last_state = (self.n, dict(self.postfix))
 
     def refresh(self, *_: Any, **__: Any) -> None:
         """Write a line if one is due: `interval` seconds since the last, or a new tenth of the work."""
@@ -98,7 +100,9 @@ class PlainProgress:
             self.refresh()
 
     def close(self) -> None:
-        if not self.disable and not self.closed and (self.n != self.start_n or self.total):
+        """The last line, unless the line just written already says it."""
+        said = self.last_state == (self.n, self.postfix)
+        if not self.disable and not self.closed and not said and (self.n != self.start_n or self.total):
             self._emit()
         self.closed = True
 
