@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.planning import list_input, plan_listing
+from pipeline.data.planning import InputPlan, compare_listing, list_input, plan_listing
 from pipeline.data.sources import read_shard
 from pipeline.models.bundle import write_bundle
 from pipeline.runtime.config import InvertConfig
@@ -74,6 +74,8 @@ def test_img2dataset_output_gives_every_downloaded_image_its_row_with_its_metada
         assert record.meta["caption"] == downloaded.captions[key]
         assert record.meta["url"] == downloaded.urls[key]
         assert record.meta["label"] == downloaded.labels[key]  # a column of the URL list, carried by img2dataset
+        if downloaded.output_format != "parquet":  # its .txt part or sidecar: the caption as written
+            assert record.meta["txt"] == downloaded.captions[key]
     errors = [r for r in records if r.error is not None]
     if downloaded.output_format == "parquet":  # the failed downloads are rows of its Parquet: said as such
         assert len(errors) == 3 and all(r.error.startswith("not downloaded: HTTP Error 404") for r in errors)
@@ -82,6 +84,8 @@ def test_img2dataset_output_gives_every_downloaded_image_its_row_with_its_metada
         assert errors == []
     assert plan.found.startswith(f"img2dataset {downloaded.output_format} output: {len(downloaded.shards)} shards, "
                                  "25 samples (28 downloads attempted)")
+    saved = InputPlan.from_table(plan.to_table())
+    assert not compare_listing(saved, list_input(str(downloaded.folder))), "a rerun finds nothing new or changed"
 
 
 @pytest.mark.parametrize("downloaded", ["webdataset"], indirect=True)  # the reader test covers every format
@@ -159,7 +163,7 @@ def test_gnu_tar_links_a_hardlink_gives_its_targets_bytes_a_symlink_is_a_row_say
 
 READ_PEAK = """
 import resource, sys
-from pipeline.data.planning import list_input, plan_listing
+from pipeline.data.planning import InputPlan, compare_listing, list_input, plan_listing
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 plan = plan_listing(list_input(sys.argv[1]))
 rows = [(r.image_id, r.error) for spec in plan.shards for r in read_shard(spec, max_input_bytes=int(sys.argv[2]))]

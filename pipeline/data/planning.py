@@ -38,7 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.data.names import default_id, escape_name, flat_shard_name, id_text, unique_names, unique_shard_ids
-from pipeline.data.sources import MASK_SUFFIX, ShardSpec, is_sidecar_name, kind_of_mode, sidecar_stem, stem
+from pipeline.data.sources import (SIDECAR_SUFFIXES, ShardSpec, is_sidecar_name, kind_of_mode, sidecar_stem,
+                                   stem)
 from pipeline.settings import setting
 from pipeline.store.plan_schema import PLAN
 
@@ -49,7 +50,6 @@ DEFAULT_IMAGE_COLUMN = "image"
 IMAGE_COLUMN_GUESSES = ("image", "jpg", "jpeg", "png", "webp", "img", "image_bytes", "bytes")
 DUPLICATE_ID_POLICIES = ("suffix", "error")
 CHANGED_INPUT_POLICIES = ("refuse", "redo", "keep")
-SIDECAR_SUFFIXES = (MASK_SUFFIX, ".json")
 MAX_AUTO_SHARD = 1000  # rows per shard beyond which a shard's retry or resume costs too much
 SHARDS_PER_ACTOR = 4  # --shard-size auto: enough shards that no actor waits on the last one for long
 PLAN_VERSION = 2  # 2: a tar or Parquet shard's path is relative to the input root (1: its base name only)
