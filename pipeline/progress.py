@@ -42,8 +42,7 @@ class PlainProgress:
     known total and one at the end."""
 
     def __init__(self, total: float | None = None, desc: str = "", unit: str = "it", initial: float = 0,
-                 disable: bool = False, file: TextIO | None = None, interval: float = PLAIN_INTERVAL_S,
-                 **_: Any) -> None:
+                 disable: bool = False, file: TextIO | None = None, interval: float = PLAIN_INTERVAL_S) -> None:
         self.total, self.desc, self.unit, self.n, self.disable = total, desc, unit, initial, disable
         self.file, self.interval = file, interval
         self.postfix: dict[str, Any] = {}
@@ -111,9 +110,6 @@ class PlainProgress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    def __iter__(self):  # for progress_bar(iterable=...) users
-        raise TypeError("iterate over the work and call update(); PlainProgress does not wrap iterables")
 
 
 def progress_bar(*, total: float | None = None, desc: str = "", unit: str = "it", enabled: bool = True,

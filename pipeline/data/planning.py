@@ -65,7 +65,8 @@ class InputSettings:
     shard_size: int | str = setting("auto", "Images per shard for folder inputs; auto: sized from the work, so every "
                                             "actor gets several shards (inputs / (4 x actors), at most 1000), chosen "
                                             "once and kept in the store's plan.", minimum=1, metavar="N|auto")
-    image_column: str = setting("image", "Parquet column holding image bytes.")
+    image_column: str = setting(DEFAULT_IMAGE_COLUMN, "Parquet column holding image bytes (by default, where no "
+                                                      "column is so named: the first column of image bytes).")
     id_column: str | None = setting(None, "Parquet column holding image ids (default: <file>/<row>).")
     on_duplicate_id: str = setting("suffix", "An id seen again (Parquet id column, repeated tar key): suffix keeps "
                                              "it as 'id~1', 'id~2', ... (the first suffix no other id has); error "
@@ -244,7 +245,7 @@ def _holds_bytes(kind: pa.DataType) -> bool:
     return pa.types.is_struct(kind) and any(kind.field(i).name == "bytes" for i in range(kind.num_fields))
 
 
-def inspect_parquet(uri: str, image_column: str = "image", id_column: str | None = None) -> ParquetColumns:
+def inspect_parquet(uri: str, image_column: str = DEFAULT_IMAGE_COLUMN, id_column: str | None = None) -> ParquetColumns:
     """The footer of the Parquet file at `uri`, read once: which columns hold images and ids."""
     fs, path = _fs(uri)
     try:
@@ -494,6 +495,7 @@ def _classify(listing: Listing, files: dict[str, tuple[int | None, str | None, s
     a folder of its `files` output) are metadata; everything else is a folder input."""
     found = _Classified()
     stems = {container_stem(p) for p in files if container_kind(p) == "tar"}
+    container_stems = {container_stem(p) for p in files if container_kind(p) is not None}
     folders = {posixpath.dirname(p) for p in files if container_kind(p) is None}
     for path in new:
         kind = container_kind(path)
@@ -506,7 +508,7 @@ def _classify(listing: Listing, files: dict[str, tuple[int | None, str | None, s
             found.parquet[path] = columns
         if path.endswith(STATS_SUFFIX) and kind is None:
             owner = path[: -len(STATS_SUFFIX)]
-            if any(container_stem(p) == owner for p in files if container_kind(p)) or owner in folders:
+            if owner in container_stems or owner in folders:
                 found.metadata[path] = None
                 continue
         if kind is not None:
@@ -581,9 +583,9 @@ def plan_listing(listing: Listing, *, shard_size: int | str = "auto", image_colu
             options["metadata"] = _join_uri(listing.base, meta_path)
             metadata[meta_path] = shard_id
         shards.append(ShardSpec(shard_id, kind, _join_uri(listing.base, path), options=options, path=path))
+    shard_of_stem = {container_stem(s.file): s.shard_id for s in shards if s.layout != "folder"}
     for path, owner in found.metadata.items():
-        metadata.setdefault(path, next((s.shard_id for s in shards if s.layout != "folder"
-                                        and container_stem(s.file) == owner), ""))
+        metadata.setdefault(path, shard_of_stem.get(owner, ""))
     if any(s.layout == "parquet" and s.options.get("id_column") for s in shards):
         _rename_duplicate_ids(shards, after, inputs, on_duplicate_id)
     layouts = {s.layout for s in shards} or {"folder" if listing.layout == "auto" else listing.layout}
@@ -642,7 +644,8 @@ def _img2dataset_counts(base: str, stats: list[str]) -> tuple[int | None, int | 
 
 
 def _parquet_ids(spec: ShardSpec) -> list[str] | None:
-    """The ids a Parquet shard's rows get (its id column with the plan's renames, or the default)."""
+    """The natural id of each row of a Parquet shard with an id column (its value, or the default for a
+    null), before any rename; None where its reader will say why it cannot be read."""
     id_column = spec.options.get("id_column")
     if not id_column or spec.options.get("problem") or spec.options.get("kind"):
         return None

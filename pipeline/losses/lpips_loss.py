@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lpips
 import torch
@@ -22,17 +23,21 @@ from torch import nn
 from pipeline.errors import CheckpointError
 from pipeline.models.checkpoints import read_state_dict
 
+if TYPE_CHECKING:
+    from pipeline.models.known_weights import KnownWeights
+
 BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 SETTING = "--lpips-weights"
 MAX_RESOLUTION = 256  # larger images are area-downsampled first, as the official projector does
 
 
-def default_backbone_uri(net: str) -> str:
-    """torchvision's own cache file; VGG16's is downloaded there when absent and reachable."""
+def default_backbone_uri(net: str, known: KnownWeights | None = None) -> str:
+    """torchvision's own cache file; VGG16's is downloaded there when absent and reachable (`known`: its
+    description, when the advice for running without it differs from VGG16's)."""
     if net == "vgg":
         from pipeline.models.known_weights import VGG16, ensure_weights
 
-        return str(ensure_weights(VGG16))
+        return str(ensure_weights(known or VGG16))
     return os.path.join(torch.hub.get_dir(), "checkpoints", BACKBONE_FILES[net])
 
 
@@ -54,11 +59,11 @@ def _backbone_state(uri: str, backbone: nn.Module) -> dict[str, torch.Tensor]:
 class LPIPSLoss(nn.Module):
     """LPIPS distance per image: x, y [N, 3, H, W] in [-1, 1] -> [N]."""
 
-    def __init__(self, net: str = "vgg", weights_uri: str | None = None) -> None:
+    def __init__(self, net: str = "vgg", weights_uri: str | None = None, *, known: KnownWeights | None = None) -> None:
         if net not in BACKBONE_FILES:
             raise ValueError(f"LPIPS backbone must be one of {sorted(BACKBONE_FILES)}, got {net!r}")
         super().__init__()
-        uri = weights_uri or default_backbone_uri(net)
+        uri = weights_uri or default_backbone_uri(net, known)
         with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=` argument
             warnings.simplefilter("ignore", UserWarning)
             self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)

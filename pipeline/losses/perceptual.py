@@ -13,8 +13,10 @@ def build_perceptual(kind: str, *, discriminator: Discriminator | None = None, l
     """A module mapping (x, y) [N, 3, H, W] in [-1, 1] to per-image distances [N], or None for 'none'."""
     if kind == "lpips":
         from pipeline.losses.lpips_loss import LPIPSLoss
+        from pipeline.models.known_weights import VGG16_WITHOUT_DISCRIMINATOR
 
-        return LPIPSLoss(lpips_net, lpips_weights)
+        # without a discriminator, the advice for a missing backbone never offers one
+        return LPIPSLoss(lpips_net, lpips_weights, known=None if discriminator is not None else VGG16_WITHOUT_DISCRIMINATOR)
     if kind == "discriminator":
         if discriminator is None:
             raise ValueError("--perceptual discriminator needs a checkpoint that holds a discriminator (D); "

@@ -11,6 +11,8 @@ option that does without it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import sys
 from dataclasses import dataclass
@@ -46,6 +48,10 @@ VGG16 = KnownWeights(
     name="LPIPS's VGG16 backbone (torchvision)", url="https://download.pytorch.org/models/vgg16-397923af.pth",
     file="vgg16-397923af.pth", subdir="hub/checkpoints", setting="--lpips-weights", hash_prefix="397923af",
     offline="--perceptual discriminator (the checkpoint's own discriminator features) or --perceptual none")
+# for a checkpoint without a discriminator, only what can stand in for VGG16 there
+VGG16_WITHOUT_DISCRIMINATOR = dataclasses.replace(
+    VGG16, offline="--perceptual none (--perceptual discriminator needs a discriminator, which this checkpoint does "
+                   "not hold)")
 FACENET = KnownWeights(
     name="FaceNet (facenet-pytorch's InceptionResnetV1, VGGFace2)",
     url="https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",

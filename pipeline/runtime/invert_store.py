@@ -24,7 +24,7 @@ from pipeline.data.planning import (PLAN_VERSION, InputChanges, InputPlan, Input
 from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
 from pipeline.runtime.config import InvertConfig
-from pipeline.runtime.shard_processor import TRANSIENT_REASONS
+from pipeline.runtime.shard_processor import TRANSIENT_REASONS, is_transient
 from pipeline.settings import narrow
 from pipeline.stages.chain import InversionModels
 from pipeline.stages.inversion_settings import PRECISIONS
@@ -167,7 +167,7 @@ def _retry_transient(plan: InputPlan, finished: dict[str, dict], notes: list[str
     count = 0
     for spec in plan.shards:
         reasons = finished.get(spec.shard_id, {}).get("error_reasons") or {}
-        transient = sum(n for reason, n in reasons.items() if reason in TRANSIENT_REASONS)
+        transient = sum(n for reason, n in reasons.items() if is_transient(reason))
         if transient:
             retried.append(dataclasses.replace(spec, options={**spec.options, "retry_errors": True}))
             count += transient

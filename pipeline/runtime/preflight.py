@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from pipeline.data.planning import Listing, list_dataset
-from pipeline.errors import LatentmillError, WeightsNotFoundError
+from pipeline.errors import LatentmillError
 from pipeline.models.model_set import ModelSet, add_models, load_model_set
 from pipeline.runtime.config import InvertConfig
 from pipeline.settings import setting_problems
@@ -91,9 +91,8 @@ def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu"
         problems.attempt(lambda: add_models(models, encoder=config.encoder))
         problems.attempt(lambda: add_models(models, prior=config.prior))
         if wants_refine:
-            problems.attempt(lambda: without_discriminator_advice(
-                models.D is not None, lambda: add_models(models, perceptual=config.perceptual,
-                                                         lpips_weights=config.lpips_weights)))
+            problems.attempt(lambda: add_models(models, perceptual=config.perceptual,
+                                                lpips_weights=config.lpips_weights))
         if wants_identity:
             problems.attempt(lambda: add_models(models, identity_model=config.identity_model,
                                                 facenet_weights=config.facenet_weights))
@@ -155,21 +154,6 @@ def _no_discriminator(config: Any, networks: dict[str, Any]) -> None:
     raise ValueError(f"--adversarial-weight {config.adversarial_weight} fine-tunes the generator's discriminator, but "
                      f"--generator {config.generator} holds none (only {', '.join(sorted(networks))}); give a "
                      "checkpoint with D, or --adversarial-weight 0")
-
-
-def without_discriminator_advice(has_discriminator: bool, load: Callable[[], Any]) -> Any:
-    """load(), where a missing LPIPS backbone's advice names only what can stand in: a checkpoint that
-    holds no discriminator (an e4e or pSp file, a G-only export) cannot give --perceptual discriminator."""
-    from pipeline.models.known_weights import VGG16
-
-    try:
-        return load()
-    except WeightsNotFoundError as exc:
-        if has_discriminator or VGG16.offline not in str(exc):
-            raise
-        raise WeightsNotFoundError(str(exc).replace(VGG16.offline, "--perceptual none (--perceptual discriminator "
-                                                                 "needs a discriminator, which --generator does not "
-                                                                 "hold)")) from None
 
 
 def _perceptual_weights(config: InvertConfig) -> None:

@@ -45,6 +45,8 @@ from pipeline.runtime.config import InvertConfig
 from pipeline.settings import narrow
 from pipeline.stages.chain import NOISE_MODE, InversionModels, invert_batch, latent_columns
 from pipeline.stages.inversion_settings import InversionSettings
+from pipeline.store import layout
+from pipeline.store.parquet_files import open_parquet
 from pipeline.store.schema import SCHEMA_VERSION, latents_schema
 from pipeline.store.writer import ShardWriter
 
@@ -289,16 +291,11 @@ class ShardProcessor:
                 else:
                     self._finished += 1  # an error row is done once decoded
                 if len(pending) == self.batch_size:
-                    self._run_batch(pending, rows, columns)
-                    self._finished += len(pending)
-                    self._ok += sum(columns["status"][i] == "ok" for i in pending)
+                    self._finish_batch(pending, rows, columns)
                     self._report(None)
-                    _release(rows, pending)
                     pending = []
         if pending:
-            self._run_batch(pending, rows, columns)
-            self._ok += sum(columns["status"][i] == "ok" for i in pending)
-            _release(rows, pending)
+            self._finish_batch(pending, rows, columns)
         self._finished = len(rows)
         self._report("write")
 
@@ -325,11 +322,15 @@ class ShardProcessor:
                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         return self.writer.write(spec.shard_id, table, entry)
 
+    def _finish_batch(self, index: list[int], rows: list[_Row], columns: dict[str, list]) -> None:
+        """Run a batch's rows, count them finished (and which are ok), and let go of their pixels."""
+        self._run_batch(index, rows, columns)
+        self._finished += len(index)
+        self._ok += sum(columns["status"][i] == "ok" for i in index)
+        _release(rows, index)
+
     def _earlier_rows(self, spec: ShardSpec) -> pa.Table:
         """The rows an earlier run wrote for this shard (--retry-errors redoes some of them)."""
-        from pipeline.store import layout
-        from pipeline.store.parquet_files import open_parquet
-
         with open_parquet(layout.shard_file(self.writer.store, spec.shard_id)) as parquet:
             return parquet.read().cast(self.schema)
 

@@ -225,9 +225,9 @@ def group_rows(store: StoreWriter, cfg: RebalanceConfig, labeller: Labeller, pri
         ids.append(batch.column("image_id"))
         shards.append(batch.column("shard"))
         labels = labeller(offset, batch, ws).astype(str)
-        if flagged:
-            labels = np.where(np.isin(np.asarray(batch.column("image_id").to_pylist(), dtype=object),
-                                      list(flagged)), FLAGGED, labels)
+        if flagged:  # a set lookup per row: linear in the batch, whatever the number flagged
+            labels = np.where(np.fromiter((i in flagged for i in batch.column("image_id").to_pylist()), bool,
+                                          batch.num_rows), FLAGGED, labels)
         distinct, inverse = np.unique(labels, return_inverse=True)
         code_of = np.array([names.setdefault(str(name), len(names)) for name in distinct], dtype=np.int32)
         codes.append(code_of[inverse.reshape(-1)])
@@ -293,18 +293,13 @@ def too_few_groups(cfg: RebalanceConfig, counts: dict[str, int], store: StoreWri
     """Why a grouping gives fewer than two groups, and what to use instead."""
     line = f"--groups {cfg.groups} gives {len(counts)} group(s)" + (f" ({counts})" if counts else "")
     kind, rest = _parse_groups(cfg.groups)
-    if kind == "meta":
-        keys: set[str] = set()
-        with_meta = 0
-        for _, batch in store.ok_batches(cfg.column, ["meta"], batch_size=4096):
-            for text in batch.column("meta").to_pylist() if "meta" in batch.schema.names else []:
-                if isinstance(text, str):
-                    with_meta += 1
-                    value = json.loads(text)
-                    keys.update(value if isinstance(value, dict) else [])
-            break  # the first batch tells
-        line += (f": no ok row's meta has the key {rest!r}" + (f" (keys found: {sorted(keys)[:10]})" if keys else
-                 " (its inputs had no JSON sidecars or metadata)" if not with_meta else ""))
+    if kind == "meta":  # the first batch of ok rows tells which keys their metadata has
+        _, batch = next(store.ok_batches(cfg.column, ["meta"], batch_size=4096))
+        metas = [json.loads(m) for m in (batch.column("meta").to_pylist() if "meta" in batch.schema.names else [])
+                 if isinstance(m, str)]
+        keys = sorted({k for m in metas if isinstance(m, dict) for k in m})
+        line += (f": no ok row's meta has the key {rest!r}" + (f" (keys found: {keys[:10]})" if keys else
+                 " (its inputs had no JSON sidecars or metadata)" if not metas else ""))
     elif kind == "labels":
         line += ": the labels file names fewer than two groups among the store's image ids"
     return (line + "; rebalancing needs two or more. Use --groups kmeans:K (clusters of the latents), "
