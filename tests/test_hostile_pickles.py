@@ -152,3 +152,74 @@ def test_legacy_torch_file_with_payload_is_refused_by_name(marker, tmp_path):
     with pytest.raises(UnsafeCheckpointError, match=qualified(os.system)):
         load_networks(str(path))
     assert not marker.exists()
+
+
+def shuffled_stack_pickle(command: str) -> bytes:
+    """A pickle that calls posix.system (os.system) while the two strings pushed last before its STACK_GLOBAL
+    are 'collections' and 'OrderedDict': they sit above a MARK that POP_MARK drops, so the real machine
+    takes the two strings beneath. A scanner that does not model the stack names an allowed global."""
+    def text(value: str) -> bytes:
+        return b"\x8c" + bytes([len(value)]) + value.encode()  # SHORT_BINUNICODE
+
+    return (b"\x80\x04" + text("posix") + text("system") + b"(" + text("collections") + text("OrderedDict")
+            + b"1" + b"\x93" + text(command) + b"\x85" + b"R" + b".")  # POP_MARK, STACK_GLOBAL, TUPLE1, REDUCE
+
+
+def zip_torch_file(path: Path, data_pkl: bytes) -> str:
+    """A torch.save zip file whose object pickle is `data_pkl`."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", data_pkl)
+        archive.writestr("evil/version", "3\n")
+        archive.writestr("evil/byteorder", "little")
+    return str(path)
+
+
+def test_the_shuffled_stack_pickle_really_runs_its_payload(marker):
+    """The fixture below is a real attack: plain pickle.loads runs it."""
+    pickle.loads(shuffled_stack_pickle(f"touch {marker}"))
+    assert marker.exists()
+
+
+def test_a_global_hidden_by_a_shuffled_stack_is_refused_by_its_real_name(marker, tmp_path):
+    path = zip_torch_file(tmp_path / "evil.pt", shuffled_stack_pickle(f"touch {marker}"))
+    with pytest.raises(UnsafeCheckpointError, match="'posix.system'"):
+        load_networks(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("setting", ["--lpips-weights", "--facenet-weights", "--identity-weights"])
+def test_every_weight_file_passes_the_same_guard(setting, marker, tmp_path):
+    """LPIPS, FaceNet, ArcFace and identity weights are read by read_state_dict: scanned by name too."""
+    from pipeline.models.checkpoints import read_state_dict
+
+    path = zip_torch_file(tmp_path / "weights.pth", shuffled_stack_pickle(f"touch {marker}"))
+    with pytest.raises(UnsafeCheckpointError, match=f"{setting} .*'posix.system'"):
+        read_state_dict(path, setting=setting)
+    assert not marker.exists()
+
+
+def test_a_global_named_by_an_extension_code_is_refused(tmp_path):
+    import copyreg
+
+    copyreg.add_extension("posix", "system", 240)
+    try:
+        data = pickle.dumps(os.system, protocol=2)
+    finally:
+        copyreg.remove_extension("posix", "system", 240)
+    assert b"\x82" in data  # EXT1
+    with pytest.raises(UnsafeCheckpointError, match="computed or registered"):
+        load_networks(zip_torch_file(tmp_path / "ext.pt", data))
+
+
+def test_plain_state_dicts_of_every_torch_format_pass_the_guard(tmp_path):
+    from pipeline.models.checkpoints import read_state_dict
+
+    state = {"conv.weight": torch.randn(2, 3), "bn.num_batches_tracked": torch.tensor(3),
+             "half": torch.randn(2).half(), "p": torch.nn.Parameter(torch.ones(1))}
+    for zipped in (True, False):
+        path = tmp_path / f"state-{zipped}.pth"
+        torch.save(state, path, _use_new_zipfile_serialization=zipped)
+        loaded = read_state_dict(str(path), setting="--lpips-weights")
+        assert torch.equal(loaded["conv.weight"], state["conv.weight"]) and loaded["half"].dtype == torch.float16

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from pipeline.errors import CheckpointError, UnsafeCheckpointError
+from pipeline.errors import CheckpointError
 from pipeline.models import rosinality
 from pipeline.models.bundle import read_bundle, write_bundle
 from pipeline.models.embedding import EmbeddingNet
@@ -29,7 +29,6 @@ from pipeline.models.regressor import Encoder
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.network_record import NetworkRecord
 from pipeline.models.nvlabs_pickle import load_nvlabs_pickle, network_records
-from pipeline.models.pickle_globals import pickle_globals
 from pipeline.models.pretrained_encoder import PretrainedEncoder, is_encoder_file, read_encoder_file
 from pipeline.models.stylegan2 import Discriminator, Generator, uninitialized_weights
 from pipeline.models.stylegan3 import StyleGAN3Generator
@@ -81,38 +80,9 @@ def sniff_format(data: bytes, *, source: str) -> str:
                           f"or a latentmill .safetensors bundle; the file starts with {data[:8]!r})")
 
 
-_TORCH_STORAGES = {"FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "IntStorage",
-                   "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage", "UntypedStorage"}
-TORCH_FILE_GLOBALS = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
-                      ("torch._utils", "_rebuild_parameter"), ("argparse", "Namespace")} | {
-                      ("torch", name) for name in _TORCH_STORAGES}
-
-
-def _torch_file_pickles(data: bytes | Path) -> list[io.BytesIO]:
-    """The pickle streams of a torch.save file (its bytes, or the path of a zip-format file): data.pkl of a
-    zip (read alone, not the tensors beside it), or the 4 leading pickles of a legacy file."""
-    if isinstance(data, Path) or data[:4] == b"PK\x03\x04":
-        with zipfile.ZipFile(data if isinstance(data, Path) else io.BytesIO(data)) as archive:
-            return [io.BytesIO(archive.read(n)) for n in archive.namelist() if n.endswith("data.pkl")]
-    return [io.BytesIO(data)] * 4  # legacy: magic, protocol, sys_info, then the object, back to back
-
-
-def _refuse_unlisted_globals(data: bytes | Path, *, source: str) -> None:
-    try:
-        names = [g for stream in _torch_file_pickles(data) for g in pickle_globals(stream)]
-    except (ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise CheckpointError(f"{source}: truncated or corrupt torch checkpoint ({type(exc).__name__}: {exc})") from None
-    for module, name in names:
-        if (module, name) not in TORCH_FILE_GLOBALS:
-            raise UnsafeCheckpointError(
-                f"{source}: refusing to load global '{module}.{name}': it is not on latentmill's allow-list "
-                "for torch checkpoints, and loading it could run arbitrary code")
-
-
 def _torch_load_restricted(data: bytes | Path, *, source: str) -> Any:
-    """A torch.save file as data: its globals checked against the allow-list first (nothing runs); a
-    zip-format file at a path is memory-mapped, not read whole first."""
-    _refuse_unlisted_globals(data, source=source)
+    """A torch.save file as data (rosinality's args are an argparse.Namespace); a zip-format file at a path
+    is memory-mapped, not read whole first."""
     return load_weights(data, source=source, safe_globals=[argparse.Namespace], mmap=isinstance(data, Path))
 
 

@@ -1,9 +1,11 @@
 """`torch.load` for files latentmill did not write: tensors and plain containers only.
 
-Every torch checkpoint (rosinality generators, LPIPS and FaceNet backbones, the tensor storages
-inside NVlabs pickles) is read with `weights_only=True`. Its errors are rewritten: they name the
-file, the global that was refused and the safe way forward, and never pass on torch's own advice
-to retry with `weights_only=False`, which would run whatever the file names.
+Every torch file (rosinality generators, pSp/e4e/ReStyle encoders, LPIPS, FaceNet, ArcFace and identity
+weights) passes two guards. First the globals its pickle imports are read without running it
+(pickle_globals models the unpickler's stack) and any name off the allow-list is refused by name; then
+it is read with `weights_only=True`. Errors name the file, the global that was refused and the safe way
+forward, and never pass on torch's own advice to retry with `weights_only=False`, which would run
+whatever the file names.
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ from typing import Any
 import torch
 
 from pipeline.errors import CheckpointError, UnsafeCheckpointError
+from pipeline.models.pickle_globals import UNREADABLE, pickle_globals
+
+_TORCH_STORAGES = {"FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "IntStorage",
+                   "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage", "UntypedStorage"}
+_TORCH_REBUILDERS = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+                     "_rebuild_parameter_with_state"}
+_TORCH_DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
+# what torch.save writes for tensors, parameters and state dicts (files of 2017's torch onwards, as torch's
+# own weights_only unpickler allows them); callers add their own plain types
+TORCH_FILE_GLOBALS = frozenset({("collections", "OrderedDict"), ("torch", "Size"), ("torch", "device")}
+                               | {("torch._utils", n) for n in _TORCH_REBUILDERS}
+                               | {("torch", n) for n in _TORCH_STORAGES | _TORCH_DTYPES})
 
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
@@ -37,6 +51,9 @@ def load_weights(file: bytes | str | Path, *, source: str, safe_globals: Iterabl
     if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
         raise CheckpointError(f"{source}: not a readable torch state dict (a torch.save file starts with a zip or "
                               f"pickle header; this one starts with {head!r})")
+    safe_globals = list(safe_globals)
+    refuse_unlisted_globals(file, source=source,
+                            allowed=TORCH_FILE_GLOBALS | {(g.__module__, g.__qualname__) for g in safe_globals})
     stream = io.BytesIO(file) if isinstance(file, bytes) else file
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
@@ -53,6 +70,35 @@ def load_weights(file: bytes | str | Path, *, source: str, safe_globals: Iterabl
             "as safetensors with the code that made them, or use the file the library itself downloads.") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError, OSError, IndexError) as exc:
         raise CheckpointError(f"{source}: truncated or corrupt torch file ({_first_line(exc)})") from None
+
+
+def refuse_unlisted_globals(file: bytes | str | Path, *, source: str, allowed: frozenset[tuple[str, str]]) -> None:
+    """Refuse, by name, any global the file's pickles import that is not `allowed` (nothing runs)."""
+    try:
+        names = [g for stream in _pickles_of(file) for g in pickle_globals(stream)]
+    except (ValueError, EOFError, zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise CheckpointError(f"{source}: truncated or corrupt torch file ({type(exc).__name__}: {exc})") from None
+    for module, name in names:
+        if (module, name) == UNREADABLE:
+            raise UnsafeCheckpointError(f"{source}: refusing a pickle that names a global by computed or registered "
+                                        "values, not by strings: latentmill reads weight files as data only")
+        if (module, name) not in allowed:
+            raise UnsafeCheckpointError(
+                f"{source}: refusing to load global '{module}.{name}': it is not on latentmill's allow-list "
+                "for torch files, and loading it could run arbitrary code")
+
+
+def _pickles_of(file: bytes | str | Path) -> list[io.BytesIO]:
+    """The pickle streams of a torch.save file: data.pkl of a zip (read alone, not the tensors beside it),
+    or the 4 leading pickles of a legacy file, read back to back from one stream."""
+    if isinstance(file, bytes) and not file.startswith(b"PK\x03\x04"):
+        return [io.BytesIO(file)] * 4
+    source = io.BytesIO(file) if isinstance(file, bytes) else file
+    if not zipfile.is_zipfile(source):
+        data = io.BytesIO(Path(file).read_bytes())
+        return [data] * 4
+    with zipfile.ZipFile(source) as archive:
+        return [io.BytesIO(archive.read(n)) for n in archive.namelist() if n.endswith("data.pkl")]
 
 
 def _read_head(path: str | Path) -> bytes:
