@@ -33,7 +33,8 @@ class FlowTask(TrainingTask):
     def __init__(self, cfg: FitFlowConfig, device: torch.device) -> None:
         from pipeline.models.checkpoints import load_generator
         from pipeline.priors.flow import FlowPrior
-        from pipeline.priors.gaussian import GaussianizedPrior, mapped_samples
+        from pipeline.priors.gaussian import GaussianizedPrior
+        from pipeline.sampling import mapped_samples
 
         self.cfg, self.device = cfg, device
         self.G = load_generator(cfg.generator, device=device).eval().requires_grad_(False)
@@ -50,7 +51,7 @@ class FlowTask(TrainingTask):
         self.optimizers = {"opt": torch.optim.Adam(self.flow.parameters(), lr=cfg.lr)}
 
     def update(self, step: int, rng: torch.Generator) -> dict[str, float]:
-        from pipeline.priors.gaussian import mapped_samples
+        from pipeline.sampling import mapped_samples
         from pipeline.training.distributed import average_gradients
 
         cfg, optimizer = self.cfg, self.optimizers["opt"]

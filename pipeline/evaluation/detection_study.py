@@ -11,6 +11,7 @@ from pipeline.evaluation.models import EvalModels
 from pipeline.models.encoder import encode
 from pipeline.stages.stylespace import (Channel, detect_channels, edit_styles, is_convolution_style, population_stats,
                                        styles_of)
+from pipeline.sampling import mapped_ws
 
 
 @torch.no_grad()
@@ -31,8 +32,7 @@ def detection_accuracy(models: EvalModels, *, positives: Sequence[int] = (10, 20
             layer = layers[int(torch.randint(len(layers), (), generator=g))]
             channel = int(torch.randint(len(stats.mean[layer]), (), generator=g))
             planted = Channel(layer, channel, 0.0, 1.0)
-            z = torch.randn(n, G.z_dim, generator=g).to(models.device)
-            styles = styles_of(G, G.mapping(z))
+            styles = styles_of(G, mapped_ws(G, n, g))
             edited = edit_styles(styles, [planted], alpha, stats)
             ranked = {"styles": detect_channels(edited, stats, top_k)}
             if models.E is not None:

@@ -28,7 +28,8 @@ from pipeline.evaluation.models import EvalModels, initial_latents
 from pipeline.evaluation.swd import swd
 from pipeline.losses.pixel import masked_mse
 from pipeline.priors.flow import FlowPrior
-from pipeline.priors.gaussian import GaussianizedPrior, mapped_samples
+from pipeline.priors.gaussian import GaussianizedPrior
+from pipeline.sampling import mapped_samples
 from pipeline.stages.refine import refine
 
 LatentMap = Callable[[torch.Tensor], torch.Tensor]

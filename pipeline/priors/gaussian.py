@@ -24,6 +24,7 @@ from pipeline.models.bundle import safetensors_metadata
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.latent_prior import LatentPrior, mean_over_layers
+from pipeline.sampling import mapped_samples
 from pipeline.uris import read_bytes, write_bytes
 
 PRIOR_FORMAT = "latentmill-prior/1"
@@ -46,18 +47,6 @@ def gaussianize_log_det(ws: torch.Tensor) -> torch.Tensor:
     log(1/sqrt 2) where w >= 0 and log(5/sqrt 2) where w < 0."""
     negative = (ws < 0).sum(dim=-1).to(torch.float64)
     return -0.5 * math.log(2) * ws.shape[-1] + math.log(1 / _SLOPE) * negative
-
-
-@torch.no_grad()
-def mapped_samples(G: Generator, n: int, rng: torch.Generator) -> torch.Tensor:
-    """n latents w = mapping(z) [n, w_dim] from `rng` (with uniform random labels if G is conditional):
-    the distribution every prior is fitted to."""
-    device = rng.device
-    z = torch.randn(n, G.z_dim, device=device, generator=rng)
-    c = None
-    if G.c_dim:
-        c = F.one_hot(torch.randint(G.c_dim, (n,), device=device, generator=rng), G.c_dim).float()
-    return G.mapping(z, c)[:, 0]
 
 
 class _MomentAccumulator:

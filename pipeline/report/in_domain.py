@@ -17,6 +17,7 @@ import torch
 from pipeline.models.model_set import ModelSet
 from pipeline.stages.chain import NOISE_MODE, invert_batch
 from pipeline.stages.inversion_settings import InversionSettings
+from pipeline.sampling import mapped_ws
 
 SEED = 2024  # fixed: the same samples in every report of a generator
 
@@ -37,10 +38,7 @@ def store_inversion_settings(settings: dict) -> InversionSettings:
 
 @torch.no_grad()
 def _samples(G, n: int) -> torch.Tensor:
-    generator = torch.Generator(device="cpu").manual_seed(SEED)
-    z = torch.randn(n, G.z_dim, generator=generator).to(G.w_avg.device)
-    c = torch.zeros(n, G.c_dim, device=G.w_avg.device) if G.c_dim else None
-    ws = G.mapping(z, c)
+    ws = mapped_ws(G, n, torch.Generator(device="cpu").manual_seed(SEED))
     return G.synthesis(ws, noise_mode=NOISE_MODE).float().clamp(-1, 1)
 
 

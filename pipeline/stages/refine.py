@@ -32,6 +32,7 @@ from pipeline.models.stylegan2 import Generator
 from pipeline.priors.load import Prior
 from pipeline.precision import autocast_for, resolve_precision
 from pipeline.stages.inversion_settings import LATENT_SPACES, RefineSettings
+from pipeline.sampling import mapped_samples
 
 
 
@@ -92,11 +93,7 @@ def compiled_synthesis(G: Generator):
 def estimate_w_std(G: Generator, num_samples: int = 2000, seed: int = 0) -> float:
     """sqrt(E||w - w_avg||^2): the scale of the official projector's latent perturbation."""
     with torch.no_grad():
-        z = torch.randn(num_samples, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(G.w_avg.device)
-        c = None
-        if G.c_dim:
-            c = F.one_hot(torch.arange(num_samples, device=z.device) % G.c_dim, G.c_dim).float()
-        w = G.mapping(z, c)[:, 0]
+        w = mapped_samples(G, num_samples, torch.Generator().manual_seed(seed))
         return (w - G.w_avg).square().sum(dim=1).mean().sqrt().item()
 
 

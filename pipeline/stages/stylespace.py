@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.models.stylegan2 import Generator
+from pipeline.sampling import mapped_ws
 
 Styles = Mapping[str, torch.Tensor]
 
@@ -48,9 +49,7 @@ def stats_of(styles: Styles) -> StyleStats:
 @torch.no_grad()
 def population_stats(G: Generator, num_samples: int = 10_000, seed: int = 0) -> StyleStats:
     """Statistics of S over mapped samples of G (when no store is at hand)."""
-    z = torch.randn(num_samples, G.z_dim, generator=torch.Generator().manual_seed(seed))
-    ws = torch.cat([G.mapping(chunk.to(G.w_avg.device)).cpu() for chunk in z.split(1024)])
-    return stats_of(styles_of(G, ws))
+    return stats_of(styles_of(G, mapped_ws(G, num_samples, torch.Generator().manual_seed(seed)).cpu()))
 
 
 def is_convolution_style(layer: str) -> bool:

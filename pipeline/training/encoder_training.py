@@ -20,6 +20,7 @@ from torch import nn
 from pipeline.masks import DEFAULT_KIND_WEIGHTS, random_masks
 from pipeline.models.encoder import prepare_inputs
 from pipeline.models.stylegan2 import Generator
+from pipeline.sampling import random_labels
 
 
 @dataclass
@@ -45,9 +46,7 @@ def sample_ws(G: Generator, n: int, generator: torch.Generator, *, style_mixing_
     """W+ samples [n, num_ws, w_dim]: with probability `style_mixing_prob` two ws cross over at a random layer."""
     device = G.w_avg.device
     z = torch.randn(2, n, G.z_dim, generator=generator, device=device)
-    c = None
-    if G.c_dim:
-        c = F.one_hot(torch.randint(G.c_dim, (n,), generator=generator, device=device), G.c_dim).float()
+    c = random_labels(G, n, generator)
     w1, w2 = G.mapping(z[0], c), G.mapping(z[1], c)
     cut = torch.randint(1, G.num_ws, (n, 1), generator=generator, device=device)
     mix = torch.rand(n, 1, generator=generator, device=device) < style_mixing_prob
