@@ -6,6 +6,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -65,6 +66,9 @@ def test_rebalance_reaches_the_target_and_every_new_row_names_its_sources(labell
     summary = json.loads((out / "summary.json").read_text())
     assert summary["before"] == {"common": 30, "rare": 10} and summary["unlabeled"] == 5
     assert summary["after"] == summary["target_counts"] == {"common": 30, "rare": 30}
+    # the filter's bound is printed on the prior-NLL scale users read elsewhere: a typical latent scores w_dim
+    assert summary["nll_typical"] == G.w_dim
+    assert f"quality filter: prior NLL at most {summary['nll_cut']:,.0f} (p100 of the store's w_refined; " in result.output
     samples = pd.read_parquet(out / "samples.parquet")
     accepted = samples[samples["accepted"]]
     assert len(accepted) == 20 and (accepted["group"] == "rare").all()
@@ -114,15 +118,20 @@ def test_a_store_larger_than_its_samples_groups_every_row_and_draws_from_a_sampl
 
 
 def test_batching_does_not_change_the_groups_or_the_samples(labelled_store, tmp_path, monkeypatch):
+    """Reading the store in batches of 4 rows and making candidates 3 at a time, not 8, gives the same
+    groups and the same samples: each candidate draws from its own stream (seed, group, index)."""
     import pipeline.stages.store_rebalance as rebalance
 
     store, _ = labelled_store
     whole = _rebalance(store, "kmeans:3", tmp_path / "whole")
     monkeypatch.setattr(rebalance, "BATCH_ROWS", 4)
-    batched = _rebalance(store, "kmeans:3", tmp_path / "batched")
+    batched = _rebalance(store, "kmeans:3", tmp_path / "batched", "--batch-size", "3")
     assert whole[0]["before"] == batched[0]["before"] and whole[0]["added"] == batched[0]["added"]
-    pd.testing.assert_frame_equal(whole[1][["sample_id", "group", "accepted"]],
-                                  batched[1][["sample_id", "group", "accepted"]])
+    assert sum(whole[0]["added"].values()) > 0 and len(whole[1]) == len(batched[1])
+    columns = ["sample_id", "group", "seed", "accepted", "rejected_because"]
+    pd.testing.assert_frame_equal(whole[1][columns], batched[1][columns])
+    assert all(list(a) == list(b) for a, b in zip(whole[1]["source_ids"], batched[1]["source_ids"]))
+    assert np.allclose(np.stack(whole[1]["w"]), np.stack(batched[1]["w"]), atol=1e-5)
 
 
 def test_rebalance_writes_which_group_each_store_row_is_in(labelled_store, tmp_path):

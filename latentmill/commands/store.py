@@ -101,10 +101,19 @@ def rebalance(**options: object) -> None:
     for group in summary["before"]:
         click.echo(f"{group}: {summary['before'][group]} -> {summary['after'][group]} "
                    f"(target {summary['target_counts'][group]}, added {summary['added'][group]})")
+    click.echo(nll_filter_line(summary, config.nll_percentile))
     if summary["shortfall"]:
         click.echo(f"short of target after {config.max_attempts} attempts per sample: {summary['shortfall']}; "
                    "see rejected_because in samples.parquet", err=True)
     click.echo(f"output: {config.output}")
+
+
+def nll_filter_line(summary: dict, percentile: float) -> str:
+    """The quality filter's bound on the prior-NLL scale users read elsewhere: a typical latent of G scores
+    about w_dim, so a bound far above it says the store's own latents lie outside the prior."""
+    cut, typical = summary["nll_cut"], summary["nll_typical"]
+    return (f"quality filter: prior NLL at most {cut:,.0f} (p{percentile:g} of the store's {summary['nll_reference']}; "
+            f"{cut / typical:,.1f}x the {typical:,.0f} of a typical latent of G)")
 
 
 @click.command()

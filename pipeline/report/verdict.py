@@ -103,7 +103,7 @@ def rebalance_shortfall(summary: dict[str, Any] | None) -> str | None:
 
 
 REJECTION_NAMES = {"prior_nll": "prior-NLL filter (--nll-percentile)", "identity": "identity filter (--min-identity)",
-                   "enough": "group already full"}
+                   "enough": "group already full (stores rebalanced before candidates had streams of their own)"}
 
 
 def toy_caption(meta: dict[str, Any], is_demo: bool) -> str | None:

@@ -124,15 +124,22 @@ def group_gaussian(prior: Prior, ws_group: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def sample_near(prior: Prior, ws_group: torch.Tensor | tuple[torch.Tensor, torch.Tensor], n: int, *,
-                generator: torch.Generator, temperature: float = 0.7) -> torch.Tensor:
+                generator: torch.Generator | Sequence[torch.Generator], temperature: float = 0.7) -> torch.Tensor:
     """n latents from a diagonal Gaussian fitted to a group's whitened latents [M, num_ws, D] (or given as
-    `group_gaussian`'s (mean, std), fitted once for many draws).
+    `group_gaussian`'s (mean, std), fitted once for many draws). `generator`: one stream for all n, or one
+    stream per latent (then each latent is the same whatever the others drawn beside it).
 
     Sampling in the whitened gaussianized space keeps the samples in the prior's support;
     temperature < 1 keeps them nearer the group's mean.
     """
     mean, std = ws_group if isinstance(ws_group, tuple) else group_gaussian(prior, ws_group)
-    noise = torch.randn((n, *mean.shape), generator=generator).to(mean.device)
+    if isinstance(generator, torch.Generator):
+        noise = torch.randn((n, *mean.shape), generator=generator)
+    else:
+        if len(generator) != n:
+            raise ValueError(f"{len(generator)} streams for {n} samples")
+        noise = torch.stack([torch.randn(mean.shape, generator=g) for g in generator])
+    noise = noise.to(mean.device)
     return prior.unwhiten(mean + temperature * std * noise)
 
 

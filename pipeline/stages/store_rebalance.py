@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 from pipeline.progress import progress_bar
+from pipeline.sampling import stream_seed
 
 from pipeline.data.webdataset import add_sample
 from pipeline.devices import resolve_device
@@ -34,7 +36,7 @@ from pipeline.imaging import grid_image, png_bytes, to_uint8
 from pipeline.priors.latent_prior import in_chunks
 from pipeline.priors.load import Prior
 from pipeline.runtime.heap import release_free_heap
-from pipeline.stages.chain import NOISE_MODE, image_seed
+from pipeline.stages.chain import NOISE_MODE
 from pipeline.stages.rebalance import (compose, group_gaussian, kmeans, masked_l1, nll_cut, part_masks, sample_near,
                                       target_counts)
 from pipeline.stages.rebalance_settings import RebalanceConfig
@@ -393,13 +395,15 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
             with torch.no_grad():
                 gaussian = group_gaussian(prior, ws[members])
                 white = in_chunks(prior.whiten, ws[members]).flatten(1)
-        accepted, attempts, batch_no = 0, 0, 0
-        while accepted < needs[group] and attempts < cfg.max_attempts * needs[group]:
-            n = cfg.batch_size
-            seed = cfg.seed * 1_000_003 + image_seed(group) % 100_003 * 1009 + batch_no
-            batch_no += 1
-            g = torch.Generator().manual_seed(seed)
-            picks = members[torch.randint(len(members), (n,), generator=g).numpy()]
+        # candidate i of a group draws from its own stream (seed, group, i): the same candidates, and so the
+        # same samples, whatever --batch-size; the candidates after the one that fills the group are not kept
+        accepted, made, budget = 0, 0, math.ceil(cfg.max_attempts * needs[group])
+        while accepted < needs[group] and made < budget:
+            n = min(cfg.batch_size, budget - made)
+            seeds = [stream_seed(cfg.seed, "rebalance", group, i) for i in range(made, made + n)]
+            streams = [torch.Generator().manual_seed(s) for s in seeds]
+            made += n
+            picks = members[[int(torch.randint(len(members), (), generator=g)) for g in streams]]
             pick_ids = ids[picks]
             if inputs:
                 parts = torch.stack([inputs[i] for i in pick_ids]).to(device)
@@ -407,15 +411,16 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
                 with torch.no_grad():
                     parts = G.synthesis(ws[picks], noise_mode=NOISE_MODE).float()
             if cfg.method == "compose":
-                background_ids = pool_ids[torch.randint(len(pool_ids), (n,), generator=g).numpy()]
+                background_ids = pool_ids[[int(torch.randint(len(pool_ids), (), generator=g)) for g in streams]]
                 backgrounds = torch.stack([inputs[i] for i in background_ids]).to(device)
-                masks, kinds = part_masks(n, G.img_resolution, generator=g, kinds=parts_kinds)
-                masks = masks.to(device)
+                drawn = [part_masks(1, G.img_resolution, generator=g, kinds=parts_kinds) for g in streams]
+                masks = torch.cat([m for m, _ in drawn]).to(device)
+                kinds = [k[0] for _, k in drawn]
                 collages, new_ws, images = compose(E, G, parts, backgrounds, masks)
                 part_l1 = masked_l1(images, parts, masks).cpu().numpy()
                 sources = [[a, b] for a, b in zip(pick_ids, background_ids)]
             else:
-                new_ws = sample_near(prior, gaussian, n, generator=g, temperature=cfg.temperature)
+                new_ws = sample_near(prior, gaussian, n, generator=streams, temperature=cfg.temperature)
                 with torch.no_grad():
                     images = G.synthesis(new_ws, noise_mode=NOISE_MODE).float()
                 masks, kinds, part_l1, collages = None, [None] * n, [None] * n, None
@@ -435,15 +440,15 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
             pixels = to_uint8(images)
             flat = new_ws.flatten(1).cpu().numpy()
             for k in range(n):
-                attempts += 1
+                if accepted >= needs[group]:
+                    break
                 reason = None
                 if nll[k] > cut:
                     reason = "prior_nll"
                 elif ident[k] is not None and ident[k] < cfg.min_identity:
                     reason = "identity"
-                elif accepted >= needs[group]:
-                    reason = "enough"
-                sample_id = f"{group}-{cfg.method}-{seed}-{k}".replace("/", "_").replace(" ", "_")
+                seed = seeds[k]
+                sample_id = f"{group}-{cfg.method}-{cfg.seed}-{made - n + k}".replace("/", "_").replace(" ", "_")
                 row = {"sample_id": sample_id, "group": group, "method": cfg.method, "source_ids": list(sources[k]),
                        "mask_kind": kinds[k], "mask_fraction": None if masks is None else float(masks[k].mean()),
                        "seed": seed, "prior_nll": float(nll[k]),
@@ -477,8 +482,9 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
                "unlabeled": len(grouped.rows_of(UNLABELED)), "flagged_excluded": len(grouped.rows_of(FLAGGED)),
                "groups_file": layout.join(cfg.output, GROUPS_FILE),
                "candidates": len(rows), "rejected": {r: sum(1 for x in rows if x["rejected_because"] == r)
-                                                    for r in ("prior_nll", "identity", "enough")},
-               "nll_cut": cut, "nll_reference": reference, "settings": asdict(cfg)}
+                                                    for r in ("prior_nll", "identity")},
+               "nll_cut": cut, "nll_reference": reference, "nll_typical": float(G.w_dim),
+               "settings": asdict(cfg)}
     text = json.dumps(summary, indent=2, default=str).encode()
     write_bytes(layout.join(cfg.output, "summary.json"), text)
     store.write_bytes(layout.REBALANCE_SUMMARY, text)
