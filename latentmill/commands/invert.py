@@ -91,8 +91,8 @@ def verify(store: str, repair: bool, quick: bool) -> None:
 
     \b
     Example:
-      latentmill verify out/faces-latents
-      latentmill verify out/faces-latents --repair && latentmill invert ...   # redo what was damaged
+      latentmill verify out/store
+      latentmill verify out/store --repair && latentmill invert ...   # redo what was damaged
     """
     from pipeline.store.verify import RepairError, repair_store, verify_store
     from pipeline.store.writer import claim
