@@ -4,7 +4,6 @@ the head's death stops the run with a clear message and the rerun resumes."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -60,7 +59,7 @@ def wait_for_shards(store: Path, count: int, timeout: float = 300) -> None:
 def job_cli(cluster: LocalRayCluster, command: str, *args: str) -> subprocess.CompletedProcess:
     """`ray job COMMAND --address DASHBOARD ARGS...` as a user runs it."""
     return subprocess.run([RAY, "job", command, "--address", cluster.dashboard, *args], capture_output=True,
-                          text=True, env=cluster.env, timeout=120)
+                          text=True, env=cluster.env, timeout=120, cwd=REPO)
 
 
 def assert_complete_store(store: Path) -> None:
@@ -78,10 +77,10 @@ def test_a_submitted_job_survives_a_lost_node_and_puts_a_new_node_to_work(images
         lost = cluster.add_node()
         cluster.wait_for_nodes(2)
         store = tmp_path / "store"
-        excludes = json.dumps({"excludes": [".git", "tests/fixtures", "benchmarks", "*.egg-info"]})
-        submitted = job_cli(cluster, "submit", "--no-wait", "--submission-id", "lost-node", "--working-dir",
-                            str(REPO), "--runtime-env-json", excludes, "--",
-                            *invert_command(sys.executable, images, store, "--concurrency", "2"))
+        # as the README submits it: the checkout as the working dir, from the checkout (a driver that passed its
+        # own runtime_env to ray.init lost this working dir's modules on a two-node cluster)
+        submitted = job_cli(cluster, "submit", "--no-wait", "--submission-id", "lost-node", "--working-dir", ".",
+                            "--", *invert_command(sys.executable, images, store, "--concurrency", "2"))
         assert submitted.returncode == 0, submitted.stderr
         wait_for_shards(store, 1)
         lost_node = lost.node_id()
@@ -102,7 +101,7 @@ def test_a_submitted_job_survives_a_lost_node_and_puts_a_new_node_to_work(images
         assert_complete_store(store)
         nodes = [entry["node"] for entry in manifest_entries(str(store)).values()]
         assert joined_node in nodes, "the node that joined mid-run received shards"
-        assert len(set(nodes)) >= 2 and lost_node not in nodes or nodes.count(lost_node) < len(nodes)
+        assert len(set(nodes)) >= 2 and nodes.count(lost_node) < len(nodes)
     finally:
         cluster.stop()
 

@@ -34,6 +34,10 @@ HEAD_PROBE_S = 2.0  # how often the driver checks that the cluster's head (its G
 MAX_NODE_LOSSES = 5  # a shard lost with its node this often is a failure after all (it may be the cause)
 HEAD_LOST_S = 12.0  # no answer for this long: the cluster is gone (Ray itself gives up after 60 s, abruptly)
 
+# what every shard actor runs with, merged by Ray into the job's runtime env (working_dir, pip) rather than
+# replacing it
+ACTOR_RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore::UserWarning"}}
+
 
 class RayClusterLostError(LatentmillError):
     """The cluster's head stopped answering during a run."""
@@ -106,8 +110,9 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     once and handed to every actor (and replacement). started: when the run began (perf_counter),
     for the start-up time in the summary (default: now, so it counts Ray and the actors only)."""
     started = time.perf_counter() if started is None else started
-    cluster = init_ray(config.address, verbose=config.verbose,
-                       runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::UserWarning"}})
+    # no runtime_env in ray.init: inside `ray job submit` it would replace the job's own, and Ray would release
+    # the job's working_dir while this driver still imports from it; the actors' env_vars merge with the job's
+    cluster = init_ray(config.address, verbose=config.verbose)
     idle = idle_note(config, cluster, len(shards))
     if idle:
         print(f"latentmill: {idle}", file=sys.stderr)
@@ -118,8 +123,8 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     from pipeline.runtime.actor_pool import ActorNeeds, ElasticPool, NoActorCanStartError
     from pipeline.runtime.shard_processor import ShardProcessor
 
-    Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor,
-                       max_restarts=0)(processor_class or ShardProcessor)
+    Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor, max_restarts=0,
+                       runtime_env=ACTOR_RUNTIME_ENV)(processor_class or ShardProcessor)
     models_ref = ray.put(models) if models is not None else None
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     board = ray.remote(num_cpus=0)(ProgressBoard).options(scheduling_strategy=here).remote()
