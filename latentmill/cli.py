@@ -76,7 +76,8 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="latentmill")
 def main() -> None:
-    """latentmill: invert, score and curate image datasets through a pretrained StyleGAN2.
+    """latentmill: invert, score, curate and rebalance image datasets through a pretrained StyleGAN
+    (StyleGAN2 or StyleGAN3, with or without a pSp, e4e or ReStyle encoder).
 
     Weights are given as URIs (local paths, file://, s3://, gs://, https://, ...); remote files are
     cached under $LATENTMILL_CACHE (default ~/.cache/latentmill). Checkpoints are NVlabs pickles

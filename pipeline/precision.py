@@ -19,9 +19,12 @@ import os
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
-from pipeline.stages.inversion_settings import PRECISIONS
+if TYPE_CHECKING:  # torch is imported where it is used: the settings read PRECISIONS without it
+    import torch
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # what --precision runs; "auto" picks one of them
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 FORCE_CPU_BF16 = "LATENTMILL_CPU_BF16"
@@ -51,6 +54,8 @@ def cpu_has_native_bf16() -> bool:
 
 def device_kind(device: str | torch.device) -> str:
     """The kind of device a precision choice belongs to: 'cuda:<GPU name>', 'cpu-bf16' or 'cpu'."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
@@ -67,6 +72,8 @@ def resolve_precision(precision: str, device: str | torch.device,
         if precision not in PRECISIONS:
             raise ValueError(f"--precision must be auto or one of {PRECISIONS}, got {precision!r}")
         return precision, "as set"
+    import torch
+
     kind = device_kind(device)
     if recorded and kind in recorded:
         return recorded[kind], f"the store's precision for {kind}"
@@ -86,4 +93,6 @@ def autocast_for(device: str | torch.device, precision: str) -> AbstractContextM
     """The autocast context of a resolved precision on `device` (fp32: none)."""
     if precision == "fp32":
         return nullcontext()
+    import torch
+
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

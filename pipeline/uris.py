@@ -10,12 +10,10 @@ backends get one whole-object put (`pipe_file`), which object stores apply atomi
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
 
 import fsspec
 
@@ -91,12 +89,6 @@ def read_if_exists(uri: str) -> bytes | None:
         return fs.cat_file(path)
     except FileNotFoundError:
         return None
-
-
-def read_json_if_exists(uri: str) -> Any:
-    """The JSON document at `uri`, or None where there is no such file (a corrupt one raises ValueError)."""
-    data = read_if_exists(uri)
-    return None if data is None else json.loads(data)
 
 
 def write_bytes(uri: str, data: bytes) -> None:

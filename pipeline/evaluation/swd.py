@@ -84,13 +84,3 @@ def swd(images_a: torch.Tensor, images_b: torch.Tensor, *, patches_per_image: in
         result[str(level_a.shape[-1])] = 1e3 * sliced_wasserstein((da - mean) / std, (db - mean) / std, generator)
     result["mean"] = sum(result.values()) / len(result)
     return result
-
-
-def swd_to(reference: torch.Tensor, *, seed: int = 0):
-    """A function scoring image sets by mean SWD x 1e3 against `reference` images."""
-    reference = reference.detach().cpu()
-
-    def score(images: torch.Tensor) -> float:
-        return swd(reference, images.detach().cpu(), seed=seed)["mean"]
-
-    return score

@@ -23,11 +23,11 @@ from pipeline.data.planning import (PLAN_VERSION, InputChanges, InputPlan, Input
                                     plan_listing)
 from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
+from pipeline.precision import PRECISIONS
 from pipeline.runtime.config import InvertConfig
 from pipeline.runtime.shard_processor import TRANSIENT_REASONS, is_transient
 from pipeline.settings import narrow
 from pipeline.stages.chain import InversionModels
-from pipeline.stages.inversion_settings import PRECISIONS
 from pipeline.store import layout
 from pipeline.store.store import StoreDamagedError
 from pipeline.store.store_recipe import make_recipe, mismatch_error, recipe_differences, recipe_digest

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.precision import PRECISIONS
 from pipeline.settings import setting
 
 STAGES = ("encode", "refine", "compress", "identity")
 LATENT_SPACES = ("w+", "w")
-PRECISIONS = ("fp32", "bf16", "fp16")
 PRECISION_SETTINGS = ("auto", *PRECISIONS)
 
 
@@ -27,7 +27,7 @@ class RefineSettings:
     latent_space: str = setting("w+", "Refine a w per layer (w+), or one w for all layers (w).", choices=LATENT_SPACES)
     precision: str = setting("auto", "Autocast precision of G and the perceptual net during refinement; auto: "
                                      "bf16 on GPUs that support it (else fp16 with loss scaling), on CPUs bf16 "
-                                     "only where it measures faster than fp32 (else fp32).",
+                                     "where the CPU has native bf16 (AVX512-BF16 or AMX), else fp32.",
                              choices=PRECISION_SETTINGS)
     early_stop_patience: int = setting(0, "Stop an image after this many steps without improvement (0 = never).",
                                       minimum=0)

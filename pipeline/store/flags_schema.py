@@ -30,8 +30,3 @@ FLAGS_VERSION = FLAGS.version
 
 def flags_schema(metadata: dict | None = None) -> pa.Schema:
     return FLAGS.schema(metadata)
-
-
-def flags_document() -> dict:
-    """A machine-readable description of the schema, written to schemas/flags.v1.json."""
-    return FLAGS.document()

@@ -70,12 +70,5 @@ def shard_file(store: str, shard: str) -> str:
     return join(store, shard_file_name(shard))
 
 
-def shard_of_file(name: str) -> str | None:
-    """The shard id of a data file's base name ('part-x.parquet' -> 'x'), None for anything else."""
-    if name.startswith(SHARD_PREFIX) and name.endswith(SHARD_SUFFIX):
-        return name[len(SHARD_PREFIX): -len(SHARD_SUFFIX)]
-    return None
-
-
 def manifest_file(store: str, shard: str, *, failed: bool = False) -> str:
     return join(store, entry_name(shard, failed=failed))
