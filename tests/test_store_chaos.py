@@ -46,11 +46,25 @@ def wait_for_shards(output: Path, count: int, timeout: float = 240) -> None:
         time.sleep(0.3)
 
 
-def kill_an_actor() -> bool:
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether process `pid` was started, directly or not, by `ancestor` (read from /proc)."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+def kill_an_actor(run: subprocess.Popen) -> bool:
+    """SIGKILL one shard actor of `run`'s embedded Ray: never another job's on this machine."""
     found = subprocess.run(["pgrep", "-f", "ray::ShardProcessor"], capture_output=True, text=True).stdout.split()
-    for pid in found[:1]:
-        os.kill(int(pid), signal.SIGKILL)
-    return bool(found)
+    ours = [int(pid) for pid in found if descends_from(int(pid), run.pid)]
+    for pid in ours[:1]:
+        os.kill(pid, signal.SIGKILL)
+    return bool(ours)
 
 
 def assert_store_whole(output: Path, expected_ids: set[str]) -> None:
@@ -84,7 +98,7 @@ def test_random_kills_of_actors_and_driver_never_lose_or_duplicate_rows(fixture_
     run = start(cmd)
     wait_for_shards(output, 1)
     time.sleep(rng.uniform(0.0, 1.0))
-    assert kill_an_actor()
+    assert kill_an_actor(run)
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err[-2000:]
     assert_store_whole(output, expected)
