@@ -98,3 +98,16 @@ def test_the_readme_cluster_command_is_a_valid_invert_command():
     assert "pip install" in section and "ray[default]" in section
     pyproject = (REPO / "pyproject.toml").read_text()
     assert '"ray[default,' in pyproject, "setup installs what `ray job submit` and the dashboard need"
+
+
+def test_the_dockerfile_builds_the_image_rayjob_names_on_its_ray_version(rayjob):
+    dockerfile = (REPO / "Dockerfile").read_text()
+    ray_version, python = re.search(r"^FROM rayproject/ray:([\d.]+)-py(\d+)-gpu$", dockerfile, re.M).groups()
+    assert ray_version == rayjob["spec"]["rayClusterSpec"]["rayVersion"]
+    assert python == "311"  # the Python the project is tested on
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    images = re.findall(r"image: (\S+)", (REPO / "rayjob.yaml").read_text())
+    assert images and all(image == f"YOUR_REGISTRY/latentmill:{version}" for image in images)
+    assert f"docker build -t YOUR_REGISTRY/latentmill:{version} ." in dockerfile
+    for package in ("pipeline", "jobs", "latentmill"):  # what `pip install .` needs, nothing of the tests
+        assert f"COPY --chown=ray:users {package} ./{package}" in dockerfile
