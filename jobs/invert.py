@@ -23,6 +23,7 @@ from pipeline.errors import LatentmillError
 from pipeline.runtime.config import InvertConfig
 from pipeline.runtime.invert_store import prepare_store
 from pipeline.runtime.preflight import preflight_invert
+from pipeline.runtime.local_runner import run_shards_here
 from pipeline.runtime.ray_runner import run_shards
 from pipeline.runtime.shard_book import RunSummary, ShardBook
 from pipeline.store import layout
@@ -40,10 +41,12 @@ class EveryRowFailedError(LatentmillError, RuntimeError):
         self.summary = summary
 
 
-def run(config: InvertConfig, *, processor_class: type | None = None, runner: Runner = run_shards) -> RunSummary:
+def run(config: InvertConfig, *, processor_class: type | None = None, runner: Runner | None = None) -> RunSummary:
     """Invert config.input into the store config.output; processor_class: see run_shards; runner: what
-    runs the shards to do (Ray actors by default; pipeline.runtime.local_runner.run_shards_here runs
-    them in this process)."""
+    runs the shards to do (default: --runner's, Ray actors or pipeline.runtime.local_runner.run_shards_here
+    in this process)."""
+    if runner is None:
+        runner = run_shards_here if config.runner == "local" else run_shards
     started = time.perf_counter()
     checked = preflight_invert(config, device=torch.device("cpu"))
     config, models = checked.config, checked.models

@@ -191,3 +191,27 @@ def test_a_batch_too_large_for_the_actors_is_one_error_and_auto_is_the_default(r
     assert not list((tmp_path / "store" / "manifest").glob("*.json")), "no shard was started"
     summary = run(config(assets, tmp_path / "store", batch_size="auto"))
     assert summary.batch_size >= 1 and summary.rows == len(assets["messy"]) and summary.startup_seconds > 0
+
+
+def test_the_local_runner_makes_the_same_store_without_starting_ray(assets, tmp_path):
+    """`invert --runner local`: the shards run one after another in this process; no Ray is started, and
+    the store holds one row per input, resumable by either runner (the runner is not part of the recipe)."""
+    import ray
+    from click.testing import CliRunner
+
+    from latentmill.cli import main
+
+    if ray.is_initialized():
+        ray.shutdown()
+    store = tmp_path / "store"
+    args = ["invert", "--input", assets["messy_dir"], "--output", str(store), "--generator", assets["generator"],
+            "--stages", "refine", "--perceptual", "discriminator", "--steps", "2", "--shard-size", "4",
+            "--batch-size", "4", "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--runner", "local"])
+    assert result.exit_code == 0, result.output
+    assert not ray.is_initialized() and "Ray" not in result.output
+    frame = read_latents(str(store))
+    assert sorted(frame["image_id"]) == sorted(assets["messy"]) and frame["image_id"].is_unique
+    again = CliRunner().invoke(main, [*args, "--runner", "ray", "--address", "local"])
+    assert again.exit_code == 0 and "nothing to run" in again.output, again.output
+    ray.shutdown()

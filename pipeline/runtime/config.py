@@ -20,6 +20,8 @@ from pipeline.stages.inversion_settings import InversionSettings
 from pipeline.store.schema import LATENT_DTYPES
 
 
+RUNNERS = ("ray", "local")
+
 
 @dataclass(kw_only=True)
 class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualSettings, IdentitySettings,
@@ -36,6 +38,9 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
                                             "refinement fits the actor's memory with a margin (GPU: free memory "
                                             "x --num-gpus; CPU: available memory x its share of the cores), at "
                                             "most 64 on a GPU and 16 on a CPU.", metavar="N|auto")
+    runner: str = setting("ray", "Where shards run: ray (an actor pool on the cluster, or an embedded Ray), or "
+                                 "local (one after another in this process, no Ray: small jobs, where starting "
+                                 "Ray costs more than the work).", choices=RUNNERS)
     concurrency: int | str = setting(1, "Actors (model replicas) working in parallel, at most; auto: as many as the "
                                         "cluster's live nodes hold (--cpus-per-actor, --num-gpus), followed as nodes "
                                         "join and leave.", metavar="N|auto")

@@ -37,7 +37,7 @@ def run_shards_here(config: InvertConfig, shards: list[ShardSpec], summary: RunS
             show_rows(bars[1], finished_rows + rows, summary.ok + ok, summary.errors + rows - ok, stage)
 
     def new_processor():
-        processor = cls(config, shard_writer, "cpu", models, None, precisions, recipe_models)
+        processor = cls(config, shard_writer, None, models, None, precisions, recipe_models)  # GPU with --num-gpus
         processor.progress = report if config.progress else None
         book.started(processor.ready())
         return processor

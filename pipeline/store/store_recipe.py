@@ -29,7 +29,7 @@ RECIPE_VERSION = 2
 EXECUTION_SETTINGS = frozenset({"output", "overwrite", "batch_size", "concurrency", "num_gpus", "cpus_per_actor",
                                 "decode_threads", "max_retries", "address", "verbose", "progress", "compile",
                                 "wait", "read_timeout", "prefetch", "on_changed_input", "placement_timeout",
-                                "retry_errors", "shard_size"})  # shards are planned once: their size is the plan's
+                                "retry_errors", "shard_size", "runner"})  # shards are planned once: their size is the plan's
 MODEL_URIS = frozenset({"generator", "encoder", "prior", "lpips_weights", "facenet_weights", "identity_model"})
 
 
