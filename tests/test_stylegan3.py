@@ -155,7 +155,8 @@ def test_every_stage_runs_on_a_stylegan3_generator(ray_local, tmp_path, monkeypa
     cli("evaluate", "--output", str(tmp_path / "eval"), "--generator", generator, "--encoder",
         encoder + "/encoder.safetensors", "--prior", prior, "--images", str(tmp_path / "in"), "--identity-model",
         "facenet", "--facenet-weights", facenet, "--num-images", "6", "--refine-steps", "2", "--baseline-steps", "2",
-        "--baseline-images", "1", "--study-steps", "2", "--trials", "1", "--positives", "10", "--device", "cpu")
+        "--baseline-images", "1", "--study-steps", "2", "--trials", "1", "--positives", "10", "--fine-tune-steps", "2",
+        "--held-out", "300", "--device", "cpu")
     assert (tmp_path / "store" / "report.html").exists() and (tmp_path / "eval" / "eval.json").exists()
     cli("invert", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "store_r"), "--generator",
         str(FIXTURES / "stylegan3_r_16px.pkl"), "--stages", "refine", "--perceptual", "discriminator", "--steps", "2",
