@@ -76,12 +76,12 @@ class FlowTask(TrainingTask):
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    from pipeline.runtime.ray_train import worker_setup
+    from pipeline.runtime.ray_train import RayTrainSink, worker_setup
     from pipeline.training.loop import run_training
 
     cfg, rank, _, device = worker_setup(config, FitFlowConfig)
     run_training(FlowTask(cfg, device), cfg, rank=rank, device=device, resume_from=config.get("_resume_from"),
-                 info={"generator": cfg.generator, "config": config})
+                 info={"generator": cfg.generator, "config": config}, sink=RayTrainSink())
 
 
 def run_directory(cfg: FitFlowConfig) -> Path:

@@ -51,3 +51,43 @@ def test_a_fitted_flow_beats_the_gaussianized_prior_and_leaves_resume_points(ray
 def test_a_remote_output_needs_a_run_directory(generator_file):
     with pytest.raises(ValueError, match="--run-directory"):
         run_directory(config(generator_file, "s3://bucket/flow.safetensors", 1))
+
+
+def test_the_training_loop_runs_and_resumes_in_this_process_without_ray(generator_file, tmp_path):
+    """run_training with the in-process checkpoint sink: a run that dies after its step-2 checkpoint and is
+    resumed from it ends with exactly the weights of a run that never stopped (each step's stream is
+    seeded by the step), and Ray is never started."""
+    import dataclasses
+
+    import ray
+
+    from jobs.fit_flow import FlowTask
+    from pipeline.training.checkpointing import latest_checkpoint
+    from pipeline.training.loop import LocalSink, run_training
+
+    class DiesAtStep3(FlowTask):
+        def update(self, step, rng):
+            if step == 3:
+                raise RuntimeError("killed")
+            return super().update(step, rng)
+
+    def settings(name: str):
+        return dataclasses.replace(config(generator_file, tmp_path / name, steps=4), batch_size=64, init_samples=2000,
+                                   eval_samples=500, checkpoint_every=2)
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cpu = torch.device("cpu")
+    whole = settings("whole")
+    run_training(FlowTask(whole, cpu), whole, rank=0, device=cpu, resume_from=None, info={}, sink=LocalSink())
+    broken = settings("broken")
+    with pytest.raises(RuntimeError, match="killed"):
+        run_training(DiesAtStep3(broken, cpu), broken, rank=0, device=cpu, resume_from=None, info={})
+    assert latest_checkpoint(tmp_path / "broken").name == "step-00000002"
+    resumed = FlowTask(broken, cpu)
+    run_training(resumed, broken, rank=0, device=cpu, resume_from=str(latest_checkpoint(tmp_path / "broken")), info={})
+    assert not ray.is_initialized()
+    ours, theirs = load_prior(str(tmp_path / "broken" / "flow.safetensors")), load_prior(
+        str(tmp_path / "whole" / "flow.safetensors"))
+    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

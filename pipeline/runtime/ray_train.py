@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from pipeline.training.checkpointing import checkpoint_step, latest_checkpoint, publish_checkpoint, save_checkpoint
+from pipeline.training.checkpointing import checkpoint_step, latest_checkpoint
 
 
 def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, name: str,
@@ -78,14 +75,15 @@ def resume_directory(fallback: str | None) -> Iterator[Path | None]:
         yield Path(fallback) if fallback else None
 
 
-def report_checkpoint(step: int, metrics: dict[str, float], *, networks: Mapping[str, nn.Module],
-                      optimizers: Mapping[str, Any], info: dict[str, Any], output: Path, keep: int, final_name: str,
-                      extra_state: dict[str, Any] | None = None) -> None:
-    """On rank 0: save a checkpoint, publish it under output/checkpoints (and as output/final_name),
-    and report it with the metrics to Ray Train. Other ranks call `ray.train.report({"step": step})`."""
-    import ray.train
+class RayTrainSink:
+    """run_training's checkpoint sink inside a Ray Train worker: resume from Ray's checkpoint after a
+    worker-group restart, and report every checkpoint step (with rank 0's checkpoint) to Ray Train."""
 
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp), networks, optimizers, step, info, extra_state)
-        publish_checkpoint(Path(tmp), output, step, keep, final_name=final_name)
-        ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    def resume_directory(self, fallback: str | None):
+        return resume_directory(fallback)
+
+    def report(self, step: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        import ray.train
+
+        ray.train.report({"step": step, **metrics},
+                         checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)

@@ -1,8 +1,9 @@
 """The one training skeleton of latentmill's training jobs (generator, encoder, identity, ...).
 
 A job describes its training as a `TrainingTask` (the networks and optimizers it checkpoints,
-one update, its held-out evaluation); `run_training` does the rest the same way for every job,
-inside a Ray Train worker:
+one update, its held-out evaluation); `run_training` does the rest the same way for every job, in
+whatever process runs it: a Ray Train worker (the jobs pass pipeline/runtime/ray_train.py's
+RayTrainSink) or this one (LocalSink, no Ray):
   - resume: the newest checkpoint (or Ray's, after a worker-group restart) restores every network,
     optimizer and the task's extra state; rank 0's weights are then broadcast to all workers;
   - reproducible streams: step s on rank r draws from a generator (and the global stream) seeded
@@ -10,18 +11,21 @@ inside a Ray Train worker:
   - gradient synchronisation: `optimizer_step` averages gradients across workers after backward
     (pipeline/training/distributed.py says why by hand rather than DDP);
   - rank 0 writes the CSV logs, evaluates at each checkpoint and publishes the checkpoint; every
-    rank reports to Ray Train.
+    rank hands the step to the checkpoint sink (Ray Train's report, or nothing).
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from pipeline.training.checkpointing import TrainingLogs, checkpoint_state
+from pipeline.training.checkpointing import TrainingLogs, checkpoint_state, publish_checkpoint, save_checkpoint
 from pipeline.training.distributed import average_gradients, broadcast_parameters
 
 
@@ -66,21 +70,41 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, *losses:
     optimizer.step()
 
 
+class CheckpointSink(Protocol):
+    """Where a worker resumes from and tells its progress, beyond the output folder run_training writes."""
+
+    def resume_directory(self, fallback: str | None) -> AbstractContextManager[Path | None]:
+        """The checkpoint to resume from (`fallback`: the newest one on disk), as a directory."""
+
+    def report(self, step: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        """A finished checkpoint step: rank 0 passes its metrics and checkpoint directory, others None."""
+
+
+class LocalSink:
+    """Training in this process, without Ray: resume from the newest checkpoint on disk; nothing to tell."""
+
+    @contextmanager
+    def resume_directory(self, fallback: str | None) -> Iterator[Path | None]:
+        yield Path(fallback) if fallback else None
+
+    def report(self, step: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        pass
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return seed * 1_000_003 + step * 1009 + rank
 
 
 def run_training(task: TrainingTask, settings: Any, *, rank: int, device: torch.device, resume_from: str | None,
-                 info: dict[str, Any]) -> None:
+                 info: dict[str, Any], sink: CheckpointSink | None = None) -> None:
     """Train `task` for settings.steps steps (settings: the job's config; output, steps, seed,
-    checkpoint_every, keep_checkpoints, progress), resuming where a checkpoint says."""
-    import ray.train
+    checkpoint_every, keep_checkpoints, progress), resuming where a checkpoint says; `sink`: see
+    CheckpointSink (default LocalSink)."""
     from pipeline.progress import progress_bar
 
-    from pipeline.runtime.ray_train import report_checkpoint, resume_directory
-
+    sink = sink or LocalSink()
     start = 0
-    with resume_directory(resume_from) as directory:
+    with sink.resume_directory(resume_from) as directory:
         if directory is not None:
             task.restore(directory, device)
             for name, optimizer in task.optimizers.items():
@@ -91,6 +115,8 @@ def run_training(task: TrainingTask, settings: Any, *, rank: int, device: torch.
     for network in task.networks.values():
         broadcast_parameters(network)
     output = Path(settings.output)
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
     logs = TrainingLogs(output) if rank == 0 else None
     bar = progress_bar(total=settings.steps, initial=start, desc=task.name, unit="step",
                        enabled=settings.progress and rank == 0)
@@ -108,10 +134,11 @@ def run_training(task: TrainingTask, settings: Any, *, rank: int, device: torch.
             if rank == 0:
                 metrics = task.evaluate(done)
                 logs.write("eval_log.csv", done, metrics)
-                report_checkpoint(done, metrics, networks=task.networks, optimizers=task.optimizers,
-                                  info={"step": done, **info, **metrics}, output=output,
-                                  keep=settings.keep_checkpoints, final_name=task.final_name,
-                                  extra_state=task.extra_state())
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_checkpoint(Path(tmp), task.networks, task.optimizers, done, {"step": done, **info, **metrics},
+                                    task.extra_state())
+                    publish_checkpoint(Path(tmp), output, done, settings.keep_checkpoints, final_name=task.final_name)
+                    sink.report(done, metrics, Path(tmp))
             else:
-                ray.train.report({"step": done})
+                sink.report(done, {}, None)
     bar.close()
