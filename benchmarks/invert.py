@@ -23,12 +23,12 @@ from PIL import Image
 from benchmarks.generator import official_generator
 from benchmarks.timing import machine_description
 from jobs.invert import run
-from pipeline.losses.lpips_loss import save_random_backbone
+from benchmarks.stand_in_weights import save_random_backbone
 from pipeline.models.bundle import write_bundle
 from pipeline.models.encoder import Encoder
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.runtime.config import InvertConfig
-from pipeline.stages.identity import save_random_facenet
+from benchmarks.stand_in_weights import save_random_facenet
 from pipeline.store.store import Store
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.timing import machine_description, synchronize
-from pipeline.losses.lpips_loss import LPIPSLoss, save_random_backbone
+from benchmarks.stand_in_weights import save_random_backbone
+from pipeline.losses.lpips_loss import LPIPSLoss
 from pipeline.precision import resolve_precision
 
 AUTO_LPIPS_BUDGET = 0.01  # --precision auto may cost at most this fraction of median final LPIPS

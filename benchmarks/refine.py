@@ -32,7 +32,8 @@ import torch
 
 from benchmarks.generator import official_generator
 from benchmarks.timing import machine_description, synchronize
-from pipeline.losses.lpips_loss import LPIPSLoss, save_random_backbone
+from benchmarks.stand_in_weights import save_random_backbone
+from pipeline.losses.lpips_loss import LPIPSLoss
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.stages.refine import refine
 

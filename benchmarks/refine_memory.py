@@ -22,7 +22,8 @@ import torch
 
 from benchmarks.generator import official_generator
 from benchmarks.timing import machine_description
-from pipeline.losses.lpips_loss import LPIPSLoss, save_random_backbone
+from benchmarks.stand_in_weights import save_random_backbone
+from pipeline.losses.lpips_loss import LPIPSLoss
 from pipeline.models.model_set import ModelSet
 from pipeline.precision import resolve_precision
 from pipeline.priors.gaussian import GaussianizedPrior

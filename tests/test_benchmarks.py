@@ -17,7 +17,8 @@ def test_the_official_projectors_vgg16_stand_in_measures_lpips_and_loads_as_torc
     import io
 
     from benchmarks.official_code import LpipsFeatures, scripted_lpips_features
-    from pipeline.losses.lpips_loss import LPIPSLoss, save_random_backbone
+    from benchmarks.stand_in_weights import save_random_backbone
+    from pipeline.losses.lpips_loss import LPIPSLoss
 
     lpips = LPIPSLoss("vgg", str(save_random_backbone(tmp_path / "vgg.pth")))
     vgg16 = torch.jit.load(io.BytesIO(scripted_lpips_features(lpips)))

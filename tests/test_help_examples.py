@@ -123,9 +123,9 @@ def put_user_files(root) -> None:
 def put_downloaded_weights() -> None:
     """What invert downloads on a user's first run (LPIPS's VGG16, FaceNet), as random networks where torch
     caches them ($TORCH_HOME)."""
-    from pipeline.losses.lpips_loss import save_random_backbone
+    from benchmarks.stand_in_weights import save_random_backbone
     from pipeline.models.known_weights import FACENET, VGG16
-    from pipeline.stages.identity import save_random_facenet
+    from benchmarks.stand_in_weights import save_random_facenet
 
     for weights in (VGG16, FACENET):
         weights.default_path().parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from jobs.invert import run
 from pipeline.errors import WeightsNotFoundError
 from pipeline.priors.prior_cache import fit_prior_file
 from pipeline.runtime.config import InvertConfig
-from pipeline.stages.identity import save_random_facenet
+from benchmarks.stand_in_weights import save_random_facenet
 from tests.stores import manifest_entries
 from pipeline.store.store import read_latents, read_store_metadata
 from tests.datasets import messy_folder, parquet_files, tar_shards

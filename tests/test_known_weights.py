@@ -82,7 +82,8 @@ def test_offline_mode_never_tries_the_network(monkeypatch, tmp_path):
 
 
 def test_lpips_without_weights_given_fetches_torchvisions_file(online, server, monkeypatch, tmp_path):
-    from pipeline.losses.lpips_loss import LPIPSLoss, save_random_backbone
+    from benchmarks.stand_in_weights import save_random_backbone
+    from pipeline.losses.lpips_loss import LPIPSLoss
 
     url, root = server
     save_random_backbone(root / "vgg16.pth")

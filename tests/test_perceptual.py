@@ -7,7 +7,8 @@ import torch
 
 from pipeline.errors import WeightsNotFoundError
 from pipeline.losses.discriminator_features import DiscriminatorFeatureLoss
-from pipeline.losses.lpips_loss import LPIPSLoss, save_random_backbone
+from benchmarks.stand_in_weights import save_random_backbone
+from pipeline.losses.lpips_loss import LPIPSLoss
 from pipeline.losses.perceptual import build_perceptual
 from tests.conftest import tiny_discriminator
 

@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.losses.discriminator_features import DiscriminatorFeatureLoss
-from pipeline.losses.lpips_loss import LPIPSLoss, save_random_backbone
+from benchmarks.stand_in_weights import save_random_backbone
+from pipeline.losses.lpips_loss import LPIPSLoss
 from pipeline.stages.refine import refine as _refine
 from tests.conftest import tiny_discriminator, tiny_generator
 

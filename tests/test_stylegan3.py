@@ -121,7 +121,7 @@ def test_every_stage_runs_on_a_stylegan3_generator(ray_local, tmp_path, monkeypa
 
     from latentmill.cli import main
 
-    from pipeline.stages.identity import save_random_facenet
+    from benchmarks.stand_in_weights import save_random_facenet
     from tests.datasets import colorful
 
     generator = str(FIXTURES / "stylegan3_t_16px.pkl")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lpips
@@ -91,17 +90,3 @@ class LPIPSLoss(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.distance(x, self.reference(y))
-
-
-def save_random_backbone(path: str | Path, net: str = "vgg", seed: int = 0) -> Path:
-    """A randomly initialized backbone saved in torchvision's layout (`features.{i}.*`), for tests and
-    benchmarks. The classifier, which LPIPS does not use, is left out."""
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        backbone = (lpips.pretrained_networks.vgg16 if net == "vgg" else lpips.pretrained_networks.alexnet)(
-            pretrained=False, requires_grad=False)
-    state = {f"features.{index}.{param}": tensor for _, block in backbone.named_children()
-             for index, layer in block.named_children() for param, tensor in layer.state_dict().items()}
-    torch.save(state, path)
-    return Path(path)

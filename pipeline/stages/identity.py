@@ -170,12 +170,3 @@ def identity_cosine(model: IdentityModel, a: torch.Tensor, b: torch.Tensor) -> t
     """Cosine similarity of the identity embeddings of two image batches -> [N]."""
     with torch.no_grad():
         return cosine_to(model, model.embed(a), b)
-
-
-def save_random_facenet(path: str, seed: int = 0) -> str:
-    """A randomly initialized InceptionResnetV1 saved like facenet's weight file (tests, benchmarks)."""
-    from facenet_pytorch import InceptionResnetV1
-
-    torch.manual_seed(seed)
-    torch.save(InceptionResnetV1(pretrained=None, classify=False).state_dict(), path)
-    return path
