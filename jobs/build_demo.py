@@ -97,7 +97,7 @@ Made by `python -m jobs.build_demo` (latentmill's own jobs, in this order) on {t
 hardware: {hardware} (trained on the CPU alone). Everything here loads through the
 public loaders (`load_generator`, `load_networks`, `load_encoder`, `load_prior`,
 `load_identity_model`); weights are safetensors, nothing is pickled.
-Times below are wall-clock on that machine, which other jobs of the session shared at times.
+Times below are wall-clock on that machine, which other jobs shared at times.
 
 ## Data
 Noto Color Emoji (Debian `fonts-noto-color-emoji`, SIL Open Font License) rendered with Pillow by

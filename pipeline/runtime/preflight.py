@@ -1,7 +1,7 @@
 """Everything `latentmill invert` needs, checked before any work, every problem reported at once.
 
-A first run used to fail once per missing piece (the prior, then LPIPS's weights, then FaceNet's),
-each discovered only after the previous was fixed. The preflight checks them all: the settings, the
+Checked one at a time, a first run would fail once per missing piece (the prior, then LPIPS's
+weights, then FaceNet's), each found only after the previous was fixed. The preflight checks them all: the settings, the
 input (exists, holds inputs), the output (a writable directory), the generator, and every model made
 for it (encoder, prior, perceptual net, identity net, each loaded and checked against the generator),
 and raises one PreflightError listing each problem with its fix and, for downloaded weights, the way
