@@ -23,6 +23,19 @@ from pipeline.store.schema import LATENT_DTYPES
 RUNNERS = ("ray", "local")
 
 
+@dataclass(frozen=True)
+class ModelNeeds:
+    """The models a run's stages need beside the generator, with their URIs: what preflight checks and
+    what every actor loads (load_model_set's keywords), derived from the settings in one place."""
+
+    encoder: str | None
+    prior: str | None
+    perceptual: str  # "none" unless the refine stage runs
+    lpips_weights: str | None
+    identity_model: str | None  # None unless the identity stage runs
+    facenet_weights: str | None
+
+
 @dataclass(kw_only=True)
 class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualSettings, IdentitySettings,
                    InversionSettings, RaySettings, ProgressSettings):
@@ -69,6 +82,15 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def model_needs(self) -> ModelNeeds:
+        """Which models these stages need: the perceptual net only to refine, the identity net only to
+        score identity."""
+        return ModelNeeds(encoder=self.encoder, prior=self.prior,
+                          perceptual=self.perceptual if "refine" in self.stages else "none",
+                          lpips_weights=self.lpips_weights,
+                          identity_model=self.identity_model if "identity" in self.stages else None,
+                          facenet_weights=self.facenet_weights)
 
     @property
     def input_byte_limit(self) -> int:

@@ -86,23 +86,21 @@ def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu"
                                                     skip=[config.output]))
     problems.attempt(lambda: check_writable_dir(config.output, setting="--output"))
     models = problems.attempt(lambda: load_model_set(config.generator, device=device))
-    wants_refine, wants_identity = "refine" in config.stages, "identity" in config.stages
-    if models is not None:
-        problems.attempt(lambda: add_models(models, encoder=config.encoder))
-        problems.attempt(lambda: add_models(models, prior=config.prior))
-        if wants_refine:
-            problems.attempt(lambda: add_models(models, perceptual=config.perceptual,
-                                                lpips_weights=config.lpips_weights))
-        if wants_identity:
-            problems.attempt(lambda: add_models(models, identity_model=config.identity_model,
-                                                facenet_weights=config.facenet_weights))
+    needs = config.model_needs()
+    if models is not None:  # each model on its own, so that every problem is reported
+        problems.attempt(lambda: add_models(models, encoder=needs.encoder))
+        problems.attempt(lambda: add_models(models, prior=needs.prior))
+        problems.attempt(lambda: add_models(models, perceptual=needs.perceptual, lpips_weights=needs.lpips_weights))
+        if needs.identity_model:
+            problems.attempt(lambda: add_models(models, identity_model=needs.identity_model,
+                                                facenet_weights=needs.facenet_weights))
     else:  # without a generator nothing can be checked against it; files can still be found missing
-        for uri, setting in ((config.encoder, "--encoder"), (config.prior, "--prior")):
+        for uri, setting in ((needs.encoder, "--encoder"), (needs.prior, "--prior")):
             if uri:
                 problems.attempt(lambda uri=uri, setting=setting: local_path(uri, setting=setting))
-        if wants_refine and config.perceptual == "lpips":
+        if needs.perceptual == "lpips":
             problems.attempt(lambda: _perceptual_weights(config))
-        if wants_identity and config.identity_model == "facenet":
+        if needs.identity_model == "facenet":
             problems.attempt(lambda: _identity_weights(config))
     problems.raise_if_any("invert")
     notes = []

@@ -19,6 +19,7 @@ this kind of device (pipeline/precision.py); the entry and the metadata say whic
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import socket
@@ -53,11 +54,7 @@ from pipeline.store.writer import ShardWriter
 
 def load_models(config: InvertConfig, device: torch.device) -> InversionModels:
     """Every model the configured stages need, checked against the generator; errors name the setting."""
-    return load_model_set(config.generator, device=device, encoder=config.encoder, prior=config.prior,
-                          perceptual=config.perceptual if "refine" in config.stages else "none",
-                          lpips_weights=config.lpips_weights,
-                          identity_model=config.identity_model if "identity" in config.stages else None,
-                          facenet_weights=config.facenet_weights)
+    return load_model_set(config.generator, device=device, **dataclasses.asdict(config.model_needs()))
 
 
 def encoder_description(E: Any, iterations: int) -> dict[str, Any]:
