@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.data.webdataset import add_sample, read_samples
+from pipeline.data.webdataset import TarShardWriter, read_samples
 from pipeline.demo import DEMO_DIR, DEMO_FILES
 
 
@@ -50,10 +50,9 @@ def write_sample(data: Path, bundle: Path, *, per_shard: int, shards: int) -> li
     out = bundle / "sample"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    for s in range(shards):
-        with tarfile.open(out / f"demo-{s:05d}.tar", "w") as tar:
-            for key in chosen[s * per_shard : (s + 1) * per_shard]:
-                add_sample(tar, key, dict(sorted(samples[key].items())))
+    with TarShardWriter(str(out), "demo", per_shard) as writer:
+        for key in chosen:
+            writer.add(key, dict(sorted(samples[key].items())))
     return chosen
 
 

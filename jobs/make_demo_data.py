@@ -10,13 +10,12 @@ centred on white with a margin, resized to `--resolution`, and written as webdat
 from __future__ import annotations
 
 import json
-import tarfile
 import unicodedata
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.data.webdataset import add_sample
+from pipeline.data.webdataset import TarShardWriter
 from pipeline.imaging import png_bytes
 
 DEFAULT_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
@@ -66,18 +65,12 @@ def run(output: str, *, font_path: str = DEFAULT_FONT, resolution: int = 64, sha
     catalog = emoji_catalog(font)[:limit]
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for start in range(0, len(catalog), shard_size):
-        path = out / f"emoji-{start // shard_size:05d}.tar"
-        tmp = path.with_suffix(".tar.tmp")
-        with tarfile.open(tmp, "w") as archive:
-            for cp, name in catalog[start : start + shard_size]:
-                meta = {"codepoint": f"U+{cp:04X}", "name": name, "group": "face" if "FACE" in name else "other"}
-                add_sample(archive, f"u{cp:x}", {"png": png_bytes(render_emoji(chr(cp), font, resolution),
-                                                                  optimize=True),
-                                                 "json": json.dumps(meta).encode()})
-        tmp.replace(path)
-        shards.append(path)
+    writer = TarShardWriter(str(out), "emoji", shard_size)
+    for cp, name in catalog:
+        meta = {"codepoint": f"U+{cp:04X}", "name": name, "group": "face" if "FACE" in name else "other"}
+        writer.add(f"u{cp:x}", {"png": png_bytes(render_emoji(chr(cp), font, resolution), optimize=True),
+                                "json": json.dumps(meta).encode()})
+    shards = [Path(uri) for uri in writer.close()]
     faces = sum("FACE" in name for _, name in catalog)
     print(f"wrote {len(catalog)} emoji ({faces} faces) at {resolution} px in {len(shards)} shards to {out}")
     return shards

@@ -112,3 +112,28 @@ def test_face_alignment_turns_faceless_images_into_named_errors():
 
     decoded = decode_image(png_bytes(colorful(size=160)), resolution=32, aligner=FaceAligner())
     assert not decoded.ok and decoded.error.startswith("no face")
+
+
+def test_numbered_tar_shards_are_what_the_webdataset_library_reads(tmp_path):
+    """latentmill's one tar shard writer (rebalance, make-demo-data, the demo bundle): numbered shards of
+    shard_size samples; the webdataset library reads back every sample with its parts; a crash leaves
+    only whole shards."""
+    import webdataset as wds
+
+    from pipeline.data.webdataset import TarShardWriter
+
+    with TarShardWriter(str(tmp_path / "out"), "part", 2) as writer:
+        shards = [writer.add(f"k{i}", {"png": bytes([i]) * 10, "json": b'{"i": %d}' % i}) for i in range(5)]
+    assert shards == ["part-00000", "part-00000", "part-00001", "part-00001", "part-00002"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-00000.tar", "part-00001.tar", "part-00002.tar"]
+    urls = [str(tmp_path / "out" / f"part-{i:05d}.tar") for i in range(3)]
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [f"k{i}" for i in range(5)]
+    assert all(s["png"] == bytes([i]) * 10 and s["json"] == b'{"i": %d}' % i for i, s in enumerate(samples))
+
+    with pytest.raises(RuntimeError):
+        with TarShardWriter(str(tmp_path / "crash"), "part", 2) as writer:
+            for i in range(3):
+                writer.add(f"k{i}", {"png": b"x"})
+            raise RuntimeError("killed")
+    assert [p.name for p in (tmp_path / "crash").iterdir()] == ["part-00000.tar"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tarfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,7 +29,7 @@ import torch
 from pipeline.progress import progress_bar
 from pipeline.sampling import stream_seed
 
-from pipeline.data.webdataset import add_sample
+from pipeline.data.webdataset import TarShardWriter
 from pipeline.devices import resolve_device
 from pipeline.imaging import grid_image, png_bytes, to_uint8
 from pipeline.priors.latent_prior import in_chunks
@@ -260,37 +259,6 @@ def read_latents(store: StoreWriter, column: str, rows: np.ndarray, device: torc
     return out.to(device)
 
 
-class _ShardWriter:
-    """Accepted images as webdataset tar shards (PNG + JSON provenance), shard_size samples each."""
-
-    def __init__(self, output: str, shard_size: int) -> None:
-        self.output, self.shard_size, self.index, self.count = output.rstrip("/"), shard_size, 0, 0
-        self.buffer: io.BytesIO | None = None
-        self.tar: tarfile.TarFile | None = None
-
-    @property
-    def shard_name(self) -> str:
-        return f"rebalance-{self.index:05d}"
-
-    def add(self, sample_id: str, png: bytes, provenance: dict[str, Any]) -> str:
-        if self.tar is None:
-            self.buffer = io.BytesIO()
-            self.tar = tarfile.open(fileobj=self.buffer, mode="w")
-        add_sample(self.tar, safe_file_name(sample_id.replace(".", "_")), {"png": png, "json": json.dumps(provenance).encode()})
-        shard = self.shard_name
-        self.count += 1
-        if self.count == self.shard_size:
-            self.close()
-        return shard
-
-    def close(self) -> None:
-        if self.tar is not None:
-            self.tar.close()
-            write_bytes(layout.join(self.output, "images", f"{self.shard_name}.tar"), self.buffer.getvalue())
-            self.tar, self.buffer, self.count = None, None, 0
-            self.index += 1
-
-
 def too_few_groups(cfg: RebalanceConfig, counts: dict[str, int], store: StoreWriter) -> str:
     """Why a grouping gives fewer than two groups, and what to use instead."""
     line = f"--groups {cfg.groups} gives {len(counts)} group(s)" + (f" ({counts})" if counts else "")
@@ -350,7 +318,7 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
     gen_fp = meta["generator_fingerprint"]  # load_models checked that G has it
     rng = np.random.default_rng(cfg.seed)
     parts_kinds = [p.strip() for p in cfg.parts.split(",") if p.strip()]
-    writer = _ShardWriter(cfg.output, cfg.shard_size)
+    writer = TarShardWriter(layout.join(cfg.output, "images"), "rebalance", cfg.shard_size)
     rows: list[dict[str, Any]] = []
     preview: list[torch.Tensor] = []  # compose: member | background | collage | new; sample: member | new
     preview_columns = 4 if cfg.method == "compose" else 2
@@ -459,8 +427,9 @@ def rebalance_store(store: StoreWriter, cfg: RebalanceConfig) -> dict[str, Any]:
                 if reason is None:
                     provenance = {key: row[key] for key in ("sample_id", "group", "method", "source_ids", "mask_kind",
                                                             "seed", "prior_nll", "identity_to_sources", "part_l1")}
-                    row["shard"] = writer.add(sample_id, png_bytes(pixels[k]),
-                                              {**provenance, "generator_fingerprint": gen_fp})
+                    row["shard"] = writer.add(safe_file_name(sample_id.replace(".", "_")), {
+                        "png": png_bytes(pixels[k]),
+                        "json": json.dumps({**provenance, "generator_fingerprint": gen_fp}).encode()})
                     accepted += 1
                     bar.update(1)
                     if len(preview) < 8 * preview_columns:
