@@ -24,3 +24,28 @@ def crashing_once_on(shards: list[str]) -> type[ShardProcessor]:
             return super().process(spec, attempt)
 
     return CrashOnce
+
+
+def failing_once_on(shards: list[str], exc_type: type[BaseException]) -> type[ShardProcessor]:
+    """A ShardProcessor class that raises `exc_type` the first time it runs one of `shards` (the process
+    lives on), and records which processor ran each attempt (process id and the processor's number in
+    that process) in OUTPUT/.attempts/<shard>."""
+
+    class FailOnce(ShardProcessor):
+        made = 0
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            FailOnce.made += 1
+            self.number = FailOnce.made
+
+        def process(self, spec, attempt=1):
+            log = Path(self.config.output.removeprefix("file://")) / ".attempts" / spec.shard_id
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as f:
+                f.write(f"{os.getpid()}-{self.number}\n")
+            if spec.shard_id in shards and attempt == 1:
+                raise exc_type(f"injected on {spec.shard_id}")
+            return super().process(spec, attempt)
+
+    return FailOnce

@@ -215,3 +215,27 @@ def test_the_local_runner_makes_the_same_store_without_starting_ray(assets, tmp_
     again = CliRunner().invoke(main, [*args, "--runner", "ray", "--address", "local"])
     assert again.exit_code == 0 and "nothing to run" in again.output, again.output
     ray.shutdown()
+
+
+@pytest.mark.parametrize("runner", ["ray", "local"])
+def test_both_runners_follow_one_retry_policy(ray_local, assets, tmp_path, runner):
+    """A ShardFailure (the processor's state is suspect) is retried on a fresh processor, any other error on
+    the same one, and a lost claim on the store stops the run: by exception type, on Ray as here."""
+    from pipeline.runtime.local_runner import run_shards_here
+    from pipeline.runtime.ray_runner import run_shards
+    from pipeline.runtime.shard_processor import ShardFailure
+    from pipeline.store.store_lock import StoreClaimLostError
+    from tests.fault_injection import failing_once_on
+
+    runs = {"ray": run_shards, "local": run_shards_here}[runner]
+    for exc_type, fresh in ((ShardFailure, True), (ValueError, False)):
+        output = tmp_path / f"{runner}-{exc_type.__name__}"
+        summary = run(config(assets, output, concurrency=1), runner=runs,
+                      processor_class=failing_once_on(["folder-00001"], exc_type))
+        assert summary.retries == 1 and not summary.shards_failed
+        processors = (output / ".attempts" / "folder-00001").read_text().split()
+        assert len(processors) == 2 and (processors[0] != processors[1]) == fresh, (exc_type, processors)
+        assert sorted(read_latents(str(output))["image_id"]) == sorted(assets["messy"])
+    with pytest.raises(StoreClaimLostError):
+        run(config(assets, tmp_path / f"{runner}-claim"), runner=runs,
+            processor_class=failing_once_on(["folder-00000"], StoreClaimLostError))

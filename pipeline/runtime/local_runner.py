@@ -15,7 +15,6 @@ from pipeline.data.sources import ShardSpec
 from pipeline.runtime.config import InvertConfig
 from pipeline.runtime.ray_runner import progress_bars, show_rows
 from pipeline.runtime.shard_book import RunSummary, ShardBook
-from pipeline.store.store_lock import StoreClaimLostError
 from pipeline.store.writer import ShardWriter
 
 
@@ -24,7 +23,7 @@ def run_shards_here(config: InvertConfig, shards: list[ShardSpec], summary: RunS
                     precisions: dict[str, str] | None = None, recipe_models: dict[str, str | None] | None = None,
                     started: float | None = None) -> RunSummary:
     """Process `shards` here with one processor (a fresh one after a shard failure); fills `summary`."""
-    from pipeline.runtime.shard_processor import ShardFailure, ShardProcessor
+    from pipeline.runtime.shard_processor import REPLACE, STOP, ShardProcessor, after_failure
 
     started = time.perf_counter() if started is None else started
     cls = processor_class or ShardProcessor
@@ -55,10 +54,11 @@ def run_shards_here(config: InvertConfig, shards: list[ShardSpec], summary: RunS
         while True:
             try:
                 entry = processor.process(spec, attempt)
-            except StoreClaimLostError:
-                raise
             except Exception as exc:  # a shard's failure: retried, then recorded (as on Ray)
-                if isinstance(exc, ShardFailure):
+                action = after_failure(exc)
+                if action == STOP:
+                    raise
+                if action == REPLACE:
                     processor = new_processor()
                 if book.failed(spec, attempt, exc, worker_died=False):
                     attempt += 1

@@ -121,7 +121,7 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from pipeline.runtime.actor_pool import ActorNeeds, ElasticPool, NoActorCanStartError
-    from pipeline.runtime.shard_processor import ShardProcessor
+    from pipeline.runtime.shard_processor import REPLACE, STOP, ShardProcessor, after_failure
 
     Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor, max_restarts=0,
                        runtime_env=ACTOR_RUNTIME_ENV)(processor_class or ShardProcessor)
@@ -187,14 +187,14 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
                     bar.update(1)
                 continue
             except RayTaskError as exc:  # the shard's own failure, raised inside the actor
-                if type(exc.cause).__name__ == "StoreClaimLostError":
+                action = after_failure(exc.cause)
+                if action == STOP:
                     raise exc.cause from None
-                shard_failed = type(exc.cause).__name__ == "ShardFailure"
-                if shard_failed:  # the actor's state is suspect (e.g. out of memory): a fresh one
+                if action == REPLACE:  # the actor's state is suspect (e.g. out of memory): a fresh one
                     pool.lost(actor)
                 else:
                     pool.finished(actor)
-                if book.failed(spec, attempt, exc.cause if shard_failed else exc, worker_died=False):
+                if book.failed(spec, attempt, exc.cause if action == REPLACE else exc, worker_died=False):
                     queue.append((spec, attempt + 1))
                 elif bar is not None:
                     bar.update(1)

@@ -79,6 +79,22 @@ class ShardFailure(RuntimeError):
     alike): the shard fails, to be retried on a fresh actor."""
 
 
+STOP, REPLACE, RETRY = "stop", "replace", "retry"
+
+
+def after_failure(exc: BaseException) -> str:
+    """What either runner does after a shard's processor raised `exc` (the original exception, which Ray
+    hands back as a RayTaskError's cause): STOP the run (its claim on the store is lost: nothing more
+    may be written), REPLACE the processor before retrying (its state is suspect), or RETRY the shard."""
+    from pipeline.store.store_lock import StoreClaimLostError
+
+    if isinstance(exc, StoreClaimLostError):
+        return STOP
+    if isinstance(exc, ShardFailure):
+        return REPLACE
+    return RETRY
+
+
 def _ray_node_id() -> str | None:
     """The Ray node this runs on (None outside Ray): recorded so a run's spread over nodes is visible."""
     import ray
