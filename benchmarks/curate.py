@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from benchmarks.timing import machine_description, synchronize, write_results
-from pipeline.stages.curate import near_duplicate_pairs
-from pipeline.stages.similarity_search import (DuplicatePairs, RandomProjection, approximate_pairs, exact_cosines,
+from pipeline.curation.curate import near_duplicate_pairs
+from pipeline.curation.similarity_search import (DuplicatePairs, RandomProjection, approximate_pairs, exact_cosines,
                                               projection_band, split_by_band)
 
 TEN_MILLION = 10_000_000

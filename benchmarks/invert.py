@@ -27,7 +27,7 @@ from benchmarks.stand_in_weights import save_random_backbone
 from pipeline.models.bundle import write_bundle
 from pipeline.models.encoder import Encoder
 from pipeline.priors.gaussian import GaussianizedPrior
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from benchmarks.stand_in_weights import save_random_facenet
 from pipeline.store.store import Store
 

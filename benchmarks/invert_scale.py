@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     from jobs.invert import run
     from pipeline.demo import DemoBundle
     from pipeline.models.checkpoints import load_generator
-    from pipeline.runtime.config import InvertConfig
+    from pipeline.invert.config import InvertConfig
     from pipeline.store.store import open_store
     from pipeline.store.verify import verify_store
 

@@ -3,7 +3,7 @@
 For each resolution (official architecture, random weights, LPIPS-VGG with a random backbone and the
 gaussianized prior, as `latentmill invert` refines), runs refinement at two batch sizes and takes
 the difference of the CUDA allocator's peaks per extra image; beside it, the estimate that
-`pipeline/runtime/batch_size.py` makes without running anything, and the batch `auto` would pick.
+`pipeline/invert/batch_size.py` makes without running anything, and the batch `auto` would pick.
 The estimate must not be below the measurement (an auto batch must fit). With --device cpu (Linux), the
 measurement is the process's peak resident set instead, reset before each run (/proc/self/clear_refs).
 
@@ -27,7 +27,7 @@ from pipeline.losses.lpips_loss import LPIPSLoss
 from pipeline.models.model_set import ModelSet
 from pipeline.precision import resolve_precision
 from pipeline.priors.gaussian import GaussianizedPrior
-from pipeline.runtime.batch_size import actor_memory_bytes, largest_batch, refine_bytes_per_image
+from pipeline.invert.batch_size import actor_memory_bytes, largest_batch, refine_bytes_per_image
 from pipeline.stages.refine import refine
 
 

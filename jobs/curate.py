@@ -1,6 +1,6 @@
 """`latentmill curate STORE`: flag outliers, near-duplicates and bad reconstructions.
 
-Writes STORE/curation/flags.parquet and summary.json (pipeline/stages/store_curation.py) through
+Writes STORE/curation/flags.parquet and summary.json (pipeline/curation/store_curation.py) through
 the store's claim, which `latentmill report` then shows; reused when neither the store's rows nor
 the settings changed.
 """
@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from pipeline.stages.curation_settings import CurateConfig
-from pipeline.stages.store_curation import flag_store
+from pipeline.curation.curation_settings import CurateConfig
+from pipeline.curation.store_curation import flag_store
 from pipeline.store import layout
 from pipeline.store.derived_outputs import StoreFolder, inputs_key, reuse_or_compute
 from pipeline.store.store import open_store

@@ -1,10 +1,10 @@
 """`latentmill invert`: invert a dataset into a Parquet latent store on Ray.
 
-1. Preflight (pipeline/runtime/preflight.py): every setting, the input (exists, not empty: listed
+1. Preflight (pipeline/invert/preflight.py): every setting, the input (exists, not empty: listed
    once), the output (a writable directory) and every model, loaded once on the driver and checked
    against the generator; all problems reported at once before Ray starts. A missing prior is
    fitted and cached, absent default weights downloaded when reachable.
-2. Claim the store (one writer at a time), then prepare it (pipeline/runtime/invert_store.py): plan
+2. Claim the store (one writer at a time), then prepare it (pipeline/invert/invert_store.py): plan
    a new store once, or follow the saved plan, compare the recipe (a different one is refused) and
    the fresh listing (new inputs become shards), move damaged finished shards aside to be redone.
 3. Run the shards to do: on an actor pool (Ray, the default) or in this process (`runner`).
@@ -20,12 +20,12 @@ from collections.abc import Callable
 import torch
 
 from pipeline.errors import LatentmillError
-from pipeline.runtime.config import InvertConfig
-from pipeline.runtime.invert_store import prepare_store
-from pipeline.runtime.preflight import preflight_invert
+from pipeline.invert.config import InvertConfig
+from pipeline.invert.invert_store import prepare_store
+from pipeline.invert.preflight import preflight_invert
 from pipeline.runtime.local_runner import run_shards_here
 from pipeline.runtime.ray_runner import run_shards
-from pipeline.runtime.shard_book import RunSummary, ShardBook
+from pipeline.invert.shard_book import RunSummary, ShardBook
 from pipeline.store import layout
 from pipeline.store.writer import StoreWriter, claim
 

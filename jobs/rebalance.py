@@ -1,6 +1,6 @@
 """`latentmill rebalance STORE`: add realistic samples to under-represented groups.
 
-The algorithm is pipeline/stages/store_rebalance.py; this job checks the settings, claims the store
+The algorithm is pipeline/curation/store_rebalance.py; this job checks the settings, claims the store
 (its summary and preview are copied into STORE/rebalance/ for the report), reuses --output when
 neither the store's rows, the settings nor the labels changed, and otherwise runs it.
 """
@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from pipeline.stages.rebalance_settings import RebalanceConfig
-from pipeline.stages.store_rebalance import rebalance_store
+from pipeline.curation.rebalance_settings import RebalanceConfig
+from pipeline.curation.store_rebalance import rebalance_store
 from pipeline.store import layout
 from pipeline.store.derived_outputs import UriFolder, inputs_key, reuse_or_compute
 from pipeline.store.store import open_store

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.data.webdataset import add_sample, read_samples
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
 DEMO_FILES = {"generator": "generator.safetensors", "encoder": "encoder.safetensors", "prior": "prior.safetensors",

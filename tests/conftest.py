@@ -103,7 +103,7 @@ def report_store(tmp_path_factory, fixture_dir):
     from pipeline.models.embedding import EmbeddingNet
     from pipeline.models.encoder import Encoder
     from pipeline.priors.prior_cache import fit_prior_file
-    from pipeline.runtime.config import InvertConfig
+    from pipeline.invert.config import InvertConfig
     from tests.datasets import messy_folder
     from tests.stores import invert_here
 

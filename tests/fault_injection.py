@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.runtime.shard_processor import ShardProcessor
+from pipeline.invert.shard_processor import ShardProcessor
 
 
 def crashing_once_on(shards: list[str]) -> type[ShardProcessor]:

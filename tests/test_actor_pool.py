@@ -9,7 +9,7 @@ from jobs.invert import run
 from pipeline.demo import DemoBundle
 from pipeline.errors import LatentmillError
 from pipeline.runtime.actor_pool import ActorNeeds, placeable
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from pipeline.store.store import read_latents
 
 

@@ -168,7 +168,7 @@ def face_folder(root) -> None:
 
 
 def test_invert_with_ffhq_alignment_makes_a_row_per_face(tmp_path, G):
-    from pipeline.runtime.config import InvertConfig
+    from pipeline.invert.config import InvertConfig
     from pipeline.store.store import open_store
     from tests.stores import invert_here
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.models.model_set import ModelSet
-from pipeline.runtime import batch_size as sizing
+from pipeline.invert import batch_size as sizing
 from tests.conftest import tiny_generator
 
 
@@ -75,13 +75,13 @@ def test_an_explicit_batch_that_does_not_fit_names_the_one_that_does():
 
 def test_a_processor_with_a_batch_too_large_refuses_to_work(tmp_path, monkeypatch):
     from pipeline.models.bundle import write_bundle
-    from pipeline.runtime.config import InvertConfig
-    from pipeline.runtime.shard_processor import BatchSizeError, ShardProcessor
+    from pipeline.invert.config import InvertConfig
+    from pipeline.invert.shard_processor import BatchSizeError, ShardProcessor
     from pipeline.store.writer import ShardWriter
 
     generator = str(tmp_path / "G.safetensors")
     write_bundle(generator, {"G_ema": tiny_generator(16)})
-    monkeypatch.setattr("pipeline.runtime.shard_processor.actor_memory_bytes", lambda *a, **k: 2**20)
+    monkeypatch.setattr("pipeline.invert.shard_processor.actor_memory_bytes", lambda *a, **k: 2**20)
     config = InvertConfig(input=str(tmp_path), output=str(tmp_path / "store"), generator=generator,
                           stages=("refine",), perceptual="none", batch_size=64)
     never_writes = ShardWriter(config.output, token="none", recipe=None)

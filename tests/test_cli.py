@@ -108,7 +108,7 @@ def test_inspect_describes_an_encoder_bundle(run, tmp_path):
 
 
 def test_channels_ranks_stylespace_channels_of_a_store(run, fixture_dir, tmp_path):
-    from pipeline.runtime.config import InvertConfig
+    from pipeline.invert.config import InvertConfig
     from tests.datasets import colorful, png_bytes
     from tests.stores import invert_here
 
@@ -130,7 +130,7 @@ def test_channels_ranks_stylespace_channels_of_a_store(run, fixture_dir, tmp_pat
 
 
 def test_a_setting_outside_its_choices_is_named_with_the_choices():
-    from pipeline.runtime.config import InvertConfig
+    from pipeline.invert.config import InvertConfig
 
     config = InvertConfig(input="in", output="out", generator="g.pkl", prior="p", stages=("refine", "sharpen"))
     with pytest.raises(ValueError, match="--stages: unknown sharpen; choose from encode,refine,compress,identity"):

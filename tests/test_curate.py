@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from latentmill.cli import main
-from pipeline.stages.curate import duplicate_groups, near_duplicate_pairs, percentile_rank
+from pipeline.curation.curate import duplicate_groups, near_duplicate_pairs, percentile_rank
 from pipeline.store import layout
 from tests.stores import synthetic_store
 
@@ -88,7 +88,7 @@ def test_a_search_resumed_from_its_progress_finds_the_same_pairs():
 
 def test_curate_resumes_an_interrupted_search_and_reuses_unchanged_results(planted_store, monkeypatch):
     import jobs.curate as curate_job
-    import pipeline.stages.store_curation as curation
+    import pipeline.curation.store_curation as curation
     from jobs.curate import CurateConfig
 
     cfg = CurateConfig(store=planted_store, block_size=16)
@@ -158,7 +158,7 @@ def inverted_store(tmp_path_factory):
 
 
 def _pairs(store: str, search: str) -> set[tuple[int, int]]:
-    from pipeline.stages.store_curation import find_pairs
+    from pipeline.curation.store_curation import find_pairs
     from pipeline.store.writer import claim
     from jobs.curate import CurateConfig
 
@@ -185,7 +185,7 @@ def test_the_approximate_search_finds_what_the_exact_one_finds_on_inverted_laten
 
 def test_auto_searches_exactly_while_it_is_cheap_and_approximately_beyond():
     from jobs.curate import CurateConfig
-    from pipeline.stages.store_curation import choose_search
+    from pipeline.curation.store_curation import choose_search
 
     cfg, cpu = CurateConfig(store="s"), torch.device("cpu")
     assert choose_search(cfg, 10_000, 512, cpu) == "exact"
@@ -209,8 +209,8 @@ def test_curate_flags_the_same_rows_with_the_approximate_search(planted_store):
 
 
 def test_the_feature_file_returns_the_rows_written_by_range_and_by_sorted_index(tmp_path, monkeypatch):
-    import pipeline.stages.similarity_search as search
-    from pipeline.stages.similarity_search import FeatureFile
+    import pipeline.curation.similarity_search as search
+    from pipeline.curation.similarity_search import FeatureFile
 
     monkeypatch.setattr(search, "IO_CHUNK_BYTES", 1000)  # many calls per read and write, as beyond 2 GiB
     values = np.random.default_rng(0).standard_normal((70_000, 8)).astype(np.float16)
@@ -227,7 +227,7 @@ def test_the_feature_file_returns_the_rows_written_by_range_and_by_sorted_index(
 
 
 def test_each_rows_bad_reasons_are_joined_in_order_and_null_without_one():
-    from pipeline.stages.store_curation import _joined_reasons
+    from pipeline.curation.store_curation import _joined_reasons
 
     reasons = [("mse", np.array([1, 0, 1, 0], bool)), ("perceptual", np.array([1, 0, 0, 0], bool)),
                ("identity", np.array([0, 0, 1, 1], bool))]

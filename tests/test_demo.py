@@ -115,7 +115,7 @@ def test_demo_runs_every_stage_on_a_subset_and_writes_a_report(ray_local, tmp_pa
 
 
 def test_composition_keeps_the_pasted_parts(bundle):
-    from pipeline.stages.rebalance import compose, masked_l1, part_masks
+    from pipeline.curation.rebalance import compose, masked_l1, part_masks
 
     G = load_generator(bundle.generator)
     E = load_encoder(bundle.encoder, generator=G)

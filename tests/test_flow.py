@@ -175,7 +175,7 @@ def test_the_exact_latent_comes_from_the_mapping_first_then_the_flow(G, prior):
 # ---- a flow wherever a prior goes ----------------------------------------------------------------
 
 def _store_with(tmp_path, generator: Generator, prior_file: str | None):
-    from pipeline.runtime.config import InvertConfig
+    from pipeline.invert.config import InvertConfig
     from pipeline.store.store import open_store
     from tests.datasets import colorful, png_bytes
     from tests.stores import invert_here

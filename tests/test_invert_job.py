@@ -16,7 +16,7 @@ import pytest
 from jobs.invert import run
 from pipeline.errors import WeightsNotFoundError
 from pipeline.priors.prior_cache import fit_prior_file
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from benchmarks.stand_in_weights import save_random_facenet
 from tests.stores import manifest_entries
 from pipeline.store.store import read_latents, read_store_metadata
@@ -183,7 +183,7 @@ def test_invert_and_reconstruct_from_the_command_line(ray_local, assets, tmp_pat
 
 
 def test_a_batch_too_large_for_the_actors_is_one_error_and_auto_is_the_default(ray_local, assets, tmp_path):
-    from pipeline.runtime.shard_processor import BatchSizeError
+    from pipeline.invert.shard_processor import BatchSizeError
 
     with pytest.raises(BatchSizeError, match="--batch-size 10000000 needs about .* use --batch-size \\d+ or "
                                              "--batch-size auto"):
@@ -223,7 +223,7 @@ def test_both_runners_follow_one_retry_policy(ray_local, assets, tmp_path, runne
     the same one, and a lost claim on the store stops the run: by exception type, on Ray as here."""
     from pipeline.runtime.local_runner import run_shards_here
     from pipeline.runtime.ray_runner import run_shards
-    from pipeline.runtime.shard_processor import ShardFailure
+    from pipeline.invert.shard_processor import ShardFailure
     from pipeline.store.store_lock import StoreClaimLostError
     from tests.fault_injection import failing_once_on
 

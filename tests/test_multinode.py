@@ -7,7 +7,7 @@ import pytest
 
 from jobs.invert import run
 from pipeline.priors.prior_cache import fit_prior_file
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from tests.stores import manifest_entries
 from pipeline.store.store import read_latents
 from tests.datasets import messy_folder

@@ -69,7 +69,7 @@ def test_a_rerun_of_ten_thousand_finished_shards_with_20ms_latency_takes_seconds
     from jobs.invert import EveryRowFailedError
     from jobs.invert import run
     from pipeline.models.bundle import write_bundle
-    from pipeline.runtime.config import InvertConfig
+    from pipeline.invert.config import InvertConfig
     from tests.conftest import tiny_generator
     from tests.datasets import colorful, png_bytes
     from tests.object_store import local_s3

@@ -86,7 +86,7 @@ def test_refinement_reports_the_precision_it_ran_in():
 @pytest.fixture
 def small_job(tmp_path):
     from pipeline.models.bundle import write_bundle
-    from pipeline.runtime.config import InvertConfig
+    from pipeline.invert.config import InvertConfig
     from tests.conftest import tiny_generator
     from tests.datasets import colorful, png_bytes
 

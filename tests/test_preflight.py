@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from latentmill.cli import main
 from pipeline.priors import prior_cache
-from pipeline.runtime.config import InvertConfig
-from pipeline.runtime.preflight import PreflightError, preflight_invert
+from pipeline.invert.config import InvertConfig
+from pipeline.invert.preflight import PreflightError, preflight_invert
 from tests.datasets import messy_folder
 
 
@@ -93,7 +93,7 @@ def test_user_errors_are_one_error_line_in_every_command(tmp_path, args):
 
 def test_training_settings_that_cannot_work_are_refused_before_ray_starts(tmp_path):
     from pipeline.models.bundle import write_bundle
-    from pipeline.runtime.preflight import preflight_training
+    from pipeline.invert.preflight import preflight_training
     from pipeline.training.settings import EncoderTrainingConfig, GeneratorTrainingConfig
     from tests.conftest import tiny_generator
 

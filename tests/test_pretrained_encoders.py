@@ -198,7 +198,7 @@ def test_a_w_space_encoders_one_w_fills_every_layer(checkpoints):
 
 @pytest.mark.slow
 def test_invert_runs_an_encoder_file_as_encoder_and_generator_with_one_render_per_row(checkpoints, tmp_path):
-    from pipeline.runtime.config import InvertConfig
+    from pipeline.invert.config import InvertConfig
     from pipeline.store.store import open_store
     from tests.datasets import colorful, png_bytes
     from tests.stores import invert_here

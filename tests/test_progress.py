@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pipeline.models.bundle import write_bundle
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from pipeline.data.planning import plan_input
 from pipeline.runtime.progress_board import ProgressBoard
-from pipeline.runtime.shard_processor import ShardProcessor
+from pipeline.invert.shard_processor import ShardProcessor
 from pipeline.store.writer import claim
 from tests.conftest import tiny_generator
 from tests.datasets import colorful, png_bytes

@@ -20,7 +20,7 @@ import pytest
 from pipeline.data.planning import InputPlan, compare_listing, list_input, plan_listing
 from pipeline.data.sources import read_shard
 from pipeline.models.bundle import write_bundle
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from pipeline.store import layout
 from pipeline.store.store import open_store
 from pipeline.store.store_lock import StoreLinkError

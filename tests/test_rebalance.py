@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from latentmill.cli import main
-from pipeline.stages.rebalance import kmeans, part_masks, target_counts
+from pipeline.curation.rebalance import kmeans, part_masks, target_counts
 from tests.stores import synthetic_store
 
 
@@ -103,7 +103,7 @@ def _rebalance(store: str, groups: str, out: Path, *extra: str):
 
 def test_a_store_larger_than_its_samples_groups_every_row_and_draws_from_a_sample_of_a_large_group(
         labelled_store, tmp_path, monkeypatch):
-    import pipeline.stages.store_rebalance as rebalance
+    import pipeline.curation.store_rebalance as rebalance
 
     store, labels = labelled_store
     monkeypatch.setattr(rebalance, "BATCH_ROWS", 7)  # batches that split the groups
@@ -120,7 +120,7 @@ def test_a_store_larger_than_its_samples_groups_every_row_and_draws_from_a_sampl
 def test_batching_does_not_change_the_groups_or_the_samples(labelled_store, tmp_path, monkeypatch):
     """Reading the store in batches of 4 rows and making candidates 3 at a time, not 8, gives the same
     groups and the same samples: each candidate draws from its own stream (seed, group, index)."""
-    import pipeline.stages.store_rebalance as rebalance
+    import pipeline.curation.store_rebalance as rebalance
 
     store, _ = labelled_store
     whole = _rebalance(store, "kmeans:3", tmp_path / "whole")

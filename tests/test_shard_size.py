@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.data.planning import Listing, auto_shard_size, plan_listing
 from pipeline.models.bundle import write_bundle
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from pipeline.store.store import open_store
 from tests.conftest import tiny_generator
 from tests.datasets import colorful, png_bytes

@@ -25,8 +25,8 @@ import pytest
 from jobs.invert import EveryRowFailedError
 from jobs.invert import run as run_invert
 from pipeline.models.bundle import write_bundle
-from pipeline.runtime import shard_processor
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert import shard_processor
+from pipeline.invert.config import InvertConfig
 from pipeline.runtime.local_runner import run_shards_here
 from pipeline.store import layout
 from pipeline.store.parquet_files import DamagedFileError
@@ -266,7 +266,7 @@ def test_files_added_to_the_input_become_new_shards_and_the_run_says_so(generato
 
 
 def test_an_input_changed_under_a_finished_shard_is_refused_then_redone_on_request(generator, tmp_path):
-    from pipeline.runtime.invert_store import InputChangedError
+    from pipeline.invert.invert_store import InputChangedError
 
     source = folder(tmp_path / "in", 8)
     invert_here(config(generator, source, tmp_path / "store"))
@@ -336,7 +336,7 @@ def test_a_run_whose_every_row_failed_exits_non_zero_and_says_why(generator, tmp
 def test_curate_rebalance_and_report_claim_the_store(generator, tmp_path):
     from jobs.curate import run as curate
     from pipeline.report.html_report import build_report
-    from pipeline.stages.curation_settings import CurateConfig
+    from pipeline.curation.curation_settings import CurateConfig
 
     cfg = config(generator, folder(tmp_path / "in", 4), tmp_path / "store")
     invert_here(cfg)

@@ -21,11 +21,11 @@ from PIL import Image, ImageFile
 
 from pipeline.data.planning import plan_shards
 from pipeline.models.bundle import write_bundle
-from pipeline.runtime import shard_processor
-from pipeline.runtime.config import InvertConfig
-from pipeline.runtime.preflight import preflight_invert
+from pipeline.invert import shard_processor
+from pipeline.invert.config import InvertConfig
+from pipeline.invert.preflight import preflight_invert
 from pipeline.runtime.local_runner import run_shards_here
-from pipeline.runtime.shard_processor import ShardProcessor
+from pipeline.invert.shard_processor import ShardProcessor
 from jobs.invert import run as run_invert
 from pipeline.store.file_names import safe_file_name
 from pipeline.store.layout import shard_file

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from tests.stores import invert_here
 
 README = Path(__file__).resolve().parents[1] / "schemas" / "README.md"

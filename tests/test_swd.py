@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.evaluation.swd import _blur, laplacian_pyramid, patch_descriptors, sliced_wasserstein, swd
-from pipeline.stages.rebalance import part_masks
+from pipeline.curation.rebalance import part_masks
 
 
 def textures(n: int, seed: int, size: int = 32) -> torch.Tensor:

@@ -8,7 +8,7 @@ import click
 
 from latentmill.errors import as_usage_errors
 from latentmill.options import options_from
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 
 INVERT_FIRST = ("input", "output", "generator", "encoder", "prior", "stages")
 

@@ -9,8 +9,8 @@ import click
 from latentmill.errors import as_usage_errors, parse_ids
 from latentmill.options import OldSpellings, options_from
 from pipeline.settings import DeviceSettings, LatentColumnSettings
-from pipeline.stages.curation_settings import CurateConfig
-from pipeline.stages.rebalance_settings import RebalanceConfig
+from pipeline.curation.curation_settings import CurateConfig
+from pipeline.curation.rebalance_settings import RebalanceConfig
 
 _latent_column = options_from(LatentColumnSettings)
 _generator = click.option("--generator", default=None, help="Generator URI (default: the one recorded in the store; "

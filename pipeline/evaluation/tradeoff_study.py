@@ -12,7 +12,7 @@ from pipeline.evaluation.models import EvalModels, initial_latents
 from pipeline.evaluation.swd import swd
 from pipeline.models.encoder import encode
 from pipeline.report.tradeoff import DEFAULT_PSIS, DEFAULT_TAUS, compression_truncation_curve
-from pipeline.stages.rebalance import masked_l1, part_masks
+from pipeline.curation.rebalance import masked_l1, part_masks
 from pipeline.stages.refine import refine
 
 

@@ -64,10 +64,7 @@ def load_weights(file: bytes | str | Path, *, source: str, safe_globals: Iterabl
         name = refused_global(str(exc))
         detail = str(exc).partition("WeightsUnpickler error:")[2].strip().split("\n")[0].strip()
         what = f"the global '{name}'" if name else f"content that is not a tensor or a plain container ({detail})"
-        raise UnsafeCheckpointError(
-            f"{source}: refused to load {what}: latentmill reads weight files as data only, and unpickling it "
-            "could run code. Save the weights as a plain state dict (torch.save(model.state_dict(), path)) or "
-            "as safetensors with the code that made them, or use the file the library itself downloads.") from None
+        raise UnsafeCheckpointError(_refusal(source, what)) from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError, OSError, IndexError) as exc:
         raise CheckpointError(f"{source}: truncated or corrupt torch file ({_first_line(exc)})") from None
 
@@ -80,12 +77,17 @@ def refuse_unlisted_globals(file: bytes | str | Path, *, source: str, allowed: f
         raise CheckpointError(f"{source}: truncated or corrupt torch file ({type(exc).__name__}: {exc})") from None
     for module, name in names:
         if (module, name) == UNREADABLE:
-            raise UnsafeCheckpointError(f"{source}: refusing a pickle that names a global by computed or registered "
-                                        "values, not by strings: latentmill reads weight files as data only")
+            raise UnsafeCheckpointError(_refusal(source, "a global named by computed or registered values, not by "
+                                                         "strings"))
         if (module, name) not in allowed:
-            raise UnsafeCheckpointError(
-                f"{source}: refusing to load global '{module}.{name}': it is not on latentmill's allow-list "
-                "for torch files, and loading it could run arbitrary code")
+            raise UnsafeCheckpointError(_refusal(source, f"the global '{module}.{name}'"))
+
+
+def _refusal(source: str, what: str) -> str:
+    """One message for every refused torch file: what was refused and the safe way forward."""
+    return (f"{source}: refused to load {what}: latentmill reads weight files as data only, and unpickling it "
+            "could run code. Save the weights as a plain state dict (torch.save(model.state_dict(), path)) or "
+            "as safetensors with the code that made them, or use the file the library itself downloads.")
 
 
 def _pickles_of(file: bytes | str | Path) -> list[io.BytesIO]:

@@ -1,6 +1,6 @@
 """Running a store's shards in this process, one after another, without Ray.
 
-The same shard processor, the same accounting (pipeline/runtime/shard_book.py) and the same
+The same shard processor, the same accounting (pipeline/invert/shard_book.py) and the same
 orchestration (jobs/invert.py) as the Ray runner; only the pool is missing. For small jobs where
 starting Ray costs more than the work, and for tests of everything around the pool.
 """
@@ -12,9 +12,9 @@ import time
 from typing import Any
 
 from pipeline.data.sources import ShardSpec
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from pipeline.runtime.ray_runner import progress_bars, show_rows
-from pipeline.runtime.shard_book import RunSummary, ShardBook
+from pipeline.invert.shard_book import RunSummary, ShardBook
 from pipeline.store.writer import ShardWriter
 
 
@@ -23,7 +23,7 @@ def run_shards_here(config: InvertConfig, shards: list[ShardSpec], summary: RunS
                     precisions: dict[str, str] | None = None, recipe_models: dict[str, str | None] | None = None,
                     started: float | None = None) -> RunSummary:
     """Process `shards` here with one processor (a fresh one after a shard failure); fills `summary`."""
-    from pipeline.runtime.shard_processor import REPLACE, STOP, ShardProcessor, after_failure
+    from pipeline.invert.shard_processor import REPLACE, STOP, ShardProcessor, after_failure
 
     started = time.perf_counter() if started is None else started
     cls = processor_class or ShardProcessor

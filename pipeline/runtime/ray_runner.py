@@ -7,7 +7,7 @@ and identity models (loaded once in its constructor) and pins `--num-gpus`; insi
 are read and decoded on CPU threads ahead of the batches. The pool (pipeline/runtime/actor_pool.py)
 hands shards only to ready actors, re-queues the shards of actors lost with their node, and grows
 when nodes join; a shard's own failure is retried up to `--max-retries` times, then recorded as failed
-(pipeline/runtime/shard_book.py). If the cluster's head stops answering, the run stops with a message
+(pipeline/invert/shard_book.py). If the cluster's head stops answering, the run stops with a message
 saying so; finished shards are kept and a rerun resumes.
 """
 
@@ -22,11 +22,11 @@ from pipeline.progress import progress_bar
 
 from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from pipeline.runtime.progress_board import ProgressBoard
 from pipeline.runtime.ray_address import gcs_answers
 from pipeline.runtime.ray_init import init_ray
-from pipeline.runtime.shard_book import RunSummary, ShardBook
+from pipeline.invert.shard_book import RunSummary, ShardBook
 from pipeline.store.writer import ShardWriter
 
 PROGRESS_POLL_S = 0.5  # how often the driver reads the rows finished inside shards in flight
@@ -121,7 +121,7 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from pipeline.runtime.actor_pool import ActorNeeds, ElasticPool, NoActorCanStartError
-    from pipeline.runtime.shard_processor import REPLACE, STOP, ShardProcessor, after_failure
+    from pipeline.invert.shard_processor import REPLACE, STOP, ShardProcessor, after_failure
 
     Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor, max_restarts=0,
                        runtime_env=ACTOR_RUNTIME_ENV)(processor_class or ShardProcessor)

@@ -28,7 +28,7 @@ def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.runtime.preflight import preflight_training, with_absolute_training_paths
+    from pipeline.invert.preflight import preflight_training, with_absolute_training_paths
     from pipeline.runtime.ray_init import init_ray
 
     config = with_absolute_training_paths(config)

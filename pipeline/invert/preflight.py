@@ -22,7 +22,7 @@ import torch
 from pipeline.data.planning import Listing, list_dataset
 from pipeline.errors import LatentmillError
 from pipeline.models.model_set import ModelSet, add_models, load_model_set
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from pipeline.settings import setting_problems
 from pipeline.uris import absolute, check_writable_dir, local_path
 

@@ -24,8 +24,8 @@ from pipeline.data.planning import (PLAN_VERSION, InputChanges, InputPlan, Input
 from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
 from pipeline.precision import PRECISIONS
-from pipeline.runtime.config import InvertConfig
-from pipeline.runtime.shard_processor import TRANSIENT_REASONS, is_transient
+from pipeline.invert.config import InvertConfig
+from pipeline.invert.shard_processor import TRANSIENT_REASONS, is_transient
 from pipeline.settings import narrow
 from pipeline.stages.chain import InversionModels
 from pipeline.store import layout

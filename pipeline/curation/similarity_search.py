@@ -1,6 +1,6 @@
 """Near-duplicate pairs at any size: an approximate index finds candidates, exact cosines decide.
 
-The exact search (pipeline/stages/curate.py `near_duplicate_pairs`) compares every row with every
+The exact search (pipeline/curation/curate.py `near_duplicate_pairs`) compares every row with every
 other: N^2 D work, ten days at 10M rows on two cores, and its features (10M x 18 x 512 whitened W+)
 fit no machine. At scale:
 1. Each row's features are projected to `PROJECTED_DIM` dimensions by a fixed, seeded random

@@ -7,7 +7,7 @@ claim. Memory stays flat in the number of rows but for a few numbers per row:
   embeddings), computes the prior NLL and the features of the near-duplicate search, and keeps the
   scalar metrics. Small stores keep the full features and search exactly (blockwise, the reference);
   larger ones write projected features to a file (read back a range at a time) and search through an approximate
-  index (pipeline/stages/similarity_search.py), on the GPU as an exact search over those;
+  index (pipeline/curation/similarity_search.py), on the GPU as an exact search over those;
 - pass 2 (approximate search only) re-reads just the rows of pairs whose projected cosine lies near
   the threshold, and decides them by their exact cosine.
 The search saves its progress as it goes, so a killed run resumes where it stopped.
@@ -31,12 +31,12 @@ from pipeline.progress import progress_bar
 
 from pipeline.devices import resolve_device
 from pipeline.models.model_set import ModelSet
-from pipeline.stages.curate import above_percentile, duplicate_groups, near_duplicate_pairs, percentile_rank
-from pipeline.stages.curation_settings import CurateConfig
-from pipeline.stages.similarity_search import (DuplicatePairs, FeatureFile, RandomProjection, SearchProgress,
+from pipeline.curation.curate import above_percentile, duplicate_groups, near_duplicate_pairs, percentile_rank
+from pipeline.curation.curation_settings import CurateConfig
+from pipeline.curation.similarity_search import (DuplicatePairs, FeatureFile, RandomProjection, SearchProgress,
                                               approximate_pairs, exact_cosines, projection_band, split_by_band)
 from pipeline.priors.latent_prior import in_chunks
-from pipeline.runtime.heap import release_free_heap
+from pipeline.heap import release_free_heap
 from pipeline.store import layout
 from pipeline.store.flags_schema import FLAGS_VERSION, flags_schema
 from pipeline.store.store import Store

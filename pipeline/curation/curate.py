@@ -3,7 +3,7 @@
 - outliers: prior NLL above a percentile of the store (far from what the generator considers typical);
 - near-duplicates: cosine similarity of whitened latents (or identity embeddings) above a threshold:
   exactly (blockwise, so no N x N matrix is built) for small stores and as the reference, through an
-  approximate index at scale (pipeline/stages/similarity_search.py);
+  approximate index at scale (pipeline/curation/similarity_search.py);
 - bad reconstructions: MSE or perceptual distance above a percentile, identity cosine below a bound.
 """
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.stages.similarity_search import DuplicatePairs, SearchProgress
+from pipeline.curation.similarity_search import DuplicatePairs, SearchProgress
 
 
 BLOCK_ELEMENTS = 2**28  # similarities held at once by default: 1 GiB of float32

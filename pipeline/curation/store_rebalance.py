@@ -34,11 +34,11 @@ from pipeline.devices import resolve_device
 from pipeline.imaging import grid_image, png_bytes, to_uint8
 from pipeline.priors.latent_prior import in_chunks
 from pipeline.priors.load import Prior
-from pipeline.runtime.heap import release_free_heap
+from pipeline.heap import release_free_heap
 from pipeline.stages.chain import NOISE_MODE
-from pipeline.stages.rebalance import (compose, group_gaussian, kmeans, masked_l1, nll_cut, part_masks, sample_near,
+from pipeline.curation.rebalance import (compose, group_gaussian, kmeans, masked_l1, nll_cut, part_masks, sample_near,
                                       target_counts)
-from pipeline.stages.rebalance_settings import RebalanceConfig
+from pipeline.curation.rebalance_settings import RebalanceConfig
 from pipeline.store import layout
 from pipeline.store.file_names import safe_file_name
 from pipeline.store.parquet_files import parquet_bytes

@@ -40,9 +40,9 @@ from pipeline.models.model_set import load_model_set
 from pipeline.models.pretrained_encoder import INPUT_SIZE, PretrainedEncoder
 from pipeline.precision import device_kind, resolve_precision
 from pipeline.priors.load import exact_latent, prior_kind
-from pipeline.runtime.batch_size import (MAX_AUTO_BATCH, actor_memory_bytes, check_batch, largest_batch,
+from pipeline.invert.batch_size import (MAX_AUTO_BATCH, actor_memory_bytes, check_batch, largest_batch,
                                           refine_bytes_per_image)
-from pipeline.runtime.config import InvertConfig
+from pipeline.invert.config import InvertConfig
 from pipeline.settings import narrow
 from pipeline.stages.chain import NOISE_MODE, InversionModels, invert_batch, latent_columns
 from pipeline.stages.inversion_settings import InversionSettings
