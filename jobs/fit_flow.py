@@ -24,7 +24,6 @@ from pipeline.training.loop import TrainingTask
 
 __all__ = ["FitFlowConfig", "run", "run_directory"]
 
-HELD_OUT_SEED_OFFSET = 1_000_003  # the held-out samples' stream, apart from every training step's
 
 
 class FlowTask(TrainingTask):
@@ -34,7 +33,7 @@ class FlowTask(TrainingTask):
         from pipeline.models.checkpoints import load_generator
         from pipeline.priors.flow import FlowPrior
         from pipeline.priors.gaussian import GaussianizedPrior
-        from pipeline.sampling import mapped_samples
+        from pipeline.sampling import mapped_samples, stream
 
         self.cfg, self.device = cfg, device
         self.G = load_generator(cfg.generator, device=device).eval().requires_grad_(False)
@@ -44,7 +43,7 @@ class FlowTask(TrainingTask):
         self.flow = FlowPrior.from_gaussianized(start, couplings=cfg.couplings, hidden=cfg.hidden or None,
                                                 hidden_layers=cfg.hidden_layers, coupling=cfg.coupling,
                                                 num_samples=cfg.steps * cfg.batch_size).to(device)
-        held_out_rng = torch.Generator(device=device).manual_seed(cfg.seed + HELD_OUT_SEED_OFFSET)
+        held_out_rng = stream(cfg.seed, "fit-flow", "held-out", device=device)  # apart from every training step's
         self.held_out = mapped_samples(self.G, cfg.eval_samples, held_out_rng)
         self.gaussianized_log_prob = start.log_prob(self.held_out).mean().item()
         self.networks = {"flow": self.flow}

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from pipeline.sampling import stream
 from pipeline.training.loop import TrainingTask, optimizer_step
 from pipeline.training.settings import EncoderTrainingConfig
 
@@ -64,7 +65,7 @@ class EncoderTask(TrainingTask):
             print(f"worker {rank}: {pool.describe()}")
             self.real = pool.images
         self.eval_batch = sample_training_batch(
-            self.G, cfg.eval_size, torch.Generator(device=device).manual_seed(cfg.seed + 10**6),
+            self.G, cfg.eval_size, stream(cfg.seed, "train-encoder", "eval", device=device),
             style_mixing_prob=cfg.style_mixing_prob, mask_weights=cfg.mask_weights)
 
     def restore(self, directory: Path, device: torch.device) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from pipeline.sampling import stream
 from pipeline.training.loop import TrainingTask, optimizer_step
 from pipeline.training.settings import GeneratorTrainingConfig
 
@@ -66,7 +67,8 @@ class GeneratorTask(TrainingTask):
         self.beta = ema_beta(cfg.batch_size * world, cfg.ema_images)
         self.features = RandomFeatures().to(device)
         self.real_features = self.features(self.reals[: cfg.kid_samples])
-        self.sample_z = torch.randn(32, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 7)).to(device)
+        grid = stream(cfg.seed, "train-generator", "sample grid")
+        self.sample_z = torch.randn(32, cfg.z_dim, generator=grid).to(device)
 
     def restore_state(self, state: dict[str, Any]) -> None:
         self.pl_mean = torch.tensor(state.get("pl_mean", 0.0), device=self.device)
@@ -103,7 +105,7 @@ class GeneratorTask(TrainingTask):
 
         cfg = self.cfg
         with torch.no_grad():
-            z = torch.randn(cfg.kid_samples, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 11))
+            z = torch.randn(cfg.kid_samples, cfg.z_dim, generator=stream(cfg.seed, "train-generator", "kid"))
             fakes = torch.cat([self.G_ema(part, noise_mode="const") for part in z.to(self.device).split(256)])
             save_grid(self.G_ema(self.sample_z, noise_mode="const"), Path(cfg.output) / "samples" / f"step-{step:08d}.png")
             return {"kid_random_features": kid(self.real_features, self.features(fakes))}

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pipeline.sampling import stream
 from pipeline.training.loop import TrainingTask, optimizer_step
 from pipeline.training.settings import IdentityTrainingConfig
 
@@ -49,7 +50,7 @@ class IdentityTask(TrainingTask):
     def evaluate(self, step: int) -> dict[str, float]:
         from pipeline.training.identity_training import retrieval_accuracy
 
-        eval_rng = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 12345)  # the same views each time
+        eval_rng = stream(self.cfg.seed, "train-identity", "eval views", device=self.device)  # the same views each time
         return retrieval_accuracy(self.model, self.images, eval_rng, self.cfg.strength)
 
 

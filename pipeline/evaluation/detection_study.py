@@ -11,7 +11,7 @@ from pipeline.evaluation.models import EvalModels
 from pipeline.models.encoder import encode
 from pipeline.stages.stylespace import (Channel, detect_channels, edit_styles, is_convolution_style, population_stats,
                                        styles_of)
-from pipeline.sampling import mapped_ws
+from pipeline.sampling import mapped_ws, stream
 
 
 @torch.no_grad()
@@ -24,7 +24,7 @@ def detection_accuracy(models: EvalModels, *, positives: Sequence[int] = (10, 20
     G = models.G
     stats = population_stats(G, num_samples=population, seed=seed)
     layers = [k for k in stats.mean if is_convolution_style(k)]
-    g = torch.Generator().manual_seed(seed + 1)
+    g = stream(seed, "stylespace study", "planted channels")
     rows = []
     for n in positives:
         hits = {"styles": [0, 0], "through E": [0, 0]}

@@ -29,7 +29,7 @@ from pipeline.evaluation.swd import swd
 from pipeline.losses.pixel import masked_mse
 from pipeline.priors.flow import FlowPrior
 from pipeline.priors.gaussian import GaussianizedPrior
-from pipeline.sampling import mapped_samples
+from pipeline.sampling import mapped_samples, stream
 from pipeline.stages.refine import refine
 
 LatentMap = Callable[[torch.Tensor], torch.Tensor]
@@ -155,7 +155,7 @@ def adversarial_encoder(models: EvalModels, images: torch.Tensor, *, steps: int,
         opt_D = torch.optim.Adam(D.parameters(), lr=recipe["discriminator_lr"], betas=(0.0, 0.99))
         weights = LossWeights(adversarial=adversarial)
         for step in range(steps):
-            rng = torch.Generator(device=device).manual_seed(seed * 100_003 + step)  # the same batches both times
+            rng = stream(seed, "lia", "fine-tune", step, device=device)  # the same batches both times
             batch = sample_training_batch(G, recipe["batch_size"], rng)
             reconstruction = reconstruct(E, G, batch)
             losses = encoder_losses(E, G, batch, perceptual=models.perceptual, weights=weights, discriminator=D,
@@ -214,7 +214,7 @@ def flow_against_gaussianized(models: EvalModels, images: torch.Tensor, flow: Fl
     G, device = models.G, models.device
     gauss = models.prior if isinstance(models.prior, GaussianizedPrior) else GaussianizedPrior.fit(
         G, num_samples=100_000, progress=False)  # --prior was a flow: the comparison needs the gaussianized one
-    rng = torch.Generator(device=device).manual_seed(seed + 7_919)
+    rng = stream(seed, "lia", "held-out", device=device)
     samples = mapped_samples(G, held_out, rng)
     off = off_domain_images(images.cpu(), seed)
     projections = []

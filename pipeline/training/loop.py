@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from pipeline.sampling import stream_seed
 from pipeline.training.checkpointing import TrainingLogs, checkpoint_state, publish_checkpoint, save_checkpoint
 from pipeline.training.distributed import average_gradients, broadcast_parameters
 
@@ -92,7 +93,8 @@ class LocalSink:
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
-    return seed * 1_000_003 + step * 1009 + rank
+    """Step `step` on rank `rank` draws from a stream of its own (pipeline/sampling.py's named streams)."""
+    return stream_seed(seed, "training step", step, rank)
 
 
 def run_training(task: TrainingTask, settings: Any, *, rank: int, device: torch.device, resume_from: str | None,
