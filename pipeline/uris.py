@@ -11,9 +11,11 @@ backends get one whole-object put (`pipe_file`), which object stores apply atomi
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import fsspec
 
@@ -92,25 +94,48 @@ def read_if_exists(uri: str) -> bytes | None:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write `data` to `uri`; a local file is replaced atomically, parents are created."""
+    """Write `data` to `uri`; a local file is replaced atomically, parents are created; other backends get
+    one whole-object put."""
     if is_local(uri):
-        path = Path(uri.removeprefix("file://")).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() gives
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        _write_local(uri, lambda f: f.write(data))
     else:
-        fs, path = fsspec.core.url_to_fs(uri)
-        parent = path.rsplit("/", 1)[0] if "/" in path else ""
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
+        fs, path = _remote_parent_made(uri)
         fs.pipe_file(path, data)
+
+
+def write_file(uri: str, source: BinaryIO) -> None:
+    """Write the rest of the open file `source` to `uri`, streamed (no copy in memory); a local file is
+    replaced atomically, parents are created; other backends get a streamed upload (an object appears whole
+    when it completes)."""
+    if is_local(uri):
+        _write_local(uri, lambda f: shutil.copyfileobj(source, f, 1 << 22))
+    else:
+        fs, path = _remote_parent_made(uri)
+        with fs.open(path, "wb") as f:
+            shutil.copyfileobj(source, f, 1 << 22)
+
+
+def _write_local(uri: str, write: Callable[[BinaryIO], object]) -> None:
+    """A temporary file beside the target, written by `write`, then renamed over it."""
+    path = Path(uri.removeprefix("file://")).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() gives
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _remote_parent_made(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(uri)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    return fs, path
 
 
 METADATA_CONCURRENCY = 32  # requests in flight for a store's small files on object stores

@@ -33,14 +33,15 @@ def test_latent_columns_have_the_generator_shape_and_requested_dtype():
         latents_schema(18, 512, latent_dtype="int8")
 
 
-@pytest.mark.parametrize("spec", ["flags", "samples", "faces", "plan"])
+@pytest.mark.parametrize("spec", ["flags", "samples", "augment", "faces", "plan"])
 def test_published_table_schemas_match_the_code_and_are_documented(spec):
+    from pipeline.store.augment_schema import AUGMENT
     from pipeline.store.faces_schema import FACES
     from pipeline.store.flags_schema import FLAGS
     from pipeline.store.plan_schema import PLAN
     from pipeline.store.samples_schema import SAMPLES
 
-    table = {"flags": FLAGS, "samples": SAMPLES, "faces": FACES, "plan": PLAN}[spec]
+    table = {"flags": FLAGS, "samples": SAMPLES, "augment": AUGMENT, "faces": FACES, "plan": PLAN}[spec]
     assert json.loads((SCHEMAS / f"{table.name}.v{table.version}.json").read_text()) == table.document()
     text = (SCHEMAS / "README.md").read_text()
     assert f"## `{table.name}` v{table.version}" in text

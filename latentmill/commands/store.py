@@ -1,4 +1,4 @@
-"""Commands that read a latent store: report, curate, rebalance, reconstruct, channels."""
+"""Commands that read a latent store: report, curate, rebalance, augment, reconstruct, channels."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from latentmill.options import OldSpellings, options_from
 from pipeline.settings import DeviceSettings, LatentColumnSettings
 from pipeline.curation.curation_settings import CurateConfig
 from pipeline.curation.rebalance_settings import RebalanceConfig
+from pipeline.augment.augment_settings import AugmentConfig
 
 _latent_column = options_from(LatentColumnSettings)
 _generator = click.option("--generator", default=None, help="Generator URI (default: the one recorded in the store; "
@@ -106,6 +107,39 @@ def rebalance(**options: object) -> None:
         click.echo(f"short of target after {config.max_attempts} attempts per sample: {summary['shortfall']}; "
                    "see rejected_because in samples.parquet", err=True)
     click.echo(f"output: {config.output}")
+
+
+@click.command()
+@options_from(AugmentConfig, first=("output", "edits", "variants"))
+def augment(**options: object) -> None:
+    """Make K edited variants of every ok row of STORE: StyleSpace edits, style mixing, prior jitter, composition.
+
+    Every variant is a row of OUTPUT/samples.parquet (schema augment v1) with its source, edit,
+    parameters, seed, latent, prior NLL, identity and MSE to its source, and whether it passed the
+    quality filter; accepted images are in OUTPUT/images/augment-*.tar (PNG + JSON provenance, read
+    with the webdataset library). Units of source rows run on the actor pool, each exactly once; a
+    rerun resumes, and after the store grew makes only its new rows' variants.
+
+    \b
+    Examples:
+      latentmill augment out/store --output out/augmented --edits jitter:0.3,mix:4-7 --variants 2
+      latentmill augment out/store --output out/smiles --edits attribute:b16.conv0/42:3 --variants 4 --runner local
+      latentmill augment out/store --output gs://bucket/aug --edits compose:half,jitter:0.2 --address auto \\
+          --concurrency 8 --num-gpus 1 --min-identity 0.6
+    """
+    from jobs.augment import run
+
+    config = AugmentConfig(**options)
+    with as_usage_errors(FileNotFoundError, ValueError):
+        summary = run(config)
+    rejected = ", ".join(f"{n:,} for {why}" for why, n in summary["rejected"].items() if n) or "none"
+    click.echo(f"{summary['sources']:,} sources: {summary['variants']:,} variants, {summary['accepted']:,} accepted "
+               f"(rejected: {rejected})")
+    if summary["units_failed"]:
+        click.echo(f"{len(summary['units_failed'])} units failed every attempt ({', '.join(summary['units_failed'][:5])}"
+                   "); rerun to retry them", err=True)
+    click.echo(f"samples: {summary['samples']}")
+    click.echo(f"images: {summary['images']}/augment-*.tar")
 
 
 def nll_filter_line(summary: dict, percentile: float) -> str:

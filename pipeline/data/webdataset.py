@@ -10,10 +10,14 @@ from __future__ import annotations
 import io
 import posixpath
 import tarfile
+import tempfile
 from collections.abc import Mapping
+from typing import BinaryIO
 from pathlib import Path
 
-from pipeline.uris import write_bytes
+from pipeline.uris import write_file
+
+SPOOL_BYTES = 1 << 26
 
 
 def add_sample(archive: tarfile.TarFile, key: str, parts: Mapping[str, bytes]) -> None:
@@ -25,28 +29,29 @@ def add_sample(archive: tarfile.TarFile, key: str, parts: Mapping[str, bytes]) -
 
 
 class TarShardWriter:
-    """Samples into numbered webdataset shards `folder`/PREFIX-00000.tar, ... of `shard_size` samples each.
-    `folder` is any URI; a shard is built in memory and written whole (atomically on a local disk), so a
-    crash never leaves a partial shard under its final name."""
+    """Samples into numbered webdataset shards `folder`/PREFIX-00000.tar, ... of `shard_size` samples each
+    (single: one shard, `folder`/PREFIX.tar). `folder` is any URI; a shard is spooled to a temporary file
+    (memory holds at most SPOOL_BYTES of it) and written whole (atomically on a local disk), so a crash
+    never leaves a partial shard under its final name."""
 
-    def __init__(self, folder: str, prefix: str, shard_size: int) -> None:
+    def __init__(self, folder: str, prefix: str, shard_size: int = 1 << 62, *, single: bool = False) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-        self.folder, self.prefix, self.shard_size = folder.rstrip("/"), prefix, shard_size
+        self.folder, self.prefix, self.shard_size, self.single = folder.rstrip("/"), prefix, shard_size, single
         self.index = self.count = 0
-        self.buffer: io.BytesIO | None = None
+        self.buffer: BinaryIO | None = None
         self.archive: tarfile.TarFile | None = None
         self.written: list[str] = []
 
     @property
     def shard_name(self) -> str:
         """The shard the next sample goes to, without '.tar'."""
-        return f"{self.prefix}-{self.index:05d}"
+        return self.prefix if self.single else f"{self.prefix}-{self.index:05d}"
 
     def add(self, key: str, parts: Mapping[str, bytes]) -> str:
         """Append one sample (a member `key.ext` per part); returns the name of the shard holding it."""
         if self.archive is None:
-            self.buffer = io.BytesIO()
+            self.buffer = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
             self.archive = tarfile.open(fileobj=self.buffer, mode="w")
         add_sample(self.archive, key, parts)
         shard = self.shard_name
@@ -65,7 +70,9 @@ class TarShardWriter:
             return
         self.archive.close()
         uri = posixpath.join(self.folder, f"{self.shard_name}.tar")
-        write_bytes(uri, self.buffer.getvalue())
+        self.buffer.seek(0)
+        write_file(uri, self.buffer)
+        self.buffer.close()
         self.written.append(uri)
         self.archive, self.buffer, self.count = None, None, 0
         self.index += 1

@@ -187,16 +187,44 @@ def _rebalance_section(store: Store, resolution: int, images: ReportImages) -> s
     if preview is not None:
         columns = ["member", "background", "collage", "new sample"] if summary["method"] == "compose" else \
             ["nearest member", "new sample"]
-        grid = Image.open(io.BytesIO(preview)).convert("RGB")
-        # the preview is a grid of resolution-sized cells with 2 px padding: shown at >= 128 px a cell
-        scale = max(1, -(-128 // resolution))
-        shown = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
-        src = images.add("rebalance-preview", shown)
-        head = "".join(f"<th>{c}</th>" for c in columns)
-        text += (f"<p>Accepted samples, one per row, columns left to right: {' | '.join(columns)}.</p>"
-                 f'<table class="plain"><tr>{head}</tr><tr><td colspan="{len(columns)}"><a href="{src}" '
-                 f'target="_blank"><img class="preview" src="{src}" alt="rebalanced samples" width="{shown.width}">'
-                 "</a></td></tr></table>")
+        text += _preview_table(preview, columns, resolution, images, name="rebalance-preview",
+                               caption="Accepted samples, one per row", alt="rebalanced samples")
+    return text
+
+
+def _preview_table(preview: bytes, columns: list[str], resolution: int, images: ReportImages, *, name: str,
+                   caption: str, alt: str) -> str:
+    """A preview grid of resolution-sized cells (2 px padding), shown at >= 128 px a cell under its column
+    names."""
+    grid = Image.open(io.BytesIO(preview)).convert("RGB")
+    scale = max(1, -(-128 // resolution))
+    shown = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    src = images.add(name, shown)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    return (f"<p>{caption}, columns left to right: {html.escape(' | '.join(columns))}.</p>"
+            f'<table class="plain"><tr>{head}</tr><tr><td colspan="{len(columns)}"><a href="{src}" '
+            f'target="_blank"><img class="preview" src="{src}" alt="{alt}" width="{shown.width}"></a></td></tr></table>')
+
+
+def _augment_section(store: Store, resolution: int, images: ReportImages) -> str | None:
+    """What the last `latentmill augment` of this store made, and sources beside their variants."""
+    summary = store.read_json(layout.AUGMENT_SUMMARY)
+    if summary is None:
+        return None
+    edits = [e.strip() for e in summary["edits"].split(",") if e.strip()]
+    rejected = ", ".join(f"{n:,} for {html.escape(str(why))}" for why, n in summary["rejected"].items() if n) or "none"
+    text = (f'<h2 id="augmentation">Augmentation</h2><p>Edits <code>{html.escape(summary["edits"])}</code>, '
+            f"{summary['variants_per_edit']} variants of each for {summary['sources']:,} source rows: "
+            f"{summary['variants']:,} variants, {summary['accepted']:,} accepted (rejected: {rejected}); output "
+            f"<code>{html.escape(str(summary['output']))}</code>.</p>")
+    if summary.get("units_failed"):
+        text += f"<p>{len(summary['units_failed'])} units failed every attempt: rerun augment to retry them.</p>"
+    preview = store.read_bytes(layout.AUGMENT_PREVIEW)
+    if preview is not None:
+        columns = ["source (as G renders it)", *edits]
+        text += _preview_table(preview, columns, resolution, images, name="augment-preview",
+                               caption="Sources, one per row, beside their first accepted variant of each edit "
+                                       "(blank: none accepted)", alt="augmented variants")
     return text
 
 
@@ -214,14 +242,15 @@ def build_report(store: str, *, sheet_size: int = 12, curve_images: int = 48, ge
     opened = open_store(store)  # a store that is not one: said before anything is claimed
     with claim(opened.uri, wait_hint="") as writer:
         reads = [writer.path(name) for name in (layout.CURATION_SUMMARY, layout.FLAGS, layout.REBALANCE_SUMMARY,
-                                                layout.REBALANCE_PREVIEW)]
+                                                layout.REBALANCE_PREVIEW, layout.AUGMENT_SUMMARY,
+                                                layout.AUGMENT_PREVIEW)]
         key = inputs_key(writer, {"sheet_size": sheet_size, "curve_images": curve_images, "generator": generator,
                                   "self_contained": self_contained, "in_domain": in_domain,
                                   **({"exclude_flagged": True} if exclude_flagged else {})}, depends_on=reads)
         uri = writer.path(layout.REPORT)
         return reuse_or_compute(
             StoreFolder(writer, layout.REPORT_FILES), key, outputs=[uri], reuse=lambda: uri,
-            what="report (the store, its curation and rebalancing)",
+            what="report (the store, its curation, rebalancing and augmentation)",
             compute=lambda: _build_report(writer, sheet_size=sheet_size, curve_images=curve_images,
                                           generator=generator, device=device, self_contained=self_contained,
                                           in_domain=in_domain, progress=progress,
@@ -325,6 +354,9 @@ def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, ge
     rebalanced = _rebalance_section(opened, meta["img_resolution"], images)
     if rebalanced:
         sections.append(("rebalancing", "Rebalancing", rebalanced))
+    augmented = _augment_section(opened, meta["img_resolution"], images)
+    if augmented:
+        sections.append(("augmentation", "Augmentation", augmented))
 
     if collected.error_reasons:
         errors = collected.error_rows

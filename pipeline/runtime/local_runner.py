@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.data.sources import ShardSpec
 from pipeline.invert.config import InvertConfig
@@ -18,11 +18,13 @@ from pipeline.invert.shard_book import RunSummary, ShardBook
 from pipeline.store.writer import ShardWriter
 
 
-def run_shards_here(config: InvertConfig, shards: list[ShardSpec], summary: RunSummary, book: ShardBook,
-                    shard_writer: ShardWriter, *, processor_class: type | None = None, models: Any = None,
+def run_shards_here(config: Any, shards: list[Any], summary: RunSummary, book: ShardBook,
+                    shard_writer: ShardWriter | None, *, processor_class: type | None = None, models: Any = None,
                     precisions: dict[str, str] | None = None, recipe_models: dict[str, str | None] | None = None,
-                    started: float | None = None) -> RunSummary:
-    """Process `shards` here with one processor (a fresh one after a shard failure); fills `summary`."""
+                    started: float | None = None, actor_args: Callable[[Any, Any], tuple] | None = None,
+                    total_rows: int | None = None) -> RunSummary:
+    """Process `shards` here with one processor (a fresh one after a shard failure); fills `summary`.
+    actor_args, total_rows: as for the Ray runner (pipeline/runtime/ray_runner.run_shards)."""
     from pipeline.invert.shard_processor import REPLACE, STOP, ShardProcessor, after_failure
 
     started = time.perf_counter() if started is None else started
@@ -36,7 +38,9 @@ def run_shards_here(config: InvertConfig, shards: list[ShardSpec], summary: RunS
             show_rows(bars[1], finished_rows + rows, summary.ok + ok, summary.errors + rows - ok, stage)
 
     def new_processor():
-        processor = cls(config, shard_writer, None, models, None, precisions, recipe_models)  # GPU with --num-gpus
+        args = actor_args(models, None) if actor_args is not None else \
+            (config, shard_writer, None, models, None, precisions, recipe_models)  # GPU with --num-gpus
+        processor = cls(*args)
         processor.progress = report if config.progress else None
         book.started(processor.ready())
         return processor
@@ -47,7 +51,7 @@ def run_shards_here(config: InvertConfig, shards: list[ShardSpec], summary: RunS
     summary.batch_size = processor.batch_size
     summary.startup_seconds = time.perf_counter() - started
     start = time.perf_counter()
-    bar, image_bar = progress_bars(config, shards)
+    bar, image_bar = progress_bars(config, shards, total_rows)
     bars[:] = [bar, image_bar]
     for spec in shards:
         attempt = 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.progress import progress_bar
 
@@ -90,25 +90,31 @@ def idle_note(config: InvertConfig, cluster: Any, shards: int) -> str | None:
     return f"{head} (--concurrency {config.concurrency}): --concurrency auto runs {room}"
 
 
-def progress_bars(config: InvertConfig, shards: list[ShardSpec]) -> tuple[Any, Any]:
-    """A bar of shards and one of images (its total known only for folders without --faces all)."""
+def progress_bars(config: Any, shards: list[Any], total_rows: int | None = None) -> tuple[Any, Any]:
+    """A bar of shards and one of images: `total_rows` where given, else known only for folders without
+    --faces all."""
     bar = progress_bar(total=len(shards), desc="shards", unit="shard", enabled=config.progress, position=0)
-    known = all(spec.layout == "folder" for spec in shards) and config.faces != "all"
-    image_bar = progress_bar(total=sum(len(s.members) for s in shards) if known else None, desc="images",
-                             unit="img", enabled=config.progress, position=1)
+    if total_rows is None and all(getattr(spec, "layout", None) == "folder" for spec in shards) \
+            and getattr(config, "faces", None) != "all":
+        total_rows = sum(len(s.members) for s in shards)
+    image_bar = progress_bar(total=total_rows, desc="images", unit="img", enabled=config.progress, position=1)
     return bar, image_bar
 
 
-def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummary, book: ShardBook,
-               shard_writer: ShardWriter, *, processor_class: type | None = None, models: Any = None,
+def run_shards(config: Any, shards: list[Any], summary: RunSummary, book: ShardBook,
+               shard_writer: ShardWriter | None, *, processor_class: type | None = None, models: Any = None,
                precisions: dict[str, str] | None = None, recipe_models: dict[str, str | None] | None = None,
-               started: float | None = None) -> RunSummary:
+               started: float | None = None, actor_args: Callable[[Any, Any], tuple] | None = None,
+               total_rows: int | None = None) -> RunSummary:
     """Process `shards` on a pool of `config.concurrency` actors; fills and returns `summary`.
 
     processor_class: the actor's class, ShardProcessor by default (a subclass may add behaviour,
     e.g. fault injection in the tests). models: the driver's loaded models, put in Ray's object store
     once and handed to every actor (and replacement). started: when the run began (perf_counter),
-    for the start-up time in the summary (default: now, so it counts Ray and the actors only)."""
+    for the start-up time in the summary (default: now, so it counts Ray and the actors only).
+    actor_args: for another kind of work (augment's units), the processor's arguments given (the models'
+    object ref, the progress report); its processor has `ready()` and `process(unit, attempt)` like
+    ShardProcessor. total_rows: the images bar's total, where the caller knows it."""
     started = time.perf_counter() if started is None else started
     # no runtime_env in ray.init: inside `ray job submit` it would replace the job's own, and Ray would release
     # the job's working_dir while this driver still imports from it; the actors' env_vars merge with the job's
@@ -132,8 +138,11 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
     head = HeadWatch(ray.get_runtime_context().gcs_address)
     resume_hint = "Finished shards are kept in the store: run the same command again, on a live cluster, to resume."
 
+    if actor_args is None:
+        def actor_args(models_ref: Any, report: Any) -> tuple:
+            return config, shard_writer, None, models_ref, report, precisions, recipe_models
     pool = ElasticPool(
-        new_actor=lambda: Actor.remote(config, shard_writer, None, models_ref, report, precisions, recipe_models),
+        new_actor=lambda: Actor.remote(*actor_args(models_ref, report)),
         needs=ActorNeeds(config.cpus_per_actor, config.num_gpus),
         concurrency=None if config.concurrency == "auto" else int(config.concurrency),
         placement_timeout=config.placement_timeout)
@@ -169,7 +178,7 @@ def run_shards(config: InvertConfig, shards: list[ShardSpec], summary: RunSummar
                         summary.batch_size = info["batch_size"]
                         summary.startup_seconds = time.perf_counter() - started
                         start = time.perf_counter()
-                        bar, image_bar = progress_bars(config, shards)
+                        bar, image_bar = progress_bars(config, shards, total_rows)
                 continue
             actor, spec, attempt = running.pop(ref)
             try:

@@ -37,6 +37,9 @@ SEARCH_PROGRESS = "curation/search-progress.npz"
 REBALANCE = "rebalance"
 REBALANCE_SUMMARY = "rebalance/summary.json"
 REBALANCE_PREVIEW = "rebalance/preview.png"
+AUGMENT = "augment"
+AUGMENT_SUMMARY = "augment/summary.json"
+AUGMENT_PREVIEW = "augment/preview.png"
 REPORT = "report.html"
 REPORT_FILES = "report"
 TRADEOFF = "report/tradeoff.json"
@@ -47,7 +50,7 @@ INPUTS_RECORD = "inputs.json"  # in an output folder derived from a store: what 
 SHARD_PREFIX, SHARD_SUFFIX = "part-", ".parquet"
 # every name a store writes at its top: none may be a symlink (a write would land outside the store)
 OWN_ENTRIES = (LOCK, LEASE, LATENTS, MANIFEST, SUMMARY, PLAN, LEGACY_PLAN, RECIPE, PRECISION, CURATION, REBALANCE,
-               REPORT, REPORT_FILES, QUARANTINE)
+               AUGMENT, REPORT, REPORT_FILES, QUARANTINE)
 ENTRY_SUFFIX, FAILED_SUFFIX = ".json", ".failed.json"
 
 

@@ -1,0 +1,1 @@
+"""Augmenting a store: K edited variants of every ok row (StyleSpace, mixing, prior jitter, composition)."""
