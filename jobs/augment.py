@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
@@ -42,13 +43,14 @@ from pipeline.imaging import grid_image, png_bytes
 from pipeline.invert.shard_book import RunSummary, ShardBook
 from pipeline.priors.latent_prior import in_chunks
 from pipeline.stages.chain import NOISE_MODE
+from pipeline.sampling import stream_seed
 from pipeline.store import layout
 from pipeline.store.augment_schema import AUGMENT
 from pipeline.store.parquet_files import parquet_bytes
 from pipeline.store.store import Store, open_store
 from pipeline.store.store_lock import claim_store
 from pipeline.store.writer import claim
-from pipeline.uris import read_if_exists, write_bytes
+from pipeline.uris import absolute, read_if_exists, write_bytes
 
 __all__ = ["AugmentConfig", "run"]
 
@@ -98,7 +100,8 @@ def check_store(cfg: AugmentConfig, store: Store) -> None:
         raise ValueError("mix and compose take a part from another ok row; the store has fewer than two")
 
 
-def make_reference(cfg: AugmentConfig, store: Store, G: Any, prior: Any, flagged: set[str]) -> tuple[Reference, pa.Table]:
+def make_reference(cfg: AugmentConfig, store: Store, G: Any, prior: Any,
+                   flagged: set[str]) -> tuple[Reference, pa.Table]:
     """The filter's NLL bounds, the attribute channels' std and the donors, from a uniform sample of the
     store's ok rows (flagged ones left out); returns it and the mix donors' table (image_id, shard, w)."""
     edits = parse_edits(cfg.edits)
@@ -132,7 +135,7 @@ def make_reference(cfg: AugmentConfig, store: Store, G: Any, prior: Any, flagged
                     styles[name].append(computed[name].double())
             stds = {name: torch.cat(v).std(0, unbiased=sample.num_rows > 1).clamp_min(1e-8).tolist()
                     for name, v in styles.items()}
-    order = np.random.default_rng([cfg.seed, 11]).permutation(sample.num_rows)
+    order = np.random.default_rng(stream_seed(cfg.seed, "augment donors")).permutation(sample.num_rows)
     donor_rows = min(sample.num_rows, max(2, DONOR_LATENT_BYTES // (shape[0] * shape[1] * 4)))
     donors = sample.take(pa.array(np.sort(order[:donor_rows]))).select(["image_id", "shard", cfg.column])
     donors = donors.rename_columns(["image_id", "shard", "w"])
@@ -148,9 +151,11 @@ def make_reference(cfg: AugmentConfig, store: Store, G: Any, prior: Any, flagged
     return Reference(cuts, stds, donors.column("image_id").to_pylist(), compose_donors, sample.num_rows), donors
 
 
-def run(cfg: AugmentConfig) -> dict[str, Any]:
-    """Augment cfg.store into cfg.output; returns the summary (also OUT/summary.json)."""
+def run(cfg: AugmentConfig, *, processor_class: type = AugmentProcessor) -> dict[str, Any]:
+    """Augment cfg.store into cfg.output; returns the summary (also OUT/summary.json). processor_class: the
+    worker's class (a subclass may add behaviour, e.g. fault injection in the tests)."""
     cfg.validate()
+    cfg = dataclasses.replace(cfg, store=absolute(cfg.store), output=absolute(cfg.output))  # workers run elsewhere
     store = open_store(cfg.store)
     check_store(cfg, store)
     started = time.perf_counter()
@@ -159,7 +164,9 @@ def run(cfg: AugmentConfig) -> dict[str, Any]:
         recipe = recipe_of(cfg, store)
         stored = read_if_exists(out_path(cfg.output, RECIPE))
         flagged = store.flagged_ids() if cfg.exclude_flagged else set()
-        models = store.load_models("cpu", prior=True)
+        kinds = {e.kind for e in edits}
+        models = store.load_models("cpu", prior=True, encoder="compose" in kinds,
+                                   identity="identity" in store.settings.get("stages", []))
         G, prior = models.G, models.prior
         check_edits(edits, G.num_ws, {name: a.weight.shape[0] for name, a in G.synthesis.affine_layers().items()})
         if stored is not None:
@@ -195,20 +202,20 @@ def run(cfg: AugmentConfig) -> dict[str, Any]:
             claim_record = OutputClaim(cfg.output, held.token)
             frozen = frozenset(flagged)
 
-            def actor_args(_: Any, report: Any) -> tuple:
-                return cfg, claim_record, reference, frozen, report
+            def actor_args(shipped_models: Any, report: Any) -> tuple:
+                return cfg, claim_record, reference, frozen, shipped_models, report
 
             from pipeline.runtime.local_runner import run_shards_here
             from pipeline.runtime.ray_runner import run_shards
 
             runner = run_shards_here if cfg.runner == "local" else run_shards
-            runner(cfg, todo, summary, book, None, processor_class=AugmentProcessor, actor_args=actor_args,
-                   total_rows=sum(u.rows for u in todo), started=started)
+            runner(cfg, todo, summary, book, None, processor_class=processor_class, models=models,
+                   actor_args=actor_args, total_rows=sum(u.rows for u in todo), started=started)
         done = done_units(cfg.output)
         gather(cfg.output, units, done, {"store": store.uri, "settings": asdict(cfg),
                                          "latent_shape": list(store.latent_shape)})
         result = write_summary(cfg, store, units, done, summary, book.variants, reference)
-        preview = make_preview(cfg, store, G, units, done)
+        preview = make_preview(cfg, store, G.cpu(), units, done)  # (an in-process worker may have moved G)
     with claim(store.uri, wait_hint="") as writer:  # for the store's report
         writer.write_bytes(layout.AUGMENT_SUMMARY, json.dumps(result, indent=2, default=str).encode())
         if preview is not None:
@@ -234,7 +241,8 @@ def write_summary(cfg: AugmentConfig, store: Store, units: list[Unit], done: dic
         "units": len(units), "units_done": len(entries), "units_failed": failed,
         "sources": sum(e["sources"] for e in entries), "variants": sum(e["variants"] for e in entries),
         "accepted": sum(e["accepted"] for e in entries),
-        "rejected": {why: sum(e["rejected"].get(why, 0) for e in entries) for why in ("prior_nll", "identity")},
+        "rejected": {why: sum(e["rejected"].get(why, 0) for e in entries)
+                     for why in ("prior_nll", "identity", "input_unreadable")},
         "nll_cut": reference.nll_cut, "nll_typical": float(store.latent_shape[1]),
         "samples": out_path(cfg.output, SAMPLES), "images": out_path(cfg.output, "images"),
         "settings": asdict(cfg),

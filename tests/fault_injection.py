@@ -8,15 +8,17 @@ from pathlib import Path
 from pipeline.invert.shard_processor import ShardProcessor
 
 
-def crashing_once_on(shards: list[str]) -> type[ShardProcessor]:
-    """A ShardProcessor class whose process exits abruptly the first time it starts one of `shards`
-    (as a machine or process failure would), so actor replacement and retries run on a real Ray.
-    The class is made here, not imported by the workers: cloudpickle ships it by value."""
+def crashing_once_on(shards: list[str], base: type = ShardProcessor) -> type:
+    """A processor class (ShardProcessor, or another with `process(unit, attempt)` and a `config` or `cfg`
+    naming the output) whose process exits abruptly the first time it starts one of `shards` (as a machine
+    or process failure would), so actor replacement and retries run on a real Ray. The class is made here,
+    not imported by the workers: cloudpickle ships it by value."""
 
-    class CrashOnce(ShardProcessor):
+    class CrashOnce(base):
         def process(self, spec, attempt=1):
             if spec.shard_id in shards:
-                marker = Path(self.config.output.removeprefix("file://")) / ".crash-markers" / spec.shard_id
+                settings = getattr(self, "config", None) or self.cfg
+                marker = Path(settings.output.removeprefix("file://")) / ".crash-markers" / spec.shard_id
                 if not marker.exists():
                     marker.parent.mkdir(parents=True, exist_ok=True)
                     marker.touch()

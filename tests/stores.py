@@ -57,3 +57,30 @@ def manifest_entries(store: str) -> dict:
     from pipeline.store.manifest import read_manifest
 
     return read_manifest(store).finished
+
+
+def small_inverted_store(root: Path, fixture_dir: Path) -> dict:
+    """A small store made by a real inversion (sg2ada 32 px fixture, encoder, prior, identity net) of a
+    messy folder under root/input: {"uri": the store, "expected": what the folder holds}."""
+    from pipeline.invert.config import InvertConfig
+    from pipeline.models.checkpoints import load_generator
+    from pipeline.models.embedding import EmbeddingNet
+    from pipeline.models.encoder import Encoder
+    from pipeline.priors.prior_cache import fit_prior_file
+    from tests.datasets import messy_folder
+
+    generator = str(fixture_dir / "sg2ada_32px.pkl")
+    G = load_generator(generator)
+    prior = str(root / "prior.safetensors")
+    fit_prior_file(generator, prior, num_samples=5000, batch_size=5000)
+    torch.manual_seed(0)
+    write_bundle(str(root / "E.safetensors"), {"E": Encoder.for_generator(G, base_channels=8, max_channels=16)})
+    write_bundle(str(root / "identity.safetensors"), {"identity": EmbeddingNet(resolution=16, base_channels=8,
+                                                                                max_channels=16, embedding_dim=8)})
+    expected = messy_folder(root / "input")
+    config = InvertConfig(input=str(root / "input"), output=str(root / "store"), generator=generator,
+                          encoder=str(root / "E.safetensors"), prior=prior,
+                          identity_model=str(root / "identity.safetensors"), perceptual="discriminator", steps=3,
+                          batch_size=4, shard_size=8, progress=False, precision="fp32")
+    invert_here(config)
+    return {"uri": str(root / "store"), "expected": expected}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +165,37 @@ def test_the_samples_do_not_depend_on_batch_size_unit_size_or_placement(store, t
     same_samples(samples(tmp_path / "local"), samples(tmp_path / "ray"))
 
 
+def test_a_unit_whose_worker_dies_runs_again_on_a_fresh_one_and_is_written_once(store, tmp_path, ray_local):
+    from jobs.augment import AugmentConfig, run
+    from pipeline.augment.augment_processor import AugmentProcessor
+    from tests.fault_injection import crashing_once_on
+
+    augment(store, tmp_path / "whole", "--runner", "local", "--shard-size", "8")
+    cfg = AugmentConfig(store=store, output=str(tmp_path / "crashed"), edits=EDITS, variants=2, shard_size=8,
+                        concurrency=2, device="cpu", progress=False)
+    summary = run(cfg, processor_class=crashing_once_on(["s0.00001"], base=AugmentProcessor))
+    assert summary["units_done"] == 3 and not summary["units_failed"]
+    assert summary["last_run"]["retries"] + summary["last_run"]["requeued_after_node_loss"] == 1
+    same_samples(samples(tmp_path / "crashed"), samples(tmp_path / "whole"))
+
+
+def test_a_worker_that_cannot_start_stops_the_run_with_its_reason_at_once(store, tmp_path, ray_local):
+    from jobs.augment import AugmentConfig, run
+    from pipeline.augment.augment_processor import AugmentProcessor
+    from pipeline.errors import WeightsNotFoundError
+
+    class NoWeightsOnThisNode(AugmentProcessor):
+        def _load(self):
+            raise WeightsNotFoundError("the store's generator: /models/G.safetensors is missing on this node")
+
+    cfg = AugmentConfig(store=store, output=str(tmp_path / "out"), edits="jitter:0.3", variants=1, device="cpu",
+                        progress=False, placement_timeout=120)
+    started = time.monotonic()
+    with pytest.raises(WeightsNotFoundError, match="missing on this node"):
+        run(cfg, processor_class=NoWeightsOnThisNode)
+    assert time.monotonic() - started < 60, "not retried until the placement timeout"
+
+
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*")
             if p.is_file() and p.name != ".lock"}
@@ -239,9 +269,10 @@ def test_a_killed_run_resumes_without_duplicates_or_losses(G, prior, tmp_path):
 
 
 @pytest.mark.slow
-def test_compose_pastes_a_donor_part_through_e_and_g_and_the_identity_filter_says_why(report_store, tmp_path):
-    store = tmp_path / "store"
-    shutil.copytree(report_store["uri"], store)
+def test_compose_pastes_a_donor_part_through_e_and_g_and_the_identity_filter_says_why(fixture_dir, tmp_path):
+    from tests.stores import small_inverted_store
+
+    store = Path(small_inverted_store(tmp_path, fixture_dir)["uri"])
     unfiltered = tmp_path / "unfiltered"
     augment(str(store), unfiltered, "--runner", "local", "--nll-percentile", "100", edits="compose:half,jitter:0.5")
     table = samples(unfiltered)
@@ -270,3 +301,17 @@ def test_compose_pastes_a_donor_part_through_e_and_g_and_the_identity_filter_say
 
     page = Path(build_report(str(store), in_domain=0, curve_images=4)).read_text()
     assert 'id="augmentation"' in page and "compose:half" in page and "augment-preview" in page
+
+    rows = open_store(str(store)).to_pandas(["image_id", "source_uri", "status"])
+    gone = rows[rows["status"] == "ok"].iloc[0]
+    Path(gone["source_uri"].removeprefix("file://")).unlink()  # an input deleted since its row was made
+    augment(str(store), tmp_path / "later", "--runner", "local", "--nll-percentile", "100",
+            edits="compose:half,jitter:0.5")
+    later = samples(tmp_path / "later")
+    unmade = later["rejected_because"] == "input_unreadable"
+    expected = (table["edit"] == "compose:half") & ((table["source_id"] == gone["image_id"]) | table["params"].map(
+        lambda p: json.loads(p).get("donor_id") == gone["image_id"]))
+    assert (unmade == expected).all() and unmade.sum() >= 2, "its own compose variants, and those it was donor of"
+    assert later.loc[unmade, "w"].isna().all()
+    same_samples(later[~unmade].reset_index(drop=True), table[~expected].reset_index(drop=True))
+    assert len(later) == len(table), "every variant still has its row"

@@ -136,8 +136,9 @@ def augment(**options: object) -> None:
     click.echo(f"{summary['sources']:,} sources: {summary['variants']:,} variants, {summary['accepted']:,} accepted "
                f"(rejected: {rejected})")
     if summary["units_failed"]:
-        click.echo(f"{len(summary['units_failed'])} units failed every attempt ({', '.join(summary['units_failed'][:5])}"
-                   "); rerun to retry them", err=True)
+        failed = summary["units_failed"]
+        click.echo(f"{len(failed)} units failed every attempt ({', '.join(failed[:5])}); rerun to retry them",
+                   err=True)
     click.echo(f"samples: {summary['samples']}")
     click.echo(f"images: {summary['images']}/augment-*.tar")
 

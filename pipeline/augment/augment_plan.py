@@ -29,12 +29,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.augment.augment_settings import AugmentConfig
+from pipeline.sampling import stream_seed
 from pipeline.store import layout
 from pipeline.store.augment_schema import AUGMENT
 from pipeline.store.file_names import safe_file_name
 from pipeline.store.parquet_files import open_parquet, parquet_bytes
 from pipeline.store.store import Store
-from pipeline.uris import list_sizes, read_if_exists, remove_if_exists, write_bytes
+from pipeline.uris import list_sizes, read_many, remove_if_exists
 
 RECIPE = "augment.json"
 DONORS = "donors.parquet"
@@ -107,7 +108,8 @@ def check_recipe(stored: dict[str, Any], wanted: dict[str, Any], output: str) ->
         if stored.get(key) != wanted[key]:
             lines.append(f"{key}: {stored.get(key)!r} there, {wanted[key]!r} now")
     before, now = stored.get("settings", {}), wanted["settings"]
-    lines += [f"--{k.replace('_', '-')}: {before.get(k)!r} there, {now[k]!r} now" for k in now if before.get(k) != now[k]]
+    lines += [f"--{k.replace('_', '-')}: {before.get(k)!r} there, {now[k]!r} now"
+              for k in now if before.get(k) != now[k]]
     if lines:
         raise RecipeMismatchError(f"{output} holds variants made otherwise; an output never mixes recipes:\n"
                                   + "\n".join(f"  - {line}" for line in lines)
@@ -142,7 +144,8 @@ def sample_positions(store: Store, rows: int, seed: int) -> dict[str, np.ndarray
     total = int(counts.sum())
     if total == 0:
         return {}
-    picked = np.sort(np.random.default_rng([seed, 7]).choice(total, size=min(rows, total), replace=False))
+    rng = np.random.default_rng(stream_seed(seed, "augment reference sample"))
+    picked = np.sort(rng.choice(total, size=min(rows, total), replace=False))
     starts = np.concatenate([[0], np.cumsum(counts)])
     which = np.searchsorted(starts, picked, side="right") - 1
     return {finished[i][0]: picked[which == i] - starts[i] for i in np.unique(which)}
@@ -163,15 +166,15 @@ def read_sample(store: Store, positions: dict[str, np.ndarray], columns: list[st
 # --- the ledger ---
 
 def done_units(output: str) -> dict[str, dict[str, Any]]:
-    """The ledger: unit -> its entry, for every unit finished in an earlier run."""
-    sizes = list_sizes(out_path(output, LEDGER))
+    """The ledger: unit -> its entry, for every unit finished in an earlier run (one listing, then the entries
+    fetched concurrently)."""
+    names = [n for n in list_sizes(out_path(output, LEDGER)) if n.endswith(".json") and not n.endswith(".failed.json")]
     done = {}
-    for name in sizes:
-        if name.endswith(".json") and not name.endswith(".failed.json"):
-            data = read_if_exists(out_path(output, LEDGER, name))
-            if data:
-                entry = json.loads(data)
-                done[entry["unit"]] = entry
+    for uri, data in read_many([out_path(output, LEDGER, n) for n in names]).items():
+        if isinstance(data, Exception):
+            raise data
+        entry = json.loads(data)
+        done[entry["unit"]] = entry
     return done
 
 

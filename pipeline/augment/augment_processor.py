@@ -11,6 +11,7 @@ entry last, and only while this run still holds the output's claim.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 import socket
@@ -32,6 +33,7 @@ from pipeline.curation.rebalance import compose, part_masks
 from pipeline.data.webdataset import TarShardWriter
 from pipeline.devices import resolve_device
 from pipeline.imaging import png_bytes, to_uint8
+from pipeline.models.model_set import ModelSet
 from pipeline.precision import device_kind
 from pipeline.stages.chain import NOISE_MODE
 from pipeline.store import layout
@@ -55,35 +57,51 @@ class OutputClaim:
 
 class AugmentProcessor:
     def __init__(self, cfg: AugmentConfig, claim: OutputClaim, reference: Reference, flagged: frozenset[str],
-                 progress: ProgressReport | None = None) -> None:
-        start = time.perf_counter()
+                 models: ModelSet, progress: ProgressReport | None = None) -> None:
+        """models: the driver's loaded (and checked) models, shipped once through Ray's object store, so a worker
+        never needs the model files. A failure while starting (the store's inputs unreadable for compose's
+        donors, say) is kept and raised by `ready()`, so the driver reports it once, clearly, rather than
+        replacing a worker that can never start."""
         self.cfg, self.claim, self.reference, self.flagged, self.progress = cfg, claim, reference, flagged, progress
-        self.edits = parse_edits(cfg.edits)
+        self.models = models
+        self.batch_size, self.batch_note = cfg.batch_size, ""
+        self.problem: Exception | None = None
+        try:
+            self._load()
+        except Exception as exc:  # raised by ready() and process()
+            self.problem = exc
+
+    def _load(self) -> None:
+        start = time.perf_counter()
+        self.edits = parse_edits(self.cfg.edits)
         kinds = {e.kind for e in self.edits}
-        on_ray_cpu = cfg.runner == "ray" and cfg.device == "auto" and cfg.num_gpus == 0
-        self.device = torch.device("cpu") if on_ray_cpu else resolve_device(cfg.device)
-        self.store = open_store(cfg.store)
-        wants_identity = "identity" in self.store.settings.get("stages", [])
-        models = self.store.load_models(self.device, prior=True, encoder="compose" in kinds, identity=wants_identity)
+        on_ray_cpu = self.cfg.runner == "ray" and self.cfg.device == "auto" and self.cfg.num_gpus == 0
+        self.device = torch.device("cpu") if on_ray_cpu else resolve_device(self.cfg.device)
+        self.store = open_store(self.cfg.store)
+        models = self.models.to(self.device)
         self.G, self.prior, self.E, self.identity = models.G, models.prior, models.E, models.identity
         self.generator_fingerprint = self.store.metadata["generator_fingerprint"]
         self.directions = {e.text: attribute_direction(self.G, e, {k: torch.tensor(v) for k, v in
-                                                                   reference.style_std.items()})
+                                                                   self.reference.style_std.items()})
                            for e in self.edits if e.kind == "attribute"}
         self.donor_ws = None
         if kinds & {"mix"}:
-            donors = read_parquet(out_path(cfg.output, DONORS))
+            donors = read_parquet(out_path(self.cfg.output, DONORS))
             self.donor_ws = self._latents(donors, "w").to(self.device)
         self.compose_inputs: torch.Tensor | None = None
-        if "compose" in kinds:
-            shards, ids = zip(*reference.compose_donors)
-            found = self.store.read_inputs(list(shards), list(ids))
-            self.compose_inputs = torch.stack([found[i] for i in ids])
-        self.compose_ids = [i for _, i in reference.compose_donors]
+        self.compose_ids = [i for _, i in self.reference.compose_donors]
+        self.compose_missing: set[str] = set()
+        if "compose" in kinds:  # a donor whose input can no longer be read stays in the list (picks never shift)
+            shards, ids = zip(*self.reference.compose_donors)
+            found = self.store.read_inputs(list(shards), list(ids), missing_ok=True)
+            self.compose_missing = set(ids) - set(found)
+            blank = torch.zeros_like(next(iter(found.values()))) if found else None
+            self.compose_inputs = torch.stack([found.get(i, blank) for i in ids]) if found else None
         self.startup_seconds = time.perf_counter() - start
-        self.batch_size, self.batch_note = cfg.batch_size, ""
 
     def ready(self) -> dict[str, Any]:
+        if self.problem is not None:
+            raise self.problem
         return {"seconds": self.startup_seconds, "batch_size": self.batch_size, "note": self.batch_note,
                 "device_kind": device_kind(self.device), "precision": "float32", "precision_why": "rendering",
                 "node": None}
@@ -105,17 +123,20 @@ class AugmentProcessor:
 
     def process(self, unit: Unit, attempt: int = 1) -> dict[str, Any]:
         """Make the unit's variants and write its part, tar shard and (last) ledger entry; returns the entry."""
+        if self.problem is not None:
+            raise self.problem
         start = time.perf_counter()
         sources = self._sources(unit)
         ids = sources.column("image_id").to_pylist()
         ws = self._latents(sources, self.cfg.column)
         rows: list[dict[str, Any]] = []
         tar = TarShardWriter(out_path(self.cfg.output, IMAGES), f"augment-{unit.shard_id}", single=True)
+        inputs = self._unit_inputs(unit, ids)
         made = 0
         with torch.no_grad():
             for first in range(0, len(ids), self.batch_size):
                 chunk = slice(first, first + self.batch_size)
-                rows += self._chunk(ids[chunk], ws[chunk], unit, tar)
+                rows += self._chunk(ids[chunk], ws[chunk], inputs, tar)
                 made += len(ids[chunk])
                 if self.progress is not None:
                     self.progress(unit.shard_id, made, None, made)
@@ -127,10 +148,11 @@ class AugmentProcessor:
         write_bytes(out_path(self.cfg.output, PARTS, f"{unit.shard_id}.parquet"), part_bytes(table))
         written = tar.close()
         accepted = sum(r["accepted"] for r in rows)
+        reasons = ("prior_nll", "identity", "input_unreadable")
         entry = {"unit": unit.shard_id, "store_shard": unit.store_shard, "start": unit.start, "stop": unit.stop,
                  "source_sha256": unit.source_sha256, "sources": len(ids), "variants": len(rows),
                  "accepted": accepted, "rejected": {why: sum(r["rejected_because"] == why for r in rows)
-                                                    for why in ("prior_nll", "identity")},
+                                                    for why in reasons},
                  "tar": tar_name(unit.shard_id) if written else None, "attempt": attempt,
                  "seconds": round(time.perf_counter() - start, 3), "host": socket.gethostname(),
                  "device": str(self.device), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -145,23 +167,52 @@ class AugmentProcessor:
             raise StoreClaimLostError(f"the run this worker writes for no longer holds {self.claim.output}; unit "
                                       f"{unit.shard_id} was not written")
 
-    def _chunk(self, ids: list[str], ws: torch.Tensor, unit: Unit, tar: TarShardWriter) -> list[dict[str, Any]]:
+    def _unit_inputs(self, unit: Unit, ids: list[str]) -> dict[str, torch.Tensor]:
+        """compose: the unit's decoded inputs, its input shard read once, held as uint8 (C x R x R bytes a row)."""
+        if not any(e.kind == "compose" for e in self.edits):
+            return {}
+        found = self.store.read_inputs([unit.store_shard] * len(ids), ids, missing_ok=True)
+        return {i: ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for i, x in found.items()}
+
+    def _chunk(self, ids: list[str], ws: torch.Tensor, inputs: dict[str, torch.Tensor],
+               tar: TarShardWriter) -> list[dict[str, Any]]:
         """Every edit's variants of a chunk of sources (each source rendered and embedded once)."""
         ws = ws.to(self.device)
         source_images = self.G.synthesis(ws, noise_mode=NOISE_MODE).float()
         source_embeddings = self.identity.embed(source_images) if self.identity is not None else None
         source_inputs = None
-        if any(e.kind == "compose" for e in self.edits):
-            found = self.store.read_inputs([unit.store_shard] * len(ids), ids)
-            source_inputs = torch.stack([found[i] for i in ids]).to(self.device)
+        if any(e.kind == "compose" for e in self.edits) and inputs:
+            blank = torch.zeros_like(next(iter(inputs.values())))
+            source_inputs = torch.stack([inputs.get(i, blank) for i in ids]).to(self.device).float() / 127.5 - 1
         rows = []
         K = self.cfg.variants
         for edit in self.edits:
             items = [(r, v) for r in range(len(ids)) for v in range(K)]
+            if edit.kind == "compose":  # a source or donor whose input can no longer be read: its rows say so
+                readable = [(r, v) for r, v in items if ids[r] in inputs and self._donor_readable(ids[r], edit, v)]
+                rows += [self._unmade(ids[r], edit, v, "input_unreadable") for r, v in items if (r, v) not in readable]
+                items = readable
             for first in range(0, len(items), self.batch_size):
                 batch = items[first : first + self.batch_size]
                 rows += self._variants(edit, batch, ids, ws, source_images, source_embeddings, source_inputs, tar)
         return rows
+
+    def _donor_readable(self, source_id: str, edit: Edit, variant: int) -> bool:
+        """Whether the donor this variant picks (from its own stream) still has a readable input."""
+        if not self.compose_missing:
+            return True
+        stream = torch.Generator().manual_seed(variant_seed(self.cfg.seed, source_id, edit, variant))
+        return self.compose_ids[pick_donors([source_id], self.compose_ids, [stream])[0]] not in self.compose_missing
+
+    def _unmade(self, source_id: str, edit: Edit, variant: int, reason: str) -> dict[str, Any]:
+        """The row of a variant that could not be made, saying why."""
+        sample_id = f"{source_id}~{edit.text}~{variant}"
+        return {"sample_id": sample_id, "source_id": source_id, "edit": edit.text,
+                "params": json.dumps(edit.params, sort_keys=True), "variant": variant,
+                "seed": variant_seed(self.cfg.seed, source_id, edit, variant), "accepted": False,
+                "rejected_because": reason, "key": sample_key(sample_id), "shard": None, "w": None, "prior_nll": None,
+                "identity_to_source": None, "mse_to_source": None, "generator_fingerprint": self.generator_fingerprint,
+                "schema_version": AUGMENT.version}
 
     def _variants(self, edit: Edit, batch: list[tuple[int, int]], ids: list[str], ws: torch.Tensor,
                   source_images: torch.Tensor, source_embeddings: torch.Tensor | None,
@@ -214,7 +265,7 @@ class AugmentProcessor:
             elif self.cfg.min_identity is not None and identity[k] is not None and identity[k] < self.cfg.min_identity:
                 reason = "identity"
             sample_id = f"{ids[r]}~{edit.text}~{v}"
-            key = safe_file_name(sample_id.replace(".", "_"))
+            key = sample_key(sample_id)
             params = json.dumps({**edit.params, **extra[k]}, sort_keys=True)
             row = {"sample_id": sample_id, "source_id": ids[r], "edit": edit.text, "params": params, "variant": v,
                    "seed": seeds[k], "accepted": reason is None, "rejected_because": reason, "key": key, "shard": None,
@@ -232,3 +283,9 @@ class AugmentProcessor:
             rows.append(row)
         return rows
 
+
+def sample_key(sample_id: str) -> str:
+    """A variant's key in the tar shards: its id as a file name without dots (webdataset splits a member's
+    name at its first dot), and a hash of the whole id, so two ids never share a key."""
+    stem = safe_file_name(sample_id.replace(".", "_"))[:100]
+    return f"{stem}-{hashlib.sha256(sample_id.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"

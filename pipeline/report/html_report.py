@@ -203,7 +203,8 @@ def _preview_table(preview: bytes, columns: list[str], resolution: int, images: 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     return (f"<p>{caption}, columns left to right: {html.escape(' | '.join(columns))}.</p>"
             f'<table class="plain"><tr>{head}</tr><tr><td colspan="{len(columns)}"><a href="{src}" '
-            f'target="_blank"><img class="preview" src="{src}" alt="{alt}" width="{shown.width}"></a></td></tr></table>')
+            f'target="_blank"><img class="preview" src="{src}" alt="{alt}" width="{shown.width}"></a></td></tr>'
+            "</table>")
 
 
 def _augment_section(store: Store, resolution: int, images: ReportImages) -> str | None:

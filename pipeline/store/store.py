@@ -334,9 +334,11 @@ class Store:
                           identity_model=settings.get("identity_model", "facenet") if identity else None,
                           facenet_weights=settings.get("facenet_weights"))
 
-    def read_inputs(self, shards: Sequence[str], image_ids: Sequence[str]) -> dict[str, torch.Tensor]:
+    def read_inputs(self, shards: Sequence[str], image_ids: Sequence[str], *,
+                    missing_ok: bool = False) -> dict[str, torch.Tensor]:
         """The decoded inputs ([C, R, R] in [-1, 1]) of rows given by (shard, image_id), by image_id,
-        decoded as the run decoded them; each input shard involved is read once."""
+        decoded as the run decoded them; each input shard involved is read once. An input no longer
+        readable is a FileNotFoundError naming it, or (missing_ok) absent from the result."""
         import torch
 
         decoding = self.decode_settings
@@ -358,7 +360,7 @@ class Store:
                         if decoded.ok and row_id in ids:
                             found[row_id] = torch.from_numpy(decoded.image)
         missing = [i for i in image_ids if i not in found]
-        if missing:
+        if missing and not missing_ok:
             raise FileNotFoundError(f"{self.uri}: inputs no longer readable: {missing[:5]}")
         return found
 
