@@ -15,7 +15,7 @@ from pipeline.errors import LatentmillError, describe_fault, filesystem_fault
 
 # The order of `latentmill --help`: try it, run it, look at the result, then the tools behind it.
 COMMANDS = [invert.demo, align.align, invert.invert, invert.verify, store.report, store.curate, store.rebalance,
-            store.augment, store.reconstruct, store.channels, evaluate.evaluate, training.fit_prior, training.fit_flow, training.train_encoder,
+            store.augment, store.export, store.reconstruct, store.channels, evaluate.evaluate, training.fit_prior, training.fit_flow, training.train_encoder,
             training.train_generator, training.train_identity, checkpoints.inspect, checkpoints.convert,
             checkpoints.generate, training.make_demo_data]
 

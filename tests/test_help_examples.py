@@ -36,7 +36,8 @@ def examples() -> list[tuple[str, str]]:
 
 def test_every_command_with_options_shows_an_example():
     shown = {name for name, _ in examples()}
-    assert {"demo", "invert", "verify", "report", "curate", "rebalance", "augment", "reconstruct", "channels", "evaluate",
+    assert {"demo", "invert", "verify", "report", "curate", "rebalance", "augment", "export", "reconstruct",
+            "channels", "evaluate",
             "fit-prior", "fit-flow", "train-encoder", "train-generator", "train-identity", "inspect", "convert",
             "generate", "make-demo-data", "align"} <= shown
 
@@ -80,6 +81,9 @@ NOT_RUN = {
     "latentmill augment out/store --output gs://bucket/aug --edits compose:half,jitter:0.2 --address auto "
     "--concurrency 8 --num-gpus 1 --min-identity 0.6": "a cloud bucket and a Ray cluster with GPUs (tests/test_augment.py "
                                                        "runs compose with the identity filter)",
+    "latentmill export out/store --format lance --output s3://team/latents.lance --column w_encoded "
+    "--exclude-flagged": "a cloud bucket (its first example runs; tests/test_export.py tests --exclude-flagged's "
+                         "parts and the column)",
     "latentmill train-identity --data emoji/ --output runs/identity":
         "2,000 training steps (tests/test_identity_embedding.py runs the job with few)",
 }
@@ -97,7 +101,7 @@ def not_run_because(line: str) -> str | None:
 def test_every_example_either_runs_or_says_what_it_needs():
     lines = [line for _, line in examples()]
     assert not set(NOT_RUN) - set(lines), "NOT_RUN names examples no --help shows as written"
-    assert len([line for line in lines if not_run_because(line) is None]) >= 16
+    assert len([line for line in lines if not_run_because(line) is None]) >= 17
 
 
 def put_user_files(root) -> None:
@@ -148,7 +152,7 @@ def test_every_example_that_needs_no_outside_file_runs_against_the_demo_model(ra
     put_downloaded_weights()
     monkeypatch.setenv("LATENTMILL_PLAIN_PROGRESS", "1")
     order = ["make-demo-data", "inspect", "convert", "generate", "fit-prior", "invert", "verify", "curate", "report",
-             "rebalance", "augment", "reconstruct", "channels", "fit-flow", "evaluate", "demo"]
+             "rebalance", "augment", "export", "reconstruct", "channels", "fit-flow", "evaluate", "demo"]
     runnable = [(name, line) for name, line in examples() if not_run_because(line) is None]
     runnable.sort(key=lambda item: order.index(shlex.split(item[1])[1]))
     failed = []

@@ -38,11 +38,16 @@ def loaded_images(page: Path) -> tuple[int, int]:
 
 @pytest.mark.parametrize("self_contained", [False, True])
 def test_every_picture_of_the_report_loads_in_a_browser(report_store, tmp_path, self_contained):
+    from jobs.augment import AugmentConfig, run
+
     copy = tmp_path / "store"
     shutil.copytree(report_store["uri"], copy, ignore=shutil.ignore_patterns("report*"))
+    run(AugmentConfig(store=str(copy), output=str(tmp_path / "augmented"), edits="jitter:0.3,compose:half",
+                      variants=1, runner="local", device="cpu", progress=False))  # its sources beside their variants
     page = Path(build_report(str(copy), sheet_size=3, in_domain=2, self_contained=self_contained))
+    assert 'alt="augmented variants"' in page.read_text()
     total, broken = loaded_images(page)
-    assert total >= 3 * 4 and broken == 0
+    assert total >= 3 * 4 + 1 and broken == 0
 
 
 def test_the_browser_check_sees_a_missing_picture(report_store, tmp_path):

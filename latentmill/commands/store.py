@@ -12,6 +12,7 @@ from pipeline.settings import DeviceSettings, LatentColumnSettings
 from pipeline.curation.curation_settings import CurateConfig
 from pipeline.curation.rebalance_settings import RebalanceConfig
 from pipeline.augment.augment_settings import AugmentConfig
+from pipeline.export.export_settings import INDEX_MIN_ROWS, ExportConfig
 
 _latent_column = options_from(LatentColumnSettings)
 _generator = click.option("--generator", default=None, help="Generator URI (default: the one recorded in the store; "
@@ -107,6 +108,35 @@ def rebalance(**options: object) -> None:
         click.echo(f"short of target after {config.max_attempts} attempts per sample: {summary['shortfall']}; "
                    "see rejected_because in samples.parquet", err=True)
     click.echo(f"output: {config.output}")
+
+
+@click.command()
+@options_from(ExportConfig, first=("format", "output", "column"))
+def export(**options: object) -> None:
+    """Export STORE's ok rows for teams that query by vector: a Lance dataset with an IVF_PQ index.
+
+    One row per ok row with every metric column; the latent as fixed_size_list<float32>[num_ws *
+    w_dim] (its shape in the schema metadata). A rerun appends only the store shards the dataset
+    lacks (an unchanged store changes nothing; a killed export resumes without duplicates). Read it
+    with Lance, DuckDB, Polars or Ray Data (schemas/README.md); `open_store(STORE).nearest(...)`
+    then answers from its index.
+
+    \b
+    Examples:
+      latentmill export out/store --format lance --output out/store.lance
+      latentmill export out/store --format lance --output s3://team/latents.lance --column w_encoded --exclude-flagged
+    """
+    from jobs.export import run
+
+    config = ExportConfig(**options)
+    with as_usage_errors(FileNotFoundError, ValueError):
+        result = run(config)
+    change = (f"appended {result['appended_rows']:,} rows of {result['appended_shards']} store shards"
+              if result["appended_shards"] else "nothing to append: the store is unchanged since the last export")
+    index = result["index"]
+    index_line = (f"{index['type']} index on {result['column']} ({index['indexed_rows']:,} rows indexed)" if index
+                  else f"no index yet (fewer than {INDEX_MIN_ROWS:,} rows: queries scan them all, exactly)")
+    click.echo(f"{result['output']}: {result['rows']:,} rows, version {result['version']}; {change}; {index_line}")
 
 
 @click.command()

@@ -37,6 +37,7 @@ SEARCH_PROGRESS = "curation/search-progress.npz"
 REBALANCE = "rebalance"
 REBALANCE_SUMMARY = "rebalance/summary.json"
 REBALANCE_PREVIEW = "rebalance/preview.png"
+EXPORTS = "exports.json"  # the exports `latentmill export` made of the store: URI -> column, shards, index
 AUGMENT = "augment"
 AUGMENT_SUMMARY = "augment/summary.json"
 AUGMENT_PREVIEW = "augment/preview.png"
@@ -50,7 +51,7 @@ INPUTS_RECORD = "inputs.json"  # in an output folder derived from a store: what 
 SHARD_PREFIX, SHARD_SUFFIX = "part-", ".parquet"
 # every name a store writes at its top: none may be a symlink (a write would land outside the store)
 OWN_ENTRIES = (LOCK, LEASE, LATENTS, MANIFEST, SUMMARY, PLAN, LEGACY_PLAN, RECIPE, PRECISION, CURATION, REBALANCE,
-               AUGMENT, REPORT, REPORT_FILES, QUARANTINE)
+               AUGMENT, EXPORTS, REPORT, REPORT_FILES, QUARANTINE)
 ENTRY_SUFFIX, FAILED_SUFFIX = ".json", ".failed.json"
 
 

@@ -306,6 +306,14 @@ class Store:
         except ValueError as exc:
             raise StoreDamagedError(f"{self.path(name)}: {exc}") from None
 
+    def nearest(self, query: str | np.ndarray, k: int = 10, column: str = "w_refined") -> pd.DataFrame:
+        """The k ok rows nearest `query` (an image_id or a latent [num_ws, w_dim]), nearest first, with their
+        Euclidean `distance` in W+: from the store's Lance export and its index when one holds every shard
+        (`latentmill export`), else by an exact scan a batch at a time (pipeline/store/nearest.py)."""
+        from pipeline.store.nearest import nearest
+
+        return nearest(self, query, k, column)
+
     # --- models and inputs ---
 
     def load_models(self, device: str | torch.device = "cpu", *, generator: str | None = None,
