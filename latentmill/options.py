@@ -74,6 +74,9 @@ def _parameter(f: dataclasses.Field, hint: Any) -> Callable[[Callable], Callable
         kwargs.update(is_flag=True, default=bool(default))
         if default:
             kwargs["show_default"] = False
+    elif typing.get_origin(kind) is tuple and meta.get("repeatable"):
+        decls = [f"--{name}"]
+        kwargs.update(type=str, multiple=True, default=tuple(default or ()))
     elif typing.get_origin(kind) is tuple:
         item = typing.get_args(kind)[0]
         decls = [f"--{name}"]

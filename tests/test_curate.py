@@ -233,3 +233,92 @@ def test_each_rows_bad_reasons_are_joined_in_order_and_null_without_one():
                ("identity", np.array([0, 0, 1, 1], bool))]
     assert _joined_reasons(reasons, 4).to_pylist() == ["mse,perceptual", None, "mse,identity", "identity"]
     assert _joined_reasons([], 2).to_pylist() == [None, None]
+
+
+# --- near-duplicates across stores (curate --against) ---
+
+def _two_stores(G, prior, root: Path, leaked: list[int]) -> tuple[str, str]:
+    """A 'train' store of 60 rows and a 'test' store of 30 whose rows `leaked` are copies (up to a tiny jitter) of
+    train rows 2 * k."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        train = G.mapping(torch.randn(60, G.z_dim, generator=g), None)
+        test = G.mapping(torch.randn(30, G.z_dim, generator=g), None)
+    for k in leaked:
+        test[k] = train[2 * k] + 1e-3 * torch.randn(train[2 * k].shape, generator=g)
+    (root / "train").mkdir()
+    (root / "test").mkdir()
+    return synthetic_store(root / "train", G, prior, train), synthetic_store(root / "test", G, prior, test)
+
+
+@pytest.mark.parametrize("search", ["exact", "approximate"])
+def test_against_flags_the_rows_leaked_from_another_store_naming_their_twin(G, prior, tmp_path, search, monkeypatch):
+    import pandas as pd
+
+    import pipeline.curation.similarity_search as similarity_search
+
+    if search == "approximate":  # the faiss IVF index beyond small stores, as at scale
+        monkeypatch.setattr(similarity_search, "EXACT_BASE_VALUES", 0)
+        monkeypatch.setattr(similarity_search, "MIN_TRAINING_ROWS", 60)
+    train, test = _two_stores(G, prior, tmp_path, leaked=[1, 4, 7])
+    result = CliRunner().invoke(main, ["curate", test, "--against", train, "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"3 rows have a near-duplicate in {train}" in result.output
+    flags = pd.read_parquet(Path(test) / layout.FLAGS).set_index("image_id")
+    crossed = flags[flags["cross_duplicate"]]
+    assert list(crossed.index) == ["img001", "img004", "img007"]
+    assert list(crossed["cross_duplicate_of"]) == ["img002", "img008", "img014"]
+    assert (crossed["cross_duplicate_store"] == train).all() and (crossed["cross_duplicate_cosine"] > 0.99).all()
+    assert crossed["flagged"].all() and flags.loc[~flags["cross_duplicate"], "cross_duplicate_of"].isna().all()
+
+
+def test_against_is_refused_for_a_store_of_another_generator_and_reruns_when_the_other_store_changes(G, prior,
+                                                                                                  tmp_path):
+    from tests.conftest import tiny_generator
+    from tests.test_augment import add_shard
+
+    train, test = _two_stores(G, prior, tmp_path, leaked=[1])
+    first = CliRunner().invoke(main, ["curate", test, "--against", train, "--device", "cpu", "--no-progress"])
+    assert "1 rows have a near-duplicate" in first.output
+    add_shard(train, G, _latent_of(test, "img005"), "s1", first=60)  # the other store now holds a copy of img005
+    again = CliRunner().invoke(main, ["curate", test, "--against", train, "--device", "cpu", "--no-progress"])
+    assert "2 rows have a near-duplicate" in again.output, again.output
+
+    other_G = tiny_generator(16, seed=5)
+    from pipeline.priors.gaussian import GaussianizedPrior
+
+    (tmp_path / "elsewhere").mkdir()
+    foreign = synthetic_store(tmp_path / "elsewhere", other_G,
+                              GaussianizedPrior.fit(other_G, num_samples=5000, batch_size=5000, progress=False),
+                              other_G.mapping(torch.randn(5, other_G.z_dim), None).detach())
+    refused = CliRunner().invoke(main, ["curate", test, "--against", foreign, "--device", "cpu", "--no-progress"])
+    assert refused.exit_code == 2 and "another generator" in refused.output and "--duplicates-by identity" in \
+        refused.output
+
+
+def _latent_of(store: str, image_id: str) -> torch.Tensor:
+    from pipeline.store.store import open_store
+
+    frame = open_store(store).to_pandas(["image_id", "w_refined"], latents_as_arrays=True).set_index("image_id")
+    return torch.from_numpy(np.asarray(frame.loc[image_id, "w_refined"]))[None]
+
+
+@pytest.mark.slow
+def test_the_report_shows_each_row_beside_its_twin_in_the_other_store(fixture_dir, tmp_path):
+    from pipeline.report.html_report import build_report
+    from tests.stores import small_inverted_store
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    mine = small_inverted_store(tmp_path / "a", fixture_dir)["uri"]
+    theirs = small_inverted_store(tmp_path / "b", fixture_dir)["uri"]  # the same images, inverted again
+    result = CliRunner().invoke(main, ["curate", mine, "--against", theirs, "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    flags = pd.read_parquet(Path(mine) / layout.FLAGS)
+    assert flags["cross_duplicate"].all() and (flags["cross_duplicate_cosine"] > 0.999).all()
+    page = Path(build_report(mine, in_domain=0, curve_images=4)).read_text()
+    assert "Near-duplicates in another store" in page
+    section = page[page.index("Near-duplicates in another store"):]
+    assert section.count("cross-duplicates") >= 2 * min(len(flags), 12), "each row beside its twin"

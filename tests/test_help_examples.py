@@ -84,6 +84,8 @@ NOT_RUN = {
     "latentmill export out/store --format lance --output s3://team/latents.lance --column w_encoded "
     "--exclude-flagged": "a cloud bucket (its first example runs; tests/test_export.py tests --exclude-flagged's "
                          "parts and the column)",
+    "latentmill curate out/test-store --against out/store --duplicates-by latent":
+        "a second store of other images (tests/test_curate.py curates one store against another)",
     "latentmill train-identity --data emoji/ --output runs/identity":
         "2,000 training steps (tests/test_identity_embedding.py runs the job with few)",
 }

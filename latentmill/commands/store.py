@@ -64,12 +64,14 @@ def curate(**options: object) -> None:
     """Flag outliers (prior NLL percentile), near-duplicates (blockwise cosine search) and bad
     reconstructions (MSE, perceptual, identity) among the ok rows of STORE.
 
-    Writes STORE/curation/flags.parquet (schema flags v1) and summary.json; `latentmill report`
-    then shows them.
+    Writes STORE/curation/flags.parquet (schema flags v2) and summary.json; `latentmill report`
+    then shows them. With --against, rows with a near-duplicate in another store (train/test
+    leakage) are flagged too, naming it.
 
     \b
-    Example:
+    Examples:
       latentmill curate out/store --duplicate-threshold 0.9
+      latentmill curate out/test-store --against out/store --duplicates-by latent
     """
     from jobs.curate import run
 
@@ -79,6 +81,9 @@ def curate(**options: object) -> None:
     click.echo(f"{summary['rows']} rows: {summary['outliers']} outliers, {summary['duplicates']} near-duplicates "
                f"in {summary['duplicate_groups']} groups, {summary['bad_reconstructions']} bad reconstructions; "
                f"{summary['flagged']} flagged")
+    if config.against:
+        click.echo(f"{summary['cross_duplicates']} rows have a near-duplicate in {', '.join(config.against)} "
+                   "(cross_duplicate)")
     click.echo(f"flags: {config.store.rstrip('/')}/curation/flags.parquet")
 
 

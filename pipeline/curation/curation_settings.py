@@ -30,6 +30,10 @@ class CurateConfig(LatentColumnSettings, DeviceSettings, ProgressSettings):
                                   "reference), approximate (a faiss index over 128-d projections, pairs near the "
                                   "threshold decided exactly: near-linear, for large stores), or auto (exact while it "
                                   "takes minutes and fits in memory).", choices=SEARCHES)
+    against: tuple[str, ...] = setting((), "Another store (repeat for more): rows of STORE with a near-duplicate "
+                                           "there (by --duplicates-by, at --duplicate-threshold) are flagged "
+                                           "cross_duplicate, naming it: train/test leakage, the same person in "
+                                           "both.", repeatable=True, metavar="OTHER_STORE")
     block_size: int | None = setting(None, "Rows per block of the exact duplicate search; memory is block x rows "
                                            "similarities (default: about 2^28 of them, 1 GiB: 4,096 rows up to 65k "
                                            "rows, 256 at 1M).", minimum=1)

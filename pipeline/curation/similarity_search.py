@@ -29,6 +29,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,20 +163,8 @@ def approximate_pairs(features: np.ndarray | FeatureFile, radius: float, *, batc
     """Every pair i < j of unit rows of `features` [N, d] (float16 or float32, an array or a FeatureFile)
     whose inner product the index finds at least `radius`, with that inner product. Resumable as the
     exact search is: `on_progress` gets SearchProgress every `progress_every_s` seconds."""
-    import faiss
-
-    n, d = features.shape
-    nlist = max(1, n // LIST_SIZE)
-    index = faiss.index_factory(d, f"IVF{nlist}_HNSW32,SQ8", faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n, size=min(n, max(MIN_TRAINING_ROWS, TRAINING_ROWS_PER_LIST * nlist)),
-                                replace=False))
-    index.train(np.ascontiguousarray(features[sample], dtype=np.float32))
-    for lo, hi in _batches(n, batch_size):
-        index.add(np.ascontiguousarray(features[lo:hi], dtype=np.float32))
-    ivf = faiss.extract_index_ivf(index)
-    ivf.nprobe = min(NPROBE, nlist)
-    faiss.downcast_index(ivf.quantizer).hnsw.efSearch = QUANTIZER_EF
+    n, _ = features.shape
+    index = inner_product_index(features, batch_size=batch_size, seed=seed)
     parts = [resume.pairs] if resume is not None else []
     count = sum(len(p) for p in parts)
     last_report = time.monotonic()
@@ -197,6 +186,56 @@ def approximate_pairs(features: np.ndarray | FeatureFile, radius: float, *, batc
     return _unique(pairs)
 
 
+def inner_product_index(features: np.ndarray | FeatureFile, *, batch_size: int = 16_384, seed: int = 0) -> Any:
+    """A faiss index of unit rows [N, d] by inner product: IVF lists of about LIST_SIZE rows found through an
+    HNSW graph of their centroids, 8-bit scalar quantisation, NPROBE lists searched a query."""
+    import faiss
+
+    n, d = features.shape
+    nlist = max(1, n // LIST_SIZE)
+    index = faiss.index_factory(d, f"IVF{nlist}_HNSW32,SQ8", faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(n, max(MIN_TRAINING_ROWS, TRAINING_ROWS_PER_LIST * nlist)),
+                                replace=False))
+    index.train(np.ascontiguousarray(features[sample], dtype=np.float32))
+    for lo, hi in _batches(n, batch_size):
+        index.add(np.ascontiguousarray(features[lo:hi], dtype=np.float32))
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = min(NPROBE, nlist)
+    faiss.downcast_index(ivf.quantizer).hnsw.efSearch = QUANTIZER_EF
+    return index
+
+
+CROSS_NEIGHBOURS = 4  # candidates per row in the other store
+EXACT_BASE_VALUES = 1 << 26  # an other store up to this many projected values is searched exactly (flat)
+
+
+def cross_pairs(queries: np.ndarray | FeatureFile, base: np.ndarray | FeatureFile, radius: float, *,
+                batch_size: int = 16_384, on_rows: Callable[[int], None] | None = None) -> DuplicatePairs:
+    """Pairs (i in queries, j in base) of unit rows whose inner product the index finds at least `radius`: each
+    query's CROSS_NEIGHBOURS best rows of `base` (an index of `base` built once; work per query does not grow
+    with either side, so the whole search is near-linear in both)."""
+    import faiss
+
+    n = len(queries)
+    if len(base) * base.shape[1] <= EXACT_BASE_VALUES:  # small: every row of base, exactly
+        index = faiss.IndexFlatIP(base.shape[1])
+        for lo, hi in _batches(len(base), batch_size):
+            index.add(np.ascontiguousarray(base[lo:hi], dtype=np.float32))
+    else:
+        index = inner_product_index(base, batch_size=batch_size)
+    parts = []
+    for lo, hi in _batches(n, batch_size):
+        scores, found = index.search(np.ascontiguousarray(queries[lo:hi], dtype=np.float32),
+                                     min(CROSS_NEIGHBOURS, len(base)))
+        keep = (found >= 0) & (scores >= radius)
+        rows = np.repeat(np.arange(lo, hi, dtype=np.int64)[:, None], found.shape[1], axis=1)
+        parts.append(DuplicatePairs(rows[keep], found[keep].astype(np.int64), scores[keep].astype(np.float32)))
+        if on_rows is not None:
+            on_rows(hi)
+    return DuplicatePairs.concat(parts)
+
+
 def _unique(pairs: DuplicatePairs) -> DuplicatePairs:
     """Each (i, j) once (a resumed search and the two directions can repeat one), the higher score kept."""
     if not len(pairs):
@@ -215,10 +254,12 @@ def split_by_band(pairs: DuplicatePairs, threshold: float, band: float) -> tuple
     return pairs.where(sure), pairs.where(undecided)
 
 
-def exact_cosines(pairs: DuplicatePairs, rows: dict[int, torch.Tensor]) -> np.ndarray:
-    """The exact cosine of each pair, from full feature vectors by row index."""
+def exact_cosines(pairs: DuplicatePairs, rows: dict, keys: tuple[str, str] | None = None) -> np.ndarray:
+    """The exact cosine of each pair, from full feature vectors by row index (keys: the pair's two sides are
+    rows of two sets, found under (keys[0], i) and (keys[1], j))."""
     if not len(pairs):
         return np.zeros(0, np.float32)
-    a = torch.stack([rows[int(i)] for i in pairs.first]).float()
-    b = torch.stack([rows[int(j)] for j in pairs.second]).float()
+    first, second = ((lambda i: (keys[0], int(i))), (lambda j: (keys[1], int(j)))) if keys else (int, int)
+    a = torch.stack([rows[first(i)] for i in pairs.first]).float()
+    b = torch.stack([rows[second(j)] for j in pairs.second]).float()
     return torch.nn.functional.cosine_similarity(a, b, dim=1).numpy().astype(np.float32)

@@ -1,7 +1,7 @@
 """Flagging a store's rows: outliers (prior NLL), near-duplicates and bad reconstructions, at any size.
 
 `flag_store` streams the ok rows of a claimed store (only the columns it needs, a batch at a time),
-writes STORE/curation/flags.parquet (schema `flags` v1) and STORE/curation/summary.json through its
+writes STORE/curation/flags.parquet (schema `flags` v2) and STORE/curation/summary.json through its
 claim. Memory stays flat in the number of rows but for a few numbers per row:
 - pass 1 reads each batch's latent (or, with `--duplicates-by identity`, the inputs' identity
   embeddings), computes the prior NLL and the features of the near-duplicate search, and keeps the
@@ -33,6 +33,7 @@ from pipeline.devices import resolve_device
 from pipeline.models.model_set import ModelSet
 from pipeline.curation.curate import above_percentile, duplicate_groups, near_duplicate_pairs, percentile_rank
 from pipeline.curation.curation_settings import CurateConfig
+from pipeline.curation.cross_store import cross_store_duplicates
 from pipeline.curation.similarity_search import (DuplicatePairs, FeatureFile, RandomProjection, SearchProgress,
                                               approximate_pairs, exact_cosines, projection_band, split_by_band)
 from pipeline.priors.latent_prior import in_chunks
@@ -254,6 +255,11 @@ def flag_store(store: StoreWriter, cfg: CurateConfig, key: str) -> dict[str, Any
     models = store.load_models(device, prior=bool(store.metadata.get("prior")), identity=by_identity)
     kept, pairs, search = find_pairs(store, cfg, key, device, models)
     n = kept.count
+    cross = cross_store_duplicates(
+        store, cfg, features_of=lambda s: FeatureSource(s, models, cfg, device),
+        full_features=lambda s, source, wanted: full_features(s, cfg, source, device, wanted), rows=n) \
+        if cfg.against else None
+    crossed = cross.found if cross is not None else np.zeros(n, dtype=bool)
     nll = np.concatenate(kept.nll)
     outlier = above_percentile(nll, cfg.outlier_percentile)
     groups = duplicate_groups(n, pairs)
@@ -283,13 +289,19 @@ def flag_store(store: StoreWriter, cfg: CurateConfig, key: str) -> dict[str, Any
         "outlier": outlier, "duplicate_group": groups,
         "duplicate_of": duplicate_of,
         "duplicate_cosine": pa.array(best, mask=np.isnan(best)),
-        "duplicate": duplicate, "bad_reconstruction": bad, "bad_reasons": _joined_reasons(reasons, n),
-        "flagged": outlier | duplicate | bad, "schema_version": np.full(n, FLAGS_VERSION, dtype=np.int16),
+        "duplicate": duplicate, "cross_duplicate": crossed,
+        "cross_duplicate_of": pa.array(cross.of if cross is not None else [None] * n, pa.string()),
+        "cross_duplicate_store": pa.array(cross.store if cross is not None else [None] * n, pa.string()),
+        "cross_duplicate_cosine": pa.array(cross.cosine if cross is not None else np.zeros(n, np.float32),
+                                           mask=~crossed),
+        "bad_reconstruction": bad, "bad_reasons": _joined_reasons(reasons, n),
+        "flagged": outlier | duplicate | crossed | bad, "schema_version": np.full(n, FLAGS_VERSION, dtype=np.int16),
     }, schema=flags_schema({"store": cfg.store, "settings": asdict(cfg), "search": search}))
     store.write_table(layout.FLAGS, table)
     summary = {"rows": n, "outliers": int(outlier.sum()), "duplicate_pairs": len(pairs),
                "duplicates": int(duplicate.sum()), "duplicate_groups": len(np.unique(groups[duplicate])),
-               "bad_reconstructions": int(bad.sum()), "flagged": int((outlier | duplicate | bad).sum()),
+               "cross_duplicates": int(crossed.sum()), "against": list(cfg.against),
+               "bad_reconstructions": int(bad.sum()), "flagged": int((outlier | duplicate | crossed | bad).sum()),
                "duplicates_by": cfg.duplicates_by, "search": search, "settings": asdict(cfg)}
     store.write_json(layout.CURATION_SUMMARY, summary)
     store.remove(layout.SEARCH_PROGRESS)

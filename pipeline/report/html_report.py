@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 
@@ -131,11 +133,30 @@ def _read_flags(store: Store) -> tuple[pd.DataFrame, dict[str, Any]] | None:
     return None if found is None else (found[0].to_pandas(), found[1]["settings"])
 
 
-def _flagged_rows(flags: pd.DataFrame, sheet_size: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The outliers (highest prior NLL first) and duplicates (highest cosine first) the report shows."""
+def _flagged_rows(flags: pd.DataFrame, sheet_size: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The outliers (highest prior NLL first), duplicates and rows with a duplicate in another store (highest
+    cosine first) the report shows."""
     outliers = flags[flags["outlier"]].sort_values("prior_nll", ascending=False).head(sheet_size)
     duplicates = flags[flags["duplicate"]].sort_values("duplicate_cosine", ascending=False).head(sheet_size)
-    return outliers, duplicates
+    crossed = flags.head(0)
+    if "cross_duplicate" in flags:  # flags v2
+        crossed = flags[flags["cross_duplicate"]].sort_values("cross_duplicate_cosine", ascending=False).head(sheet_size)
+    return outliers, duplicates, crossed
+
+
+def _other_stores_inputs(crossed: pd.DataFrame) -> dict[tuple[str, str], torch.Tensor]:
+    """The inputs of the other stores' rows that `crossed` names, by (store, image_id): each store's ids and
+    shards read once, a batch at a time."""
+    found: dict[tuple[str, str], torch.Tensor] = {}
+    for uri, rows in crossed.groupby("cross_duplicate_store"):
+        other, wanted = open_store(uri), set(rows["cross_duplicate_of"])
+        ids, shards = [], []
+        for batch in other.iter_batches(["image_id", "shard"]):
+            hit = pc.is_in(batch.column("image_id"), pa.array(sorted(wanted)))
+            ids += batch.column("image_id").filter(hit).to_pylist()
+            shards += batch.column("shard").filter(hit).to_pylist()
+        found.update({(uri, i): x for i, x in other.read_inputs(shards, ids).items()})
+    return found
 
 
 def _curation_section(G: Any, meta: dict[str, Any], ok: pd.DataFrame, flags: pd.DataFrame,
@@ -147,8 +168,11 @@ def _curation_section(G: Any, meta: dict[str, Any], ok: pd.DataFrame, flags: pd.
               (f"near-duplicates (cosine >= {settings['duplicate_threshold']} by {settings['duplicates_by']})",
                int(flags["duplicate"].sum())),
               ("bad reconstructions", int(flags["bad_reconstruction"].sum())), ("flagged", int(flags["flagged"].sum()))]
+    if "cross_duplicate" in flags:
+        against = ", ".join(settings.get("against") or [])
+        counts.insert(3, (f"with a near-duplicate in {against or 'another store'}", int(flags["cross_duplicate"].sum())))
     parts = ['<h2 id="curation">Curation</h2>' + _table(counts)]
-    outliers, duplicates = _flagged_rows(flags, sheet_size)
+    outliers, duplicates, crossed = _flagged_rows(flags, sheet_size)
     if not outliers.empty:
         rows = ok.set_index("image_id").loc[outliers["image_id"]].reset_index()
         notes = {r.image_id: f"prior NLL {r.prior_nll:.1f} (p{r.prior_nll_percentile:.0f})"
@@ -160,6 +184,13 @@ def _curation_section(G: Any, meta: dict[str, Any], ok: pd.DataFrame, flags: pd.
                  for a, b, c in zip(duplicates["duplicate_of"], duplicates["image_id"], duplicates["duplicate_cosine"])]
         parts.append("<h3>Near-duplicates</h3>" + image_table(pairs, ["first member", "duplicate"], images,
                                                                "duplicates"))
+    if not crossed.empty:
+        theirs = _other_stores_inputs(crossed)
+        pairs = [ImageRow(f"{a} ~ {b}", {"cosine": fmt(c), "in": s}, [inputs[a], theirs[(s, b)]])
+                 for a, b, s, c in zip(crossed["image_id"], crossed["cross_duplicate_of"],
+                                       crossed["cross_duplicate_store"], crossed["cross_duplicate_cosine"])]
+        parts.append("<h3>Near-duplicates in another store</h3>" + image_table(pairs, ["this store", "the other"],
+                                                                                images, "cross-duplicates"))
     return "".join(parts)
 
 
@@ -200,9 +231,12 @@ def _preview_table(preview: bytes, columns: list[str], resolution: int, images: 
     scale = max(1, -(-128 // resolution))
     shown = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
     src = images.add(name, shown)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    width = shown.width // len(columns)  # each header over its column of cells
+    head = "".join(f'<th style="width:{width}px;box-sizing:border-box;overflow:hidden">{html.escape(c)}</th>'
+                   for c in columns)
     return (f"<p>{caption}, columns left to right: {html.escape(' | '.join(columns))}.</p>"
-            f'<table class="plain"><tr>{head}</tr><tr><td colspan="{len(columns)}"><a href="{src}" '
+            f'<table class="plain" style="table-layout:fixed;width:{shown.width}px"><tr>{head}</tr>'
+            f'<tr><td colspan="{len(columns)}" style="padding:0"><a href="{src}" '
             f'target="_blank"><img class="preview" src="{src}" alt="{alt}" width="{shown.width}"></a></td></tr>'
             "</table>")
 
@@ -296,8 +330,9 @@ def _build_report(opened: StoreWriter, *, sheet_size: int, curve_images: int, ge
         shown.append(curve_rows)
     flagged = ok.head(0)
     if curated is not None:
-        outliers, duplicates = _flagged_rows(curated[0], sheet_size)
-        ids = set(outliers["image_id"]) | set(duplicates["image_id"]) | set(duplicates["duplicate_of"])
+        outliers, duplicates, crossed = _flagged_rows(curated[0], sheet_size)
+        ids = set(outliers["image_id"]) | set(duplicates["image_id"]) | set(duplicates["duplicate_of"]) \
+            | set(crossed["image_id"])
         flags = curated[0]
         flagged = flags[flags["image_id"].isin(ids)][["image_id", "shard"]]
         shown.append(flagged)
