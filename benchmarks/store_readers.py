@@ -60,8 +60,9 @@ print(time.perf_counter() - start, status("VmHWM:") - baseline)
 """
 
 
-def write_store(root: Path, rows: int, shard_rows: int) -> str:
-    """A store of `rows` rows written through claim() / ShardWriter, as invert writes one."""
+def write_store(root: Path, rows: int, shard_rows: int, seed: int = 0) -> str:
+    """A store of `rows` rows written through claim() / ShardWriter, as invert writes one (its latents drawn
+    from G's mapping with `seed`)."""
     from pipeline.demo import DemoBundle
     from pipeline.models.checkpoints import load_generator
     from pipeline.models.fingerprint import fingerprint
@@ -75,7 +76,7 @@ def write_store(root: Path, rows: int, shard_rows: int) -> str:
         "img_resolution": G.img_resolution, "img_channels": G.img_channels, "noise_mode": "const",
         "settings": {"stages": ["refine"]}})
     store = str(root / "store")
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     with claim(store) as writer:
         shard_writer = writer.shard_writer(None)
         for shard, lo in enumerate(range(0, rows, shard_rows)):

@@ -104,7 +104,8 @@ def check_same_export(dataset: Any, schema: pa.Schema, output: str) -> None:
     there = json.loads(raw) if raw else {}
     here = json.loads(schema.metadata[METADATA_KEY.encode()])
     differences = [f"{key}: {there.get(key)!r} there, {here[key]!r} now"
-                   for key in ("store", "column", "generator_fingerprint", "latent_shape") if there.get(key) != here[key]]
+                   for key in ("store", "column", "generator_fingerprint", "latent_shape")
+                   if there.get(key) != here[key]]
     if differences:
         raise ExportMismatchError(f"{output} holds another export; an export never mixes stores or latents:\n"
                                   + "\n".join(f"  - {d}" for d in differences) + "\nUse another --output.")

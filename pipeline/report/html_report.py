@@ -140,7 +140,8 @@ def _flagged_rows(flags: pd.DataFrame, sheet_size: int) -> tuple[pd.DataFrame, p
     duplicates = flags[flags["duplicate"]].sort_values("duplicate_cosine", ascending=False).head(sheet_size)
     crossed = flags.head(0)
     if "cross_duplicate" in flags:  # flags v2
-        crossed = flags[flags["cross_duplicate"]].sort_values("cross_duplicate_cosine", ascending=False).head(sheet_size)
+        crossed = flags[flags["cross_duplicate"]].sort_values("cross_duplicate_cosine", ascending=False)
+        crossed = crossed.head(sheet_size)
     return outliers, duplicates, crossed
 
 
@@ -170,7 +171,8 @@ def _curation_section(G: Any, meta: dict[str, Any], ok: pd.DataFrame, flags: pd.
               ("bad reconstructions", int(flags["bad_reconstruction"].sum())), ("flagged", int(flags["flagged"].sum()))]
     if "cross_duplicate" in flags:
         against = ", ".join(settings.get("against") or [])
-        counts.insert(3, (f"with a near-duplicate in {against or 'another store'}", int(flags["cross_duplicate"].sum())))
+        counts.insert(3, (f"with a near-duplicate in {against or 'another store'}",
+                          int(flags["cross_duplicate"].sum())))
     parts = ['<h2 id="curation">Curation</h2>' + _table(counts)]
     outliers, duplicates, crossed = _flagged_rows(flags, sheet_size)
     if not outliers.empty:
