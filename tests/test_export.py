@@ -45,19 +45,22 @@ def test_every_ok_row_once_with_its_latent_as_a_fixed_size_vector_and_its_shape_
     stored = open_store(store).to_pandas(["image_id", "w_refined"], latents_as_arrays=True)
     assert np.array_equal(np.stack(table.column("w_refined").to_numpy(zero_copy_only=False)),
                           np.stack(stored["w_refined"]).reshape(40, -1))
-    assert "40 rows, version 1; appended 40 rows of 1 store shards; no index yet" in result.output
+    assert "40 rows, version 2; appended 40 rows of 1 store shards; no index yet" in result.output  # rows, id index
 
 
 def test_an_unchanged_store_changes_nothing_and_a_grown_one_appends_only_its_new_shards(store, G, tmp_path):
     out = tmp_path / "latents.lance"
     export(store, out)
+    first = lance.dataset(str(out)).version
     again = export(store, out)
-    assert "nothing to append" in again.output and lance.dataset(str(out)).version == 1
+    assert "nothing to append" in again.output and lance.dataset(str(out)).version == first
     add_shard(store, G, _ws(G, 7, 5), "s1", first=40)
     export(store, out)
     dataset = lance.dataset(str(out))
     ids = dataset.to_table(columns=["image_id"]).column("image_id").to_pylist()
-    assert dataset.version == 2 and len(ids) == 47 and len(set(ids)) == 47
+    assert dataset.version > first and len(ids) == 47 and len(set(ids)) == 47
+    assert all(i.num_rows_indexed == 47 for i in dataset.describe_indices()), "new rows folded into the id index"
+    assert open_store(store).nearest("img046", k=1)["image_id"].iloc[0] == "img046"
 
 
 def test_an_export_killed_between_commits_resumes_without_duplicates(G, prior, tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ A run appends only the finished store shards it lacks (whole shards, in groups o
 rows, one commit each); an unchanged store changes nothing (the same version); a killed export left
 only whole commits, and its rerun appends the rest. The vector index (IVF_PQ, L2 on the chosen latent;
 its parameters from the rows' count and dimension, recorded by Lance with the index) is built once the
-dataset has INDEX_MIN_ROWS rows, and later appends are folded into it (`optimize_indices`).
+dataset has INDEX_MIN_ROWS rows, and later appends are folded into it (`optimize_indices`, which also
+updates the BTREE index on image_id that finds a row by its id).
 """
 
 from __future__ import annotations
@@ -174,18 +175,20 @@ def export_lance(store: Store, output: str, *, column: str = "w_refined", exclud
     bar.close()
     if dataset is None:
         raise ValueError(f"{store.uri}: no finished shards to export")
-    index = _index(dataset, column, rebuild=bool(todo))
+    if todo and dataset.describe_indices():  # the new rows into every index (vector and id)
+        dataset.optimize.optimize_indices()
+    index = _index(dataset, column)
+    if not any("image_id" in i.field_names for i in dataset.describe_indices()):
+        dataset.create_scalar_index("image_id", "BTREE")  # a row by its id without a scan (nearest's query)
     dataset = lance.dataset(output)
     return ExportResult(output, column, dataset.version, dataset.count_rows(), appended, len(todo), index)
 
 
-def _index(dataset: Any, column: str, *, rebuild: bool) -> dict[str, Any] | None:
-    """The dataset's vector index on `column`: made once there are INDEX_MIN_ROWS rows, new rows folded in."""
+def _index(dataset: Any, column: str) -> dict[str, Any] | None:
+    """The dataset's vector index on `column`, made once there are INDEX_MIN_ROWS rows."""
     existing = [i.name for i in dataset.describe_indices() if column in i.field_names]
     rows = dataset.count_rows()
     if existing:
-        if rebuild and _stats(dataset, existing[0]).get("num_unindexed_rows", 0):
-            dataset.optimize.optimize_indices()
         return _describe(dataset, existing[0])
     if rows < INDEX_MIN_ROWS:
         return None

@@ -56,17 +56,28 @@ def nearest(store: Store, query: str | np.ndarray, k: int = 10, column: str = "w
     """The k ok rows nearest `query`, nearest first: their scalars and `distance` (Euclidean, in W+)."""
     if k < 1:
         raise ValueError("k must be at least 1")
-    vector, _ = query_latent(store, query, column)
     export = usable_export(store, column)
     if export is not None:
-        return _from_index(export, vector, k, column)
+        import lance
+
+        dataset = lance.dataset(export)
+        vector = _export_latent(dataset, query, column, store) if isinstance(query, str) else \
+            query_latent(store, query, column)[0]
+        return _from_index(dataset, vector, k, column)
+    vector, _ = query_latent(store, query, column)
     return _scan(store, vector, k, column)
 
 
-def _from_index(uri: str, vector: np.ndarray, k: int, column: str) -> pd.DataFrame:
-    import lance
+def _export_latent(dataset, image_id: str, column: str, store: Store) -> np.ndarray:
+    """A row's latent from the export, found by its id through the export's BTREE index (no scan)."""
+    quoted = image_id.replace("'", "''")
+    found = dataset.to_table(columns=[column], filter=f"image_id = '{quoted}'")
+    if found.num_rows == 0:
+        raise KeyError(f"{image_id!r} is not an ok row of {store.uri}")
+    return np.asarray(found.column(column)[0].values, dtype=np.float32)
 
-    dataset = lance.dataset(uri)
+
+def _from_index(dataset, vector: np.ndarray, k: int, column: str) -> pd.DataFrame:
     wanted = [c for c in SCALARS if c in dataset.schema.names]
     table = dataset.to_table(columns=wanted, nearest={"column": column, "q": vector, "k": k, "nprobes": NPROBES,
                                                       "refine_factor": REFINE_FACTOR})
