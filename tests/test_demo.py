@@ -104,7 +104,7 @@ def test_demo_runs_every_stage_on_a_subset_and_writes_a_report(ray_local, tmp_pa
     assert again.exit_code == 0, again.output
     assert "invert: reused: all 1 shards were already done" in again.output
     assert "curate: reused" in again.output
-    assert "report (the store, its curation and rebalancing): its inputs are unchanged" in again.output
+    assert "report (the store, its curation, rebalancing and augmentation): its inputs are unchanged" in again.output
     assert {p: p.stat().st_mtime_ns for p in outputs} == before, "an unchanged demo rerun recomputes nothing"
     for by in ("latent", "identity"):
         curated = CliRunner().invoke(main, ["curate", store, "--duplicates-by", by, "--device", "cpu"])
