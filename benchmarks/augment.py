@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.store_readers import write_store
-from benchmarks.timing import machine_description, write_results
+from benchmarks.timing import MEMORY_PROBE, PEAK_RESET, growth_exponent, machine_description, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 EDITS = "jitter:0.3,mix:4-7,attribute:b16.conv0/3:2"
@@ -41,17 +40,14 @@ from pipeline.models.checkpoints import load_generator
 from pipeline.stages.chain import NOISE_MODE
 store, out, edits, variants, batch, device = sys.argv[1:7]
 G = load_generator(DemoBundle.locate().generator).to(device)
-def status(field):
-    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(field))) / 1024
-ws = G.mapping(torch.randn(int(batch), G.z_dim, device=device), None).detach()
+""" + MEMORY_PROBE + """ws = G.mapping(torch.randn(int(batch), G.z_dim, device=device), None).detach()
 def ceiling():
     with torch.no_grad():
         return int(batch) / median_seconds(lambda: G.synthesis(ws, noise_mode=NOISE_MODE), torch.device(device),
                                            warmup=2, repeats=40)
 before = ceiling()
 baseline = status("VmRSS:")
-open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
-summary = run(AugmentConfig(store=store, output=out, edits=edits, variants=int(variants), batch_size=int(batch),
+""" + PEAK_RESET + """summary = run(AugmentConfig(store=store, output=out, edits=edits, variants=int(variants), batch_size=int(batch),
                             runner="local", device=device, progress=False))
 peak = status("VmHWM:") - baseline
 after = ceiling()
@@ -96,8 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         row["ratio_to_ceiling"] = round(row["variants_per_second"] / row["ceiling_images_per_second"], 3)
         exponent = "-"
         if results and results[-1]["seconds"] > 0:
-            row["time_exponent"] = round(math.log(row["seconds"] / results[-1]["seconds"])
-                                         / math.log(n / results[-1]["rows"]), 2)
+            row["time_exponent"] = growth_exponent(results[-1]["rows"], results[-1]["seconds"], n, row["seconds"])
             exponent = f"{row['time_exponent']:.2f}"
         results.append(row)
         print(f"| {n:,} | {row['variants']:,} | {row['seconds']:.1f} | {row['variants_per_second']:.0f} | "

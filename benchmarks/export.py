@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -28,18 +27,15 @@ from pathlib import Path
 import torch
 
 from benchmarks.store_readers import write_store
-from benchmarks.timing import machine_description, write_results
+from benchmarks.timing import MEMORY_PROBE, PEAK_RESET, growth_exponent, machine_description, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 PROLOGUE = """
 import json, sys, time
 import numpy as np
 from pipeline.store import open_store
-def status(field):
-    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(field))) / 1024
-baseline = status("VmRSS:")
-open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
-start = time.perf_counter()
+""" + MEMORY_PROBE + """baseline = status("VmRSS:")
+""" + PEAK_RESET + """start = time.perf_counter()
 """
 EXPORT = """
 from jobs.export import ExportConfig, run
@@ -184,8 +180,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"# against {row['against']}", file=sys.stderr, flush=True)
         earlier = [r for r in results if r["export"]["seconds"] > 0]
         if earlier:
-            row["export_time_exponent"] = round(math.log(row["export"]["seconds"] / earlier[-1]["export"]["seconds"])
-                                                / math.log(n / earlier[-1]["rows"]), 2)
+            row["export_time_exponent"] = growth_exponent(earlier[-1]["rows"], earlier[-1]["export"]["seconds"], n,
+                                                          row["export"]["seconds"])
         results.append(row)
         print(json.dumps(row), flush=True)
     write_results(args.json_path, torch.device("cpu"), results)

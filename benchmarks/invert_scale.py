@@ -34,16 +34,13 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from benchmarks.timing import machine_description, write_results
+from benchmarks.timing import MEMORY_PROBE, PEAK_RESET, machine_description, write_results
 
 READER = """
 import sys, time
 from pipeline.store import open_store
-def status(field):
-    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(field))) / 1024
-baseline = status("VmRSS:")  # the interpreter and its imports
-open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
-start = time.perf_counter()
+""" + MEMORY_PROBE + """baseline = status("VmRSS:")  # the interpreter and its imports
+""" + PEAK_RESET + """start = time.perf_counter()
 store = open_store(sys.argv[1])
 rows = ok = 0
 for batch in store.iter_batches(["image_id", "status", "mse"]):

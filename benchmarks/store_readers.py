@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from benchmarks.timing import machine_description, write_results
+from benchmarks.timing import MEMORY_PROBE, PEAK_RESET, growth_exponent, machine_description, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 READERS = {
@@ -49,11 +48,8 @@ from pipeline.demo import DemoBundle
 from pipeline.models.checkpoints import load_generator
 uri = sys.argv[1]
 load_generator(DemoBundle.locate().generator)  # the models every reader may load, counted in the baseline
-def status(field):
-    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(field))) / 1024
-baseline = status("VmRSS:")
-open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
-start = time.perf_counter()
+""" + MEMORY_PROBE + """baseline = status("VmRSS:")
+""" + PEAK_RESET + """start = time.perf_counter()
 """
 EPILOGUE = """
 print(time.perf_counter() - start, status("VmHWM:") - baseline)
@@ -134,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                 earlier = [r for r in results if r["reader"] == name]
                 exponent = "-"
                 if earlier and earlier[-1]["seconds"] > 0 and seconds > 0:
-                    row["time_exponent"] = round(math.log(seconds / earlier[-1]["seconds"]) / math.log(n / earlier[-1]["rows"]), 2)
+                    row["time_exponent"] = growth_exponent(earlier[-1]["rows"], earlier[-1]["seconds"], n, seconds)
                     exponent = f"{row['time_exponent']:.2f}"
                 results.append(row)
                 print(f"| {n:,} | {name} | {seconds:.2f} | {megabytes:.0f} | {exponent} |", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -58,3 +59,18 @@ def write_results(path: str | None, device: torch.device, rows: list[dict]) -> N
     if path:
         with open(path, "w") as f:
             json.dump({"machine": machine_description(device), "rows": rows}, f, indent=2)
+
+
+# Lines at the top of a measured subprocess's code: `status(field)` reads /proc/self/status in MiB, and
+# PEAK_RESET restarts the high-water mark, so a later status("VmHWM:") is the peak of what followed.
+MEMORY_PROBE = """
+def status(field):
+    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(field))) / 1024
+"""
+PEAK_RESET = 'open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here\n'
+
+
+def growth_exponent(rows_before: int, seconds_before: float, rows: int, seconds: float) -> float:
+    """The exponent of time in rows between two sizes (1: linear)."""
+    return round(math.log(seconds / seconds_before) / math.log(rows / rows_before), 2)
+

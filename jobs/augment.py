@@ -198,7 +198,6 @@ def run(cfg: AugmentConfig, *, processor_class: type = AugmentProcessor) -> dict
                   file=sys.stderr)
         book = AugmentBook(summary, AugmentLedger(cfg.output), cfg.max_retries)
         if todo:
-            book = AugmentBook(summary, AugmentLedger(cfg.output), cfg.max_retries)
             claim_record = OutputClaim(cfg.output, held.token)
             frozen = frozenset(flagged)
 

@@ -33,7 +33,7 @@ from pipeline.sampling import stream_seed
 from pipeline.store import layout
 from pipeline.store.augment_schema import AUGMENT
 from pipeline.store.file_names import safe_file_name
-from pipeline.store.parquet_files import open_parquet, parquet_bytes
+from pipeline.store.parquet_files import open_parquet
 from pipeline.store.store import Store
 from pipeline.uris import list_sizes, read_many, remove_if_exists
 
@@ -228,7 +228,3 @@ def gather(output: str, units: list[Unit], done: dict[str, dict[str, Any]], meta
     for unit in ready:
         remove_if_exists(out_path(output, PARTS, f"{unit}.parquet"))
     return True
-
-
-def part_bytes(table: pa.Table) -> bytes:
-    return parquet_bytes(table)

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pipeline.augment.augment_plan import (DONORS, IMAGES, PARTS, Reference, Unit, ledger_file, out_path, part_bytes,
+from pipeline.augment.augment_plan import (DONORS, IMAGES, PARTS, Reference, Unit, ledger_file, out_path,
                                            tar_name)
 from pipeline.augment.augment_settings import AugmentConfig
 from pipeline.augment.edits import (Edit, attribute_direction, edited_styles, jitter, mix, parse_edits, pick_donors,
@@ -39,7 +39,7 @@ from pipeline.stages.chain import NOISE_MODE
 from pipeline.store import layout
 from pipeline.store.augment_schema import AUGMENT
 from pipeline.store.file_names import safe_file_name
-from pipeline.store.parquet_files import open_parquet, read_parquet
+from pipeline.store.parquet_files import open_parquet, parquet_bytes, read_parquet
 from pipeline.store.store import open_store
 from pipeline.store.store_lock import StoreClaimLostError, holds_claim
 from pipeline.uris import write_bytes
@@ -145,7 +145,7 @@ class AugmentProcessor:
         rows.sort(key=lambda r: (position[r["source_id"]], edit_order[r["edit"]], r["variant"]))  # not by batch
         self._check_claim(unit)
         table = pa.Table.from_pylist(rows, schema=AUGMENT.schema())
-        write_bytes(out_path(self.cfg.output, PARTS, f"{unit.shard_id}.parquet"), part_bytes(table))
+        write_bytes(out_path(self.cfg.output, PARTS, f"{unit.shard_id}.parquet"), parquet_bytes(table))
         written = tar.close()
         accepted = sum(r["accepted"] for r in rows)
         reasons = ("prior_nll", "identity", "input_unreadable")
