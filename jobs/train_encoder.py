@@ -105,13 +105,13 @@ class EncoderTask(TrainingTask):
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    from pipeline.runtime.ray_train import RayTrainSink, worker_setup
+    from pipeline.runtime.ray_train import training_sink, worker_setup
     from pipeline.training.loop import run_training
 
     cfg, rank, _, device = worker_setup(config, EncoderTrainingConfig)
     run_training(EncoderTask(cfg, rank, device), cfg, rank=rank, device=device,
                  resume_from=config.get("_resume_from"), info={"generator": cfg.generator, "config": config},
-                 sink=RayTrainSink())
+                 sink=training_sink(config))
 
 
 def run(config: EncoderTrainingConfig, *, address: str | None = None) -> Path:

@@ -93,6 +93,17 @@ class RaySettings:
                                    "and progress only).")
 
 
+RUNNERS = ("ray", "local")
+
+
+@dataclass(kw_only=True)
+class RunnerSettings:
+    runner: str = setting("ray", "Where the work runs: ray (an actor pool, or Ray Train workers, on the cluster or an "
+                                 "embedded Ray), or local (one piece after another in this process, no Ray: small "
+                                 "jobs on one machine, where starting Ray costs more than the work).",
+                          choices=RUNNERS)
+
+
 @dataclass(kw_only=True)
 class ProgressSettings:
     progress: bool = setting(True, "Progress bars (--no-progress for logs).")
@@ -108,10 +119,10 @@ class LatentColumnSettings:
 
 
 @dataclass(kw_only=True)
-class TrainingRunSettings(RaySettings):
+class TrainingRunSettings(RaySettings, RunnerSettings):
     """What every training job shares: where it writes, how it is distributed, how it is seeded."""
 
     output: str = setting(MISSING, "Output directory; rerunning with the same one resumes.")
-    num_workers: int = setting(1, "Ray Train workers (data-parallel).")
+    num_workers: int = setting(1, "Ray Train workers (data-parallel; 1 with --runner local).", minimum=1)
     use_gpu: bool = setting(False, "One GPU per worker.")
     seed: int = setting(0, "Seed of initialization and sampling.")

@@ -94,6 +94,16 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread in this process, as in a Ray Train worker (Ray sets a worker's threads to its one
+    CPU), so a run here and one on Ray Train sum in the same order and compare bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def report_store(tmp_path_factory, fixture_dir):
     """A small store made by a real inversion (sg2ada 32 px fixture, encoder, prior, identity net) of a

@@ -1,4 +1,5 @@
-"""The encoder training job on a real local Ray: outputs, logs, and exact resume."""
+"""The encoder training job: outputs, logs, and exact resume on either runner (Ray Train, started once here,
+or this process)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,13 @@ def generator_file(tmp_path_factory, G):
     return str(path)
 
 
-def config(generator: str, output, steps: int) -> EncoderTrainingConfig:
+def config(generator: str, output, steps: int, runner: str = "local") -> EncoderTrainingConfig:
     return EncoderTrainingConfig(generator=generator, output=str(output), steps=steps, batch_size=8,
                                  checkpoint_every=10, base_channels=16, max_channels=64, eval_size=16,
-                                 progress=False, keep_checkpoints=5)
+                                 progress=False, keep_checkpoints=5, runner=runner)
 
 
-def test_training_writes_encoder_checkpoints_and_logs(ray_local, generator_file, G, tmp_path):
+def test_training_writes_encoder_checkpoints_and_logs(generator_file, G, tmp_path):
     path = run(config(generator_file, tmp_path, steps=20))  # --adversarial-weight defaults to LIA's 0.1
     E = load_encoder(str(path), generator=G)
     assert E.resolution == 16
@@ -49,9 +50,10 @@ def test_training_writes_encoder_checkpoints_and_logs(ray_local, generator_file,
     assert (tmp_path / "checkpoints" / "step-00000020" / "optimizer_D.pt").exists()
 
 
-def test_resume_continues_at_the_saved_step_with_the_same_optimizer_state(ray_local, generator_file, tmp_path):
+def test_resume_continues_at_the_saved_step_with_the_same_optimizer_state_on_either_runner(ray_local, one_thread, generator_file,
+                                                                                          tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run(config(generator_file, straight, steps=20))
+    run(config(generator_file, straight, steps=20, runner="ray"))
     run(config(generator_file, split, steps=10))
     assert latest_checkpoint(split).name == "step-00000010"
     run(config(generator_file, split, steps=20))  # the same command with more steps resumes at 10
@@ -69,7 +71,7 @@ def test_resume_continues_at_the_saved_step_with_the_same_optimizer_state(ray_lo
     assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"] == 20
 
 
-def test_training_with_real_images_runs_and_logs_the_pool(ray_local, generator_file, tmp_path):
+def test_training_with_real_images_runs_and_logs_the_pool(generator_file, tmp_path):
     import dataclasses
 
     from tests.datasets import messy_folder

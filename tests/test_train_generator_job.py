@@ -1,4 +1,5 @@
-"""The generator training job on a real local Ray, on the emoji demo data: outputs and exact resume."""
+"""The generator training job on the emoji demo data: outputs, and exact resume on either runner (Ray Train,
+started once here, or this process)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ def emoji(tmp_path_factory):
     return str(root)
 
 
-def config(data: str, output, steps: int) -> GeneratorTrainingConfig:
+def config(data: str, output, steps: int, runner: str = "local") -> GeneratorTrainingConfig:
     return GeneratorTrainingConfig(data=data, output=str(output), resolution=16, steps=steps, batch_size=4,
                                    z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16,
-                                   checkpoint_every=3, kid_samples=32, keep_checkpoints=5, progress=False)
+                                   checkpoint_every=3, kid_samples=32, keep_checkpoints=5, progress=False,
+                                   runner=runner)
 
 
-def test_training_writes_a_loadable_generator_samples_and_kid(ray_local, emoji, tmp_path):
+def test_training_writes_a_loadable_generator_samples_and_kid(emoji, tmp_path):
     path = run(config(emoji, tmp_path, steps=6))
     G = load_generator(str(path))
     assert G.img_resolution == 16 and set(load_networks(str(path))) == {"G", "G_ema", "D"}
@@ -41,8 +43,8 @@ def test_training_writes_a_loadable_generator_samples_and_kid(ray_local, emoji, 
     assert all(float(r["kid_random_features"]) == float(r["kid_random_features"]) for r in evals), "not NaN"
 
 
-def test_resume_reproduces_an_uninterrupted_run(ray_local, emoji, tmp_path):
-    run(config(emoji, tmp_path / "straight", steps=6))
+def test_resume_reproduces_an_uninterrupted_run_on_either_runner(ray_local, one_thread, emoji, tmp_path):
+    run(config(emoji, tmp_path / "straight", steps=6, runner="ray"))
     run(config(emoji, tmp_path / "split", steps=3))
     run(config(emoji, tmp_path / "split", steps=6))
     a = load_networks(str(tmp_path / "straight" / "generator.safetensors"))

@@ -63,6 +63,7 @@ class AugmentProcessor:
         donors, say) is kept and raised by `ready()`, so the driver reports it once, clearly, rather than
         replacing a worker that can never start."""
         self.cfg, self.claim, self.reference, self.flagged, self.progress = cfg, claim, reference, flagged, progress
+        self.node: str | None = None  # the cluster node this runs on, set by the distributor that placed it
         self.models = models
         self.batch_size, self.batch_note = cfg.batch_size, ""
         self.problem: Exception | None = None
@@ -104,7 +105,7 @@ class AugmentProcessor:
             raise self.problem
         return {"seconds": self.startup_seconds, "batch_size": self.batch_size, "note": self.batch_note,
                 "device_kind": device_kind(self.device), "precision": "float32", "precision_why": "rendering",
-                "node": None}
+                "node": self.node}
 
     def _latents(self, table: pa.Table, column: str) -> torch.Tensor:
         values = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
-from pipeline.settings import (DeviceSettings, LatentColumnSettings, ProgressSettings, RaySettings, check_settings,
-                               setting)
-
-RUNNERS = ("ray", "local")
+from pipeline.settings import (DeviceSettings, LatentColumnSettings, ProgressSettings, RaySettings, RunnerSettings,
+                               check_settings, setting)
 
 
 @dataclass(kw_only=True)
-class AugmentConfig(LatentColumnSettings, DeviceSettings, RaySettings, ProgressSettings):
+class AugmentConfig(LatentColumnSettings, DeviceSettings, RaySettings, RunnerSettings, ProgressSettings):
     store: str = setting(MISSING, "The latent store whose ok rows are augmented.", positional=True)
     output: str = setting(MISSING, "Where to write samples.parquet, images/augment-*.tar and summary.json (any URI); "
                                    "rerunning resumes, and after the store grew adds only its new rows' variants.")
@@ -33,8 +31,6 @@ class AugmentConfig(LatentColumnSettings, DeviceSettings, RaySettings, ProgressS
     batch_size: int = setting(16, "Variants rendered per batch.", minimum=1)
     shard_size: int = setting(256, "Source rows per unit of work: each unit is run once, by one worker, and writes "
                                    "one tar shard (a store shard holds one or more units).", minimum=1)
-    runner: str = setting("ray", "Where units run: ray (an actor pool, embedded or on --address) or local (in this "
-                                 "process, no Ray).", choices=RUNNERS)
     concurrency: int = setting(1, "Actors (model replicas) working in parallel.", minimum=1)
     num_gpus: float = setting(0.0, "GPUs per actor (0 = CPU).", minimum=0)
     cpus_per_actor: float = setting(1.0, "CPUs reserved per actor.", above=0)

@@ -15,12 +15,11 @@ from pipeline.data.decode import DecodeSettings, input_bytes_for
 from pipeline.data.planning import CHANGED_INPUT_POLICIES, InputSettings
 from pipeline.data.sources import DEFAULT_PREFETCH, DEFAULT_READ_TIMEOUT_S, MAX_READ_TIMEOUT_S
 from pipeline.models.model_settings import GeneratorSettings, IdentitySettings, PerceptualSettings
-from pipeline.settings import ProgressSettings, RaySettings, setting, setting_problems
+from pipeline.settings import ProgressSettings, RaySettings, RunnerSettings, setting, setting_problems
 from pipeline.stages.inversion_settings import InversionSettings
 from pipeline.store.schema import LATENT_DTYPES
 
 
-RUNNERS = ("ray", "local")
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class ModelNeeds:
 
 @dataclass(kw_only=True)
 class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualSettings, IdentitySettings,
-                   InversionSettings, RaySettings, ProgressSettings):
+                   InversionSettings, RaySettings, RunnerSettings, ProgressSettings):
     output: str = setting(MISSING, "Latent store URI (created); rerunning skips finished shards.")
     encoder: str | None = setting(None, "Encoder bundle URI (from train-encoder); without it, refinement starts "
                                         "from w_avg.")
@@ -51,9 +50,6 @@ class InvertConfig(InputSettings, DecodeSettings, GeneratorSettings, PerceptualS
                                             "refinement fits the actor's memory with a margin (GPU: free memory "
                                             "x --num-gpus; CPU: available memory x its share of the cores), at "
                                             "most 64 on a GPU and 16 on a CPU.", metavar="N|auto")
-    runner: str = setting("ray", "Where shards run: ray (an actor pool on the cluster, or an embedded Ray), or "
-                                 "local (one after another in this process, no Ray: small jobs, where starting "
-                                 "Ray costs more than the work).", choices=RUNNERS)
     concurrency: int | str = setting(1, "Actors (model replicas) working in parallel, at most; auto: as many as the "
                                         "cluster's live nodes hold (--cpus-per-actor, --num-gpus), followed as nodes "
                                         "join and leave.", metavar="N|auto")

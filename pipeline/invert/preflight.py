@@ -193,6 +193,10 @@ def preflight_training(config: object, command: str) -> None:
         problems.attempt(lambda: local_path(config.backbone_weights, setting="--backbone-weights"))
     if getattr(config, "perceptual", None) == "lpips":
         problems.attempt(lambda: _perceptual_weights(config))
+    if getattr(config, "runner", "ray") == "local" and getattr(config, "num_workers", 1) > 1:
+        problems.found.append(f"--runner local trains in this process, one worker: --num-workers {config.num_workers} "
+                              "needs --runner ray")
+        problems.errors.append(ValueError(problems.found[-1]))
     if getattr(config, "mapping", None) == "invertible" and config.z_dim != config.w_dim:
         problems.found.append(f"--mapping invertible maps z onto w one to one: --z-dim ({config.z_dim}) must equal "
                               f"--w-dim ({config.w_dim})")

@@ -95,13 +95,6 @@ def after_failure(exc: BaseException) -> str:
     return RETRY
 
 
-def _ray_node_id() -> str | None:
-    """The Ray node this runs on (None outside Ray): recorded so a run's spread over nodes is visible."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-
-
 def is_infrastructure_failure(exc: BaseException) -> bool:
     """Out of memory or a broken accelerator: nothing to do with the inputs being processed."""
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
@@ -186,6 +179,7 @@ class ShardProcessor:
         shard after each batch, and each stage. precisions: the store's precision by kind of device.
         recipe_models: the recipe's model fingerprints (recorded in each shard's metadata)."""
         start = time.perf_counter()
+        self.node: str | None = None  # the cluster node this runs on, set by the distributor that placed it
         self.config = config
         self.writer = writer
         self.progress = progress
@@ -242,7 +236,7 @@ class ShardProcessor:
             raise self.problem
         return {"seconds": self.startup_seconds, "batch_size": self.batch_size, "note": self.batch_note,
                 "device_kind": self.device_kind, "precision": self.precision, "precision_why": self.precision_why,
-                "node": _ray_node_id()}
+                "node": self.node}
 
     def _decode(self, record: InputRecord) -> list[_Row]:
         """One input's rows (one, or one per face with --faces all); anything decoding raises (a Pillow
@@ -327,7 +321,7 @@ class ShardProcessor:
                 reasons[reason] = reasons.get(reason, 0) + 1
         entry = {"shard": spec.shard_id, "rows": table.num_rows, "ok": ok, "errors": table.num_rows - ok,
                  "error_reasons": reasons, "seconds": round(time.perf_counter() - start, 3), "attempt": attempt,
-                 "host": socket.gethostname(), "node": _ray_node_id(), "device": str(self.device),
+                 "host": socket.gethostname(), "node": self.node, "device": str(self.device),
                  "device_kind": self.device_kind, "precision": self.precision,
                  "generator_fingerprint": self.generator_fingerprint,
                  "compute_seconds": round(self._compute_seconds, 3),  # in the stages: busy = this / seconds

@@ -101,6 +101,20 @@ def progress_bars(config: Any, shards: list[Any], total_rows: int | None = None)
     return bar, image_bar
 
 
+def placed(processor_class: type) -> type:
+    """The processor, told on start which Ray node it runs on (recorded with each shard, so a run's spread over
+    the cluster is visible); the processor itself knows nothing of Ray."""
+    import ray
+
+    class Placed(processor_class):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.node = ray.get_runtime_context().get_node_id()
+
+    Placed.__name__ = Placed.__qualname__ = processor_class.__name__  # Ray names the actor (ray::ShardProcessor)
+    return Placed
+
+
 def run_shards(config: Any, shards: list[Any], summary: RunSummary, book: ShardBook,
                shard_writer: ShardWriter | None, *, processor_class: type | None = None, models: Any = None,
                precisions: dict[str, str] | None = None, recipe_models: dict[str, str | None] | None = None,
@@ -130,7 +144,7 @@ def run_shards(config: Any, shards: list[Any], summary: RunSummary, book: ShardB
     from pipeline.invert.shard_processor import REPLACE, STOP, ShardProcessor, after_failure
 
     Actor = ray.remote(num_gpus=config.num_gpus, num_cpus=config.cpus_per_actor, max_restarts=0,
-                       runtime_env=ACTOR_RUNTIME_ENV)(processor_class or ShardProcessor)
+                       runtime_env=ACTOR_RUNTIME_ENV)(placed(processor_class or ShardProcessor))
     models_ref = ray.put(models) if models is not None else None
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     board = ray.remote(num_cpus=0)(ProgressBoard).options(scheduling_strategy=here).remote()

@@ -1,5 +1,5 @@
-"""Launching a resumable training loop on Ray Train (every training job; the loop itself is
-pipeline/training/loop.py).
+"""Launching a resumable training loop on Ray Train, or in this process with `--runner local` (every
+training job; the loop itself is pipeline/training/loop.py).
 
 The loop receives the job's settings as a dict plus `_resume_from`: the newest complete checkpoint
 under OUTPUT/checkpoints, when there is one, so rerunning the same command continues where it
@@ -19,17 +19,17 @@ from typing import Any
 from pipeline.training.checkpointing import checkpoint_step, latest_checkpoint
 
 
+IN_PROCESS = "_in_process"  # the loop's config key saying it runs in the driver's process, without Ray
+
+
 def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, name: str,
                   address: str | None = None) -> Path:
-    """Run `train_loop` on `config.num_workers` Ray Train workers; returns the resolved output directory.
+    """Run `train_loop` on `config.num_workers` Ray Train workers, or in this process with `--runner local`;
+    returns the resolved output directory. Both resume from the same checkpoints, so a run may change runner.
 
-    `config` is a dataclass with `output`, `steps`, `num_workers` and `use_gpu` fields.
+    `config` is a dataclass with `output`, `steps`, `num_workers`, `use_gpu` and `runner` fields.
     """
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from pipeline.invert.preflight import preflight_training, with_absolute_training_paths
-    from pipeline.runtime.ray_init import init_ray
 
     config = with_absolute_training_paths(config)
     preflight_training(config, name)
@@ -41,6 +41,14 @@ def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, 
         print(f"resuming from {resume} (step {checkpoint_step(resume)} of {config.steps})")
         loop_config["_resume_from"] = str(resume)
     (output / "config.json").write_text(json.dumps(loop_config, indent=2))
+    if config.runner == "local":
+        train_loop(loop_config | {IN_PROCESS: True})
+        return output
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.runtime.ray_init import init_ray
+
     init_ray(address, verbose=getattr(config, "verbose", False))
     TorchTrainer(
         train_loop,
@@ -53,10 +61,14 @@ def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, 
 
 def worker_setup(config: dict[str, Any], config_class: type) -> tuple[Any, int, int, Any]:
     """Inside a training loop: (the job's settings as `config_class`, rank, world size, torch device)."""
+    settings = config_class(**{k: v for k, v in config.items() if k not in ("_resume_from", IN_PROCESS)})
+    if config.get(IN_PROCESS):
+        import torch
+
+        return settings, 0, 1, torch.device("cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu")
     import ray.train
     import ray.train.torch
 
-    settings = config_class(**{k: v for k, v in config.items() if k != "_resume_from"})
     context = ray.train.get_context()
     return settings, context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device()
 
@@ -73,6 +85,13 @@ def resume_directory(fallback: str | None) -> Iterator[Path | None]:
             yield Path(directory)
     else:
         yield Path(fallback) if fallback else None
+
+
+def training_sink(config: dict[str, Any]) -> Any:
+    """Inside a training loop: where checkpoints are told (Ray Train's report, or nothing in this process)."""
+    from pipeline.training.loop import LocalSink
+
+    return LocalSink() if config.get(IN_PROCESS) else RayTrainSink()
 
 
 class RayTrainSink:
