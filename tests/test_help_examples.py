@@ -3,7 +3,6 @@ each line is parsed by the command line itself, as a user would type it (files i
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ import click
 import pytest
 
 from latentmill.cli import main
+from tests.user_files import put_downloaded_weights, put_user_files
 
 
 def examples() -> list[tuple[str, str]]:
@@ -90,12 +90,6 @@ NOT_RUN = {
         "2,000 training steps (tests/test_identity_embedding.py runs the job with few)",
 }
 
-# The files examples name that a user brings, and what the run below puts there: the demo model's files, and
-# three images of its sample (with their JSON sidecars, which hold `group`: two groups) as the user's photos.
-DEMO_MODEL_AS = {"ffhq.pkl": "generator", "stylegan2-ffhq-config-f.pkl": "generator", "encoder.safetensors": "encoder",
-                 "prior.safetensors": "prior"}
-
-
 def not_run_because(line: str) -> str | None:
     return NOT_RUN.get(line)
 
@@ -104,42 +98,6 @@ def test_every_example_either_runs_or_says_what_it_needs():
     lines = [line for _, line in examples()]
     assert not set(NOT_RUN) - set(lines), "NOT_RUN names examples no --help shows as written"
     assert len([line for line in lines if not_run_because(line) is None]) >= 17
-
-
-def put_user_files(root) -> None:
-    """The demo model under the names examples give a user's checkpoints; three demo images (two emoji that
-    are not faces, one that is) as photos/ (named face1.png...), and a list of positives for `channels`."""
-    import shutil
-    import tarfile
-
-    from pipeline.demo import DemoBundle
-
-    bundle = DemoBundle.locate()
-    for name, role in DEMO_MODEL_AS.items():
-        shutil.copyfile(getattr(bundle, role), root / name)
-    with tarfile.open(sorted(Path(bundle.sample).glob("*.tar"))[0]) as tar:
-        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-    keys = sorted({name.rsplit(".", 1)[0] for name in members})
-    group = {key: json.loads(members[f"{key}.json"])["group"] for key in keys}
-    chosen = [k for k in keys if group[k] != "face"][:2] + [k for k in keys if group[k] == "face"][:1]
-    (root / "photos").mkdir()
-    for i, key in enumerate(chosen, 1):
-        (root / "photos" / f"face{i}.png").write_bytes(members[f"{key}.png"])
-        (root / "photos" / f"face{i}.json").write_bytes(members[f"{key}.json"])
-    (root / "smiling.txt").write_text("face1.png\nface3.png\n")
-
-
-def put_downloaded_weights() -> None:
-    """What invert downloads on a user's first run (LPIPS's VGG16, FaceNet), as random networks where torch
-    caches them ($TORCH_HOME)."""
-    from benchmarks.stand_in_weights import save_random_backbone
-    from pipeline.models.known_weights import FACENET, VGG16
-    from benchmarks.stand_in_weights import save_random_facenet
-
-    for weights in (VGG16, FACENET):
-        weights.default_path().parent.mkdir(parents=True, exist_ok=True)
-    save_random_backbone(VGG16.default_path())
-    save_random_facenet(str(FACENET.default_path()))
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from latentmill.cli import main as cli
+from tests.markdown_blocks import shell_commands
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "tests" / "fixtures" / "kuberay" / "rayjob.v1.schema.json"
@@ -88,10 +89,12 @@ def test_cluster_yaml_installs_the_project_and_starts_ray_with_token_auth():
 
 def test_the_readme_cluster_command_is_a_valid_invert_command():
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### On a cluster"):readme.index("## Training a generator")]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    submit = " ".join(line.rstrip("\\").strip() for line in block.splitlines()
-                      if line.strip() and not line.lstrip().startswith(("ray start", "export", "ray job logs")))
+    section = readme[readme.index("## On a cluster"):readme.index("## Reading the store")]
+    commands = shell_commands(re.search(r"```bash\n(.*?)```", section, re.S).group(1))
+    assert commands[0].endswith("source .venv/bin/activate"), "from a fresh shell, the environment comes first"
+    assert all(c.endswith("--block &") for c in commands if c.startswith("ray start")), "each node stops alone"
+    assert not [c for c in commands if c.startswith("ray stop")], "ray stop stops every Ray on the machine"
+    (submit,) = [c for c in commands if c.startswith("ray job submit")]
     assert submit.startswith("ray job submit --working-dir . -- python -m latentmill invert")
     options = invert_options(submit.split(" -- ", 1)[1])
     assert options["concurrency"] == "auto" and options["num_gpus"] == 1

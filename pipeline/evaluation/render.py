@@ -20,7 +20,7 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def eval_markdown(report: dict[str, Any]) -> str:
-    """The studies as Markdown tables (what the README's results section shows)."""
+    """The studies as Markdown tables (what docs/evaluation.md's results section shows)."""
     parts = [f"Model {report['model']['generator_fingerprint'][:19]}..., {report['data']['count']} images at "
              f"{report['data']['resolution']} px, {report['model']['perceptual_metric']} perceptual metric, "
              f"identity {report['model']['identity_model']}, realism = {report['model']['realism']}; "

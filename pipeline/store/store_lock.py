@@ -12,7 +12,7 @@
   through it raises StoreClaimLostError, saying so, instead of writing into a store another run now
   owns. Where a backend offers no exclusive create, two runs starting within the same second can
   both take the lease; each then re-reads it after writing and the loser gives up, which narrows
-  that window to the backend's read-after-write delay (documented in README and schemas/README.md).
+  that window to the backend's read-after-write delay (documented in docs/inverting.md and schemas/README.md).
 """
 
 from __future__ import annotations
