@@ -130,6 +130,7 @@ class LocalRayCluster:
     cpus: int = 1
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lmray_", dir="/tmp")))
     nodes: list[Node] = field(default_factory=list)
+    node_env: dict[str, str] = field(default_factory=dict)  # added to every node's processes (e.g. fault injection)
 
     def __post_init__(self) -> None:
         self.token = secrets.token_hex(16)
@@ -159,10 +160,11 @@ class LocalRayCluster:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
         return env
 
-    def add_node(self, cpus: int | None = None) -> Node:
-        return self._start(f"worker{len(self.nodes)}", [f"--address={self.address}"], cpus)
+    def add_node(self, cpus: int | None = None, env: dict[str, str] | None = None) -> Node:
+        """A worker node; `env`: added to its processes' environment."""
+        return self._start(f"worker{len(self.nodes)}", [f"--address={self.address}"], cpus, env)
 
-    def _start(self, name: str, args: list[str], cpus: int | None = None) -> Node:
+    def _start(self, name: str, args: list[str], cpus: int | None = None, env: dict[str, str] | None = None) -> Node:
         temp_dir = self.root / name
         temp_dir.mkdir(parents=True)
         ports = free_ports(len(SERVICE_PORTS))
@@ -174,7 +176,7 @@ class LocalRayCluster:
         log = self.root / f"{name}.log"
         with open(log, "w") as out:
             started = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                       env={**self.env, **HEALTH_CHECK})
+                                       env={**self.env, **HEALTH_CHECK, **self.node_env, **(env or {})})
         node = Node(name, temp_dir, started.pid, log)
         self.nodes.append(node)
         if started.wait(timeout=120) != 0:

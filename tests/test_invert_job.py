@@ -62,7 +62,7 @@ def test_every_input_yields_exactly_one_row_and_failures_are_flagged(ray_local, 
 
 
 def test_store_metadata_lets_a_reader_regenerate_images(ray_local, assets, tmp_path):
-    run(config(assets, tmp_path / "store", input=str(assets["root"] / "messy" / "good")))
+    run(config(assets, tmp_path / "store", input=str(assets["root"] / "messy" / "good"), runner="local"))
     meta = read_store_metadata(str(tmp_path / "store"))
     assert meta["latent_shape"] == [8, 32] and meta["generator"] == assets["generator"]
     assert meta["schema_version"] == 1 and meta["settings"]["steps"] == 3
@@ -71,7 +71,7 @@ def test_store_metadata_lets_a_reader_regenerate_images(ray_local, assets, tmp_p
 def test_the_store_reads_back_with_pandas_and_ray_data(ray_local, assets, tmp_path):
     import ray.data
 
-    run(config(assets, tmp_path / "store"))
+    run(config(assets, tmp_path / "store", runner="local"))  # the subject is reading: made in this process
     with_pandas = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "store" / "latents").glob("*.parquet")))
     with_ray = ray.data.read_parquet(str(tmp_path / "store" / "latents")).to_pandas()
     assert len(with_pandas) == len(with_ray) == len(assets["messy"])
@@ -100,12 +100,12 @@ def test_a_shard_failing_every_attempt_is_recorded_not_dropped(ray_local, assets
 
 
 def test_rerun_skips_finished_shards_and_overwrite_redoes_them(ray_local, assets, tmp_path):
-    output = tmp_path / "store"
-    run(config(assets, output))
+    output = tmp_path / "store"  # the subject is the store's account of its shards: runs in this process
+    run(config(assets, output, runner="local"))
     first = manifest_entries(str(output))
-    again = run(config(assets, output))
+    again = run(config(assets, output, runner="local"))
     assert again.shards_done == 0 and again.shards_skipped == len(first)
-    redo = run(config(assets, output, overwrite=True))
+    redo = run(config(assets, output, overwrite=True, runner="local"))
     assert redo.shards_done == len(first)
     assert len(read_latents(str(output))) == len(assets["messy"])
 
@@ -114,7 +114,7 @@ def test_killed_run_resumes_without_duplicates_or_gaps(assets, tmp_path):
     output = tmp_path / "store"
     command = [sys.executable, "-m", "latentmill", "invert", "--input", assets["messy_dir"], "--output", str(output),
                "--generator", assets["generator"], "--prior", assets["prior"], "--stages", "refine,compress",
-               "--perceptual", "discriminator", "--shard-size", "2", "--no-progress"]
+               "--perceptual", "discriminator", "--shard-size", "2", "--runner", "local", "--no-progress"]
     process = subprocess.Popen(command + ["--steps", "60"], cwd=REPO, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -135,13 +135,14 @@ def test_killed_run_resumes_without_duplicates_or_gaps(assets, tmp_path):
 
 def test_tar_shards_and_parquet_inputs(ray_local, assets, tmp_path):
     tar_ids = tar_shards(tmp_path / "tars")
-    run(config(assets, tmp_path / "from_tar", input=str(tmp_path / "tars"), stages=("refine",)))
+    run(config(assets, tmp_path / "from_tar", input=str(tmp_path / "tars"), stages=("refine",), runner="local"))
     frame = read_latents(str(tmp_path / "from_tar"))
     assert list(frame["image_id"]) == tar_ids and (frame["status"] == "ok").all()
     assert frame.loc[frame["image_id"] == tar_ids[0], "known_fraction"].item() == pytest.approx(0.5)
     assert json.loads(frame["meta"][1]) == {"label": 1}
     pq_ids = parquet_files(tmp_path / "pq")
-    run(config(assets, tmp_path / "from_pq", input=str(tmp_path / "pq"), id_column="id", stages=("refine",)))
+    run(config(assets, tmp_path / "from_pq", input=str(tmp_path / "pq"), id_column="id", stages=("refine",),
+               runner="local"))
     frame = read_latents(str(tmp_path / "from_pq"))
     assert list(frame["image_id"]) == pq_ids
     assert frame.set_index("image_id").loc["img-0-2", "status"] == "error"
