@@ -60,9 +60,10 @@ def test_the_official_checkpoint_gives_the_official_w_plus(name, checkpoints):
             return
         torch.testing.assert_close(E.average_image(G)[0], torch.from_numpy(expected["avg_image"]), rtol=0,
                                    atol=TOLERANCE)
-        for step in range(fixture["n_iters_per_batch"]):  # the codes after every iteration of the official loop
-            ws = encode(E, x, iterations=step + 1)
+        iterations = list(E.iterate(x, iterations=fixture["n_iters_per_batch"]))
+        for step, ws in enumerate(iterations):  # the codes after every iteration of the official loop
             torch.testing.assert_close(ws, torch.from_numpy(expected[f"latent_iter{step}"]), rtol=0, atol=TOLERANCE)
+        torch.testing.assert_close(encode(E, x, iterations=1), iterations[0], rtol=0, atol=0)  # --encoder-iterations
         torch.testing.assert_close(G.synthesis(ws, noise_mode="const"),
                                    torch.from_numpy(expected[f"y_hat_iter{step}"]), rtol=0, atol=TOLERANCE)
 

@@ -24,7 +24,7 @@ What the official forward does, and `PretrainedEncoder.encode` with it:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -127,11 +127,20 @@ class PretrainedEncoder(nn.Module):
         """images [N, 3, R, R] in [-1, 1] (NaN = missing), masks [N, 1, R, R] -> W+ [N, n_styles, 512];
         `iterations`: ReStyle's (default 5), ignored by pSp and e4e; `generator` renders them (default:
         the attached decoder)."""
+        for ws in self.iterate(images, masks, iterations, generator):
+            pass
+        return ws
+
+    def iterate(self, images: torch.Tensor, masks: torch.Tensor | None = None, iterations: int | None = None,
+                generator: nn.Module | None = None) -> Iterator[torch.Tensor]:
+        """The W+ after each of ReStyle's iterations, as its official loop makes them (one W+ for pSp and e4e):
+        how a reconstruction improves, for the cost of the last alone. Arguments as for `encode`."""
         device = self.latent_avg.device
         x = encoder_input(images.to(device), None if masks is None else masks.to(device))
         if not self.iterative:
             codes = self._codes(x)
-            return codes + self.latent_avg if self.add_latent_avg else codes
+            yield codes + self.latent_avg if self.add_latent_avg else codes
+            return
         G = generator if generator is not None else self.__dict__["generator"]
         if G is None:
             raise ValueError("a ReStyle encoder renders each iteration: give it a generator (load_encoder attaches "
@@ -143,9 +152,9 @@ class PretrainedEncoder(nn.Module):
         ws = self.latent_avg.expand(x.shape[0], -1, -1)
         for step in range(steps):
             ws = self._codes(torch.cat([x, previous], dim=1)) + ws  # ws: latent_avg first, then the last W+
+            yield ws
             if step < steps - 1:
                 previous = face_pool(G.synthesis(ws, noise_mode="const").float())
-        return ws
 
     def average_image(self, G: nn.Module) -> torch.Tensor:
         """The decoder's image of latent_avg, pooled to 256: what ReStyle's first iteration compares with."""
