@@ -32,7 +32,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -333,12 +335,16 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+_RUNNING: set[subprocess.Popen] = set()  # the steps' processes running now
+
+
 def run_step(argv: Sequence[str], log: Path, timeout: float) -> tuple[str, str | None, float]:
     """Run one command in its own process group; (status, reason, seconds)."""
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                 env=os.environ | {"PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        _RUNNING.add(proc)
         try:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -347,6 +353,8 @@ def run_step(argv: Sequence[str], log: Path, timeout: float) -> tuple[str, str |
         except BaseException:  # the suite itself is stopped: take the step down with it
             _stop(proc)
             raise
+        finally:
+            _RUNNING.discard(proc)
     seconds = time.perf_counter() - start
     if code != 0:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
@@ -377,9 +385,14 @@ def collect(run: Run, json_path: Path, ceilings: dict[str, float], device: str) 
     return data
 
 
+SMOKE_SIDE_BY_SIDE = 2  # a smoke run checks that each benchmark runs and writes its figures: no timing is kept
+
+
 def run_suite(steps: Sequence[Step], out_dir: Path, *, device: str, smoke: bool, budget_s: float,
               official_repo: str | None = None, machine: str = "", invocation: str = "") -> list[Run]:
-    """Run `steps` in order within `budget_s`, writing summary.json and summary.md after each."""
+    """Run `steps` in order within `budget_s`, writing summary.json and summary.md after each. A smoke run
+    runs its steps SMOKE_SIDE_BY_SIDE at a time (the ceilings first, which every MFU needs): its seconds are
+    not figures; a full run runs one step at a time, so no step's timing shares the machine."""
     out_dir = out_dir.resolve()  # the steps run in the repository's root
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"invocation": invocation, "commit": commit_of(REPO), "machine": machine, "device": device,
@@ -388,43 +401,77 @@ def run_suite(steps: Sequence[Step], out_dir: Path, *, device: str, smoke: bool,
     start = time.monotonic()
     runs: list[Run] = []
     ceilings: dict[str, float] = {}
-    for i, step in enumerate(steps, 1):
-        argv = step.smoke_argv if smoke else step.argv
-        expected = step.smoke_seconds if smoke else step.seconds
-        timeout = SMOKE_TIMEOUT_S if smoke else step.timeout_s
-        left = budget_s - (time.monotonic() - start)
-        json_path = out_dir / f"{step.name}.json"
-        values = {"json": str(json_path), "device": device, "num_gpus": "1" if device == "cuda" else "0",
-                  "official_repo": official_repo or ""}
-        run = Run(step, "skipped", date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        runs.append(run)
-        if argv is None:
-            run.reason = "smoke: its benchmark runs at tiny sizes in another step"
-        elif step.needs_official_repo and not official_repo:
-            run.reason = "needs --official-repo DIR (an export of NVlabs/stylegan2-ada-pytorch)"
-        else:
-            argv = _fill(argv, values)
-            run.command = shlex.join(["python", *argv])
-            if left < expected:
-                run.reason = f"budget: expected to take {expected:.0f} s, {max(left, 0):.0f} s of {budget_s:.0f} s left"
-            else:
-                print(f"[{i}/{len(steps)}] {step.name}: {run.command}", file=sys.stderr, flush=True)
-                json_path.unlink(missing_ok=True)
-                limit = min(timeout, left)
-                run.status, run.reason, run.seconds = run_step(argv, out_dir / f"{step.name}.log", limit)
-                if run.status == "timeout" and limit < timeout:
-                    run.reason += " (the end of the suite's budget)"
-                if run.status == "ok":
-                    data = collect(run, json_path, ceilings, device)
-                    if data is not None and step.name == CEILINGS_STEP:
-                        ceilings = ceilings_of(data)
-        print(f"[{i}/{len(steps)}] {step.name}: {run.status}"
+    pending: list[tuple[int, Run, Path, Future]] = []
+
+    def finish(i: int, run: Run, json_path: Path, outcome: Future | None) -> None:
+        nonlocal ceilings
+        if outcome is not None:
+            run.status, run.reason, run.seconds = outcome.result()
+            if run.status == "ok":
+                data = collect(run, json_path, ceilings, device)
+                if data is not None and run.step.name == CEILINGS_STEP:
+                    ceilings = ceilings_of(data)
+        print(f"[{i}/{len(steps)}] {run.step.name}: {run.status}"
               + (f" in {run.seconds:.1f} s" if run.seconds is not None else "")
               + (f", {len(run.figures)} figures" if run.figures else "")
               + (f" ({run.reason})" if run.reason else ""), file=sys.stderr, flush=True)
         meta["wall_s"] = round(time.monotonic() - start, 1)
         write_summary(out_dir, runs, meta)
+
+    def drain(keep: int) -> None:
+        while len(pending) > keep:
+            finish(*pending.pop(0))
+
+    with ThreadPoolExecutor(max_workers=SMOKE_SIDE_BY_SIDE if smoke else 1) as pool, _stopped_with_the_suite():
+        for i, step in enumerate(steps, 1):
+            argv = step.smoke_argv if smoke else step.argv
+            expected = step.smoke_seconds if smoke else step.seconds
+            timeout = SMOKE_TIMEOUT_S if smoke else step.timeout_s
+            left = budget_s - (time.monotonic() - start)
+            json_path = out_dir / f"{step.name}.json"
+            values = {"json": str(json_path), "device": device, "num_gpus": "1" if device == "cuda" else "0",
+                      "official_repo": official_repo or ""}
+            run = Run(step, "skipped", date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            runs.append(run)
+            outcome = None
+            if argv is None:
+                run.reason = "smoke: its benchmark runs at tiny sizes in another step"
+            elif step.needs_official_repo and not official_repo:
+                run.reason = "needs --official-repo DIR (an export of NVlabs/stylegan2-ada-pytorch)"
+            else:
+                argv = _fill(argv, values)
+                run.command = shlex.join(["python", *argv])
+                if left < expected:
+                    run.reason = f"budget: expected to take {expected:.0f} s, {max(left, 0):.0f} s of {budget_s:.0f} s left"
+                else:
+                    print(f"[{i}/{len(steps)}] {step.name}: {run.command}", file=sys.stderr, flush=True)
+                    json_path.unlink(missing_ok=True)
+                    limit = min(timeout, left)
+                    outcome = pool.submit(_run_within, argv, out_dir / f"{step.name}.log", limit, timeout)
+            pending.append((i, run, json_path, outcome))
+            # the ceilings come before any step that needs them; a full run waits for every step
+            drain(0 if step.name == CEILINGS_STEP or not smoke else SMOKE_SIDE_BY_SIDE - 1)
+        drain(0)
     return runs
+
+
+@contextmanager
+def _stopped_with_the_suite() -> Iterator[None]:
+    """The suite itself stopped (SIGTERM, Ctrl-C): take its running steps down with it."""
+    try:
+        yield
+    except BaseException:
+        for proc in list(_RUNNING):
+            _stop(proc)
+        raise
+
+
+def _run_within(argv: Sequence[str], log: Path, limit: float, timeout: float) -> tuple[str, str | None, float]:
+    """run_step, saying when the suite's budget, not the step's own timeout, stopped it."""
+    status, reason, seconds = run_step(argv, log, limit)
+    if status == "timeout" and limit < timeout:
+        reason = f"{reason} (the end of the suite's budget)"
+    return status, reason, seconds
 
 
 def entries(runs: Sequence[Run], meta: dict) -> list[dict]:
