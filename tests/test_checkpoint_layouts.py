@@ -252,7 +252,7 @@ def test_a_stylegan3_repo_stylegan2_pickle_inverts_end_to_end_with_the_cli(tmp_p
     subprocess.run([*cli, "invert", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "store"),
                     "--generator", generator, "--prior", str(tmp_path / "prior.safetensors"), "--stages",
                     "refine,compress", "--perceptual", "discriminator", "--steps", "5", "--batch-size", "3",
-                    "--no-progress"], **run)
+                    "--runner", "local", "--no-progress"], **run)
     rows = pd.read_parquet(tmp_path / "store" / "latents")
     assert sorted(rows["image_id"]) == ["0.png", "1.png", "2.png"]
     assert (rows["status"] == "ok").all()

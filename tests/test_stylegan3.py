@@ -112,10 +112,11 @@ def test_refinement_gradients_flow_to_the_latents():
 
 
 @pytest.mark.slow
-def test_every_stage_runs_on_a_stylegan3_generator(ray_local, tmp_path, monkeypatch):
+def test_every_stage_runs_on_a_stylegan3_generator(tmp_path, monkeypatch):
     """generate, fit-prior, train-encoder, invert (encode, refine, compress), curate, channels,
-    report, reconstruct and evaluate, through the command line (in this process: the subject is the
-    architecture, not the CLI), on the StyleGAN3-T fixture; then invert in W on the -R fixture."""
+    report, reconstruct and evaluate, through the command line (in this process, with --runner local: the
+    subject is the architecture, not the CLI or Ray), on the StyleGAN3-T fixture; then invert in W on the -R
+    fixture."""
     import pandas as pd
     from click.testing import CliRunner
 
@@ -141,10 +142,10 @@ def test_every_stage_runs_on_a_stylegan3_generator(ray_local, tmp_path, monkeypa
     cli("generate", generator, "--seeds", "0-3", "--out", str(tmp_path / "samples.png"))
     cli("fit-prior", "--generator", generator, "--output", prior, "--num-samples", "5000", "--batch-size", "5000")
     cli("train-encoder", "--generator", generator, "--output", encoder, "--steps", "4", "--batch-size", "4",
-        "--perceptual", "discriminator", "--checkpoint-every", "2", "--eval-size", "4")
+        "--perceptual", "discriminator", "--checkpoint-every", "2", "--eval-size", "4", "--runner", "local")
     cli("invert", "--input", str(tmp_path / "in"), "--output", store, "--generator", generator, "--encoder",
         encoder + "/encoder.safetensors", "--prior", prior, "--stages", "encode,refine,compress",
-        "--perceptual", "discriminator", "--steps", "3", "--no-progress")
+        "--perceptual", "discriminator", "--steps", "3", "--runner", "local", "--no-progress")
     rows = pd.read_parquet(tmp_path / "store" / "latents")
     assert len(rows) == 6 and (rows["status"] == "ok").all() and rows["w_compressed"].notna().all()
     cli("curate", store, "--device", "cpu")
@@ -160,6 +161,6 @@ def test_every_stage_runs_on_a_stylegan3_generator(ray_local, tmp_path, monkeypa
     assert (tmp_path / "store" / "report.html").exists() and (tmp_path / "eval" / "eval.json").exists()
     cli("invert", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "store_r"), "--generator",
         str(FIXTURES / "stylegan3_r_16px.pkl"), "--stages", "refine", "--perceptual", "discriminator", "--steps", "2",
-        "--latent-space", "w", "--no-progress")
+        "--latent-space", "w", "--runner", "local", "--no-progress")
     rows_r = pd.read_parquet(tmp_path / "store_r" / "latents")
     assert len(rows_r) == 6 and (rows_r["status"] == "ok").all()
