@@ -323,7 +323,7 @@ def test_a_run_whose_every_row_failed_exits_non_zero_and_says_why(generator, tmp
     for i in range(3):
         (tmp_path / "in" / f"bad{i}.png").write_bytes(b"not an image at all")
     args = ["invert", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "store"), "--generator", generator,
-            "--stages", "refine", "--perceptual", "none", "--no-progress"]
+            "--stages", "refine", "--perceptual", "none", "--runner", "local", "--no-progress"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "every one of the 3 rows this run made is an error (3 not an image)" in result.output
