@@ -1,7 +1,7 @@
 """The flow prior's costs: fit-flow's training time for 1e6 samples, and log_prob throughput, each
 against the gaussianized prior it improves on (fit-prior on the same samples; its log_prob).
 
-Runs fit-flow's own training step (jobs/fit_flow.py FlowTask) in this process, so Ray Train's
+Runs fit-flow's own training step (pipeline/training/flow_task.py) in this process, so Ray Train's
 start-up (about 20 s, once per job) is not in the figure. Generators: the bundled demo model
 (64-d W) and the official 512-d mapping with random weights (what an FFHQ model's flow costs; its
 held-out gain means nothing, its time does).
@@ -21,7 +21,8 @@ import torch
 
 from benchmarks.generator import official_generator
 from benchmarks.timing import machine_description, median_seconds, synchronize, write_results
-from jobs.fit_flow import FitFlowConfig, FlowTask
+from jobs.fit_flow import FitFlowConfig
+from pipeline.training.flow_task import FlowTask
 from pipeline.models.bundle import write_bundle
 from pipeline.priors.gaussian import GaussianizedPrior, mapped_samples
 

@@ -61,7 +61,7 @@ def test_the_training_loop_runs_and_resumes_in_this_process_without_ray(generato
 
     import ray
 
-    from jobs.fit_flow import FlowTask
+    from pipeline.training.flow_task import FlowTask
     from pipeline.training.checkpointing import latest_checkpoint
     from pipeline.training.loop import LocalSink, run_training
 

@@ -60,7 +60,7 @@ def test_an_invertible_mapping_trains_and_inverts_exactly(emoji, tmp_path):
     """The training step itself, in this process: Ray's part is the same as for any mapping (above)."""
     from dataclasses import replace
 
-    from jobs.train_generator import GeneratorTask
+    from pipeline.training.generator_task import GeneratorTask
     from pipeline.models.bundle import write_bundle
 
     cfg = replace(config(emoji, tmp_path, steps=3), mapping="invertible", coupling="affine")

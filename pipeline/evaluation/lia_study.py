@@ -142,8 +142,7 @@ def adversarial_encoder(models: EvalModels, images: torch.Tensor, *, steps: int,
         return {"rows": [], "skipped": "needs an encoder and a generator checkpoint with a discriminator"}
     from pipeline.models.encoder import encode
     from pipeline.training.settings import EncoderTrainingConfig
-    from pipeline.training.encoder_training import (LossWeights, discriminator_losses, encoder_losses, reconstruct,
-                                                    sample_training_batch)
+    from pipeline.training.encoder_training import LossWeights, encoder_step, sample_training_batch
 
     G, device = models.G, models.device
     recipe = {f.name: f.default for f in dataclasses.fields(EncoderTrainingConfig)}  # train-encoder's own defaults
@@ -157,19 +156,8 @@ def adversarial_encoder(models: EvalModels, images: torch.Tensor, *, steps: int,
         for step in range(steps):
             rng = stream(seed, "lia", "fine-tune", step, device=device)  # the same batches both times
             batch = sample_training_batch(G, recipe["batch_size"], rng)
-            reconstruction = reconstruct(E, G, batch)
-            losses = encoder_losses(E, G, batch, perceptual=models.perceptual, weights=weights, discriminator=D,
-                                    reconstruction=reconstruction)
-            opt_E.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt_E.step()
-            whole = torch.tensor([k != "collage" for k in batch.kinds], device=device)
-            if adversarial > 0 and bool(whole.any()):
-                d_loss = discriminator_losses(D, batch.targets[whole], reconstruction[1],
-                                              r1_gamma=recipe["r1_gamma"])["total"]
-                opt_D.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_D.step()
+            encoder_step(E, G, batch, opt_E, perceptual=models.perceptual, weights=weights, D=D, optimizer_D=opt_D,
+                         r1_gamma=recipe["r1_gamma"])  # train-encoder's own step
         E.eval()
         with torch.no_grad():
             recon = _render(G, encode(E, images.to(device)).float())

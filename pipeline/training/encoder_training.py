@@ -1,4 +1,4 @@
-"""Training the latent regressor on samples of a frozen generator (pure torch; Ray lives in jobs/).
+"""Training the latent regressor on samples of a frozen generator (pure torch; Ray lives in runtime/).
 
 Each step draws z, maps it to W+ (with style mixing, so E sees W+ that W alone never produces),
 renders x = G(w+), hides pixels with a random mask (or builds a collage of two samples), and
@@ -131,6 +131,26 @@ def discriminator_losses(D: nn.Module, reals: torch.Tensor, fakes: torch.Tensor,
         (grad,) = torch.autograd.grad(real_logits.sum(), reals, create_graph=True)
         r1 = grad.square().sum(dim=(1, 2, 3)).mean() * (r1_gamma / 2)
     return {"total": loss + r1, "d_loss": loss, "r1": r1}
+
+
+def encoder_step(E: nn.Module, G: Generator, batch: TrainingBatch, optimizer: torch.optim.Optimizer, *,
+                 perceptual: nn.Module | None, weights: LossWeights, D: nn.Module | None = None,
+                 optimizer_D: torch.optim.Optimizer | None = None, r1_gamma: float = 1.0) -> dict[str, torch.Tensor]:
+    """One step of train-encoder (and of the LIA study's fine-tuning, which must train exactly so): E's losses
+    and update, then, with a discriminator D, D's own step on the batch's whole images (never collages) against
+    the reconstructions. Returns every loss."""
+    from pipeline.training.loop import optimizer_step
+
+    reconstruction = reconstruct(E, G, batch)
+    losses = encoder_losses(E, G, batch, perceptual=perceptual, weights=weights, discriminator=D,
+                            reconstruction=reconstruction)
+    optimizer_step(optimizer, E, losses["total"])
+    whole = torch.tensor([kind != "collage" for kind in batch.kinds], device=batch.targets.device)
+    if D is not None and optimizer_D is not None and weights.adversarial > 0 and bool(whole.any()):
+        d_losses = discriminator_losses(D, batch.targets[whole], reconstruction[1], r1_gamma=r1_gamma)
+        optimizer_step(optimizer_D, D, d_losses.pop("total"))
+        losses.update(d_losses)
+    return losses
 
 
 @torch.no_grad()
