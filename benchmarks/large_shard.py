@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.timing import machine_description, write_results
+from benchmarks.timing import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,6 @@ Flat memory across sizes is the claim; the growth of each time is fitted between
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.augment.augment_plan import (DONOR_INPUT_BYTES, DONOR_INPUT_ROWS, DONOR_LATENT_BYTES, DONORS,
-                                           PREVIEW, RECIPE, REFERENCE_ROWS, SAMPLES, SUMMARY, Reference, Unit,
+                                           RECIPE, REFERENCE_ROWS, SAMPLES, SUMMARY, Reference, Unit,
                                            check_recipe, done_units, gather, ledger_file, out_path, plan_units,
                                            read_sample, recipe_of, sample_positions)
 from pipeline.augment.augment_processor import AugmentProcessor, OutputClaim
@@ -45,7 +45,6 @@ from pipeline.priors.latent_prior import in_chunks
 from pipeline.stages.chain import NOISE_MODE
 from pipeline.sampling import stream_seed
 from pipeline.store import layout
-from pipeline.store.augment_schema import AUGMENT
 from pipeline.store.parquet_files import parquet_bytes
 from pipeline.store.store import Store, open_store
 from pipeline.store.store_lock import claim_store

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path

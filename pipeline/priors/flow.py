@@ -28,7 +28,6 @@ import torch
 
 from pipeline.models.bundle import write_bundle
 from pipeline.models.invertible import CouplingStack
-from pipeline.models.stylegan2 import Generator
 from pipeline.priors.gaussian import GaussianizedPrior, degaussianize, gaussianize, gaussianize_log_det
 from pipeline.priors.latent_prior import LatentPrior, mean_over_layers
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 from dataclasses import asdict
 from typing import Any
 

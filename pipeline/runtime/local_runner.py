@@ -11,8 +11,6 @@ import sys
 import time
 from typing import Any, Callable
 
-from pipeline.data.sources import ShardSpec
-from pipeline.invert.config import InvertConfig
 from pipeline.runtime.ray_runner import progress_bars, show_rows
 from pipeline.invert.shard_book import RunSummary, ShardBook
 from pipeline.store.writer import ShardWriter
