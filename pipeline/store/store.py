@@ -34,9 +34,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.data.decode import DecodeSettings, input_id
+from pipeline.data.decode import DecodeSettings
 from pipeline.data.planning import InputPlan
-from pipeline.data.sources import ShardSpec, read_shard
+from pipeline.data.sources import ShardSpec
 from pipeline.errors import LatentmillError
 from pipeline.store import layout
 from pipeline.store.schema import latent_array
@@ -314,63 +314,34 @@ class Store:
 
         return nearest(self, query, k, column)
 
-    # --- models and inputs ---
+    # --- models and inputs: made by pipeline/store/store_models.py and store_inputs.py from this store's records ---
 
     def load_models(self, device: str | torch.device = "cpu", *, generator: str | None = None,
                     encoder: bool = False, prior: bool = False, identity: bool = False,
                     perceptual: str = "none") -> ModelSet:
         """The store's generator (or `generator`, which must be the same network) and the recorded
         encoder, prior and identity model where asked for and recorded, all checked against it."""
-        from pipeline.models.model_set import load_model_set
+        from pipeline.store.store_models import load_store_models
 
-        meta = self.metadata
-        models = load_model_set(generator or meta["generator"], device=device,
-                                generator_fingerprint=meta["generator_fingerprint"],
-                                generator_setting="--generator" if generator else f"the store's generator ({layout.RECIPE})")
-        return self.add_models(models, encoder=encoder, prior=prior, identity=identity, perceptual=perceptual)
+        return load_store_models(self, device, generator=generator, encoder=encoder, prior=prior, identity=identity,
+                                 perceptual=perceptual)
 
     def add_models(self, models: ModelSet, *, encoder: bool = False, prior: bool = False, identity: bool = False,
                    perceptual: str | None = None) -> ModelSet:
         """The recorded encoder, prior and identity model, where asked for and recorded, added to models
         already loaded by `load_models` (checked against their G; the generator is not loaded again)."""
-        from pipeline.models.model_set import add_models
+        from pipeline.store.store_models import add_store_models
 
-        meta, settings = self.metadata, self.settings
-        return add_models(models, encoder=meta.get("encoder") if encoder else None,
-                          prior=meta.get("prior") if prior else None, perceptual=perceptual,
-                          lpips_weights=settings.get("lpips_weights"),
-                          identity_model=settings.get("identity_model", "facenet") if identity else None,
-                          facenet_weights=settings.get("facenet_weights"))
+        return add_store_models(self, models, encoder=encoder, prior=prior, identity=identity, perceptual=perceptual)
 
     def read_inputs(self, shards: Sequence[str], image_ids: Sequence[str], *,
                     missing_ok: bool = False) -> dict[str, torch.Tensor]:
         """The decoded inputs ([C, R, R] in [-1, 1]) of rows given by (shard, image_id), by image_id,
         decoded as the run decoded them; each input shard involved is read once. An input no longer
         readable is a FileNotFoundError naming it, or (missing_ok) absent from the result."""
-        import torch
+        from pipeline.store.store_inputs import read_store_inputs
 
-        decoding = self.decode_settings
-        aligner = decoding.aligner()
-        resolution, channels = self.metadata["img_resolution"], self.metadata["img_channels"]
-        wanted: dict[str, set[str]] = {}
-        for shard, image_id in zip(shards, image_ids):
-            wanted.setdefault(shard, set()).add(image_id)
-        plan = self.plan
-        found: dict[str, torch.Tensor] = {}
-        for shard, ids in wanted.items():
-            if shard not in plan:
-                raise KeyError(f"{self.uri}: shard {shard!r} is not in {layout.PLAN}")
-            inputs = {input_id(row_id) for row_id in ids}
-            for record in read_shard(plan[shard], on_duplicate_id=self.settings.get("on_duplicate_id", "suffix")):
-                if record.image_id in inputs and record.data is not None:
-                    rows = decoding.decode_rows(record.data, resolution=resolution, channels=channels, aligner=aligner)
-                    for row_id, decoded in zip(decoding.row_ids(record.image_id, rows), rows):
-                        if decoded.ok and row_id in ids:
-                            found[row_id] = torch.from_numpy(decoded.image)
-        missing = [i for i in image_ids if i not in found]
-        if missing and not missing_ok:
-            raise FileNotFoundError(f"{self.uri}: inputs no longer readable: {missing[:5]}")
-        return found
+        return read_store_inputs(self, shards, image_ids, missing_ok=missing_ok)
 
 
 def open_store(uri: str) -> Store:
