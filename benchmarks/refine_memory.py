@@ -24,7 +24,7 @@ from benchmarks.generator import official_generator
 from benchmarks.timing import machine_description
 from benchmarks.stand_in_weights import save_random_backbone
 from pipeline.losses.lpips_loss import LPIPSLoss
-from pipeline.models.model_set import ModelSet
+from pipeline.model_set import ModelSet
 from pipeline.precision import resolve_precision
 from pipeline.priors.gaussian import GaussianizedPrior
 from pipeline.invert.batch_size import actor_memory_bytes, largest_batch, refine_bytes_per_image

@@ -77,7 +77,7 @@ def load(cfg: EvaluateConfig):
     from pipeline.data.image_pool import load_image_pool
     from pipeline.evaluation.models import EvalModels
     from pipeline.evaluation.realism import feature_extractor, kid_to
-    from pipeline.models.model_set import load_model_set
+    from pipeline.model_set import load_model_set
 
     device = torch.device(cfg.device)
     loaded = load_model_set(cfg.generator, device=device, encoder=cfg.encoder, prior=cfg.prior,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.models.model_set import ModelSet
+from pipeline.model_set import ModelSet
 from pipeline.invert import batch_size as sizing
 from tests.conftest import tiny_generator
 

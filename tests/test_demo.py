@@ -19,7 +19,7 @@ from pipeline.models.stylegan2 import Discriminator
 from pipeline.priors.flow import FlowPrior
 from pipeline.priors.gaussian import GaussianizedPrior, mapped_samples
 from pipeline.priors.load import load_prior
-from pipeline.stages.identity import load_identity_model
+from pipeline.models.identity import load_identity_model
 from pipeline.store.store import read_latents
 
 pytestmark = pytest.mark.slow  # end-to-end runs (Ray, subprocesses, training): minutes on 2 cores

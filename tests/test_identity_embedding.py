@@ -10,7 +10,7 @@ import torch
 from pipeline.errors import CheckpointError, WeightsNotFoundError
 from pipeline.models.bundle import write_bundle
 from pipeline.models.embedding import EmbeddingNet
-from pipeline.stages.identity import identity_cosine, load_identity_model
+from pipeline.models.identity import identity_cosine, load_identity_model
 from pipeline.training.identity_training import degrade, info_nce, retrieval_accuracy
 from tests.conftest import tiny_generator
 

@@ -69,7 +69,7 @@ def test_the_official_checkpoint_gives_the_official_w_plus(name, checkpoints):
 
 
 def test_arcface_embeds_as_psps_id_loss_does(checkpoints):
-    from pipeline.stages.identity import ARCFACE_NAME, load_identity_model
+    from pipeline.models.identity import ARCFACE_NAME, load_identity_model
 
     fixture, expected = load_fixture("arcface_ir_se50"), load_outputs("arcface_ir_se50")
     path = str(checkpoints("arcface_ir_se50"))

@@ -33,7 +33,7 @@ from pipeline.curation.rebalance import compose, part_masks
 from pipeline.data.webdataset import TarShardWriter
 from pipeline.devices import resolve_device
 from pipeline.imaging import png_bytes, to_uint8
-from pipeline.models.model_set import ModelSet
+from pipeline.model_set import ModelSet
 from pipeline.precision import device_kind
 from pipeline.stages.chain import NOISE_MODE
 from pipeline.store import layout

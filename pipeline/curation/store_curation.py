@@ -30,7 +30,7 @@ import torch
 from pipeline.progress import progress_bar
 
 from pipeline.devices import resolve_device
-from pipeline.models.model_set import ModelSet
+from pipeline.model_set import ModelSet
 from pipeline.curation.curate import above_percentile, duplicate_groups, near_duplicate_pairs, percentile_rank
 from pipeline.curation.curation_settings import CurateConfig
 from pipeline.curation.cross_store import cross_store_duplicates

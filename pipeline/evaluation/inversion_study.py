@@ -10,7 +10,7 @@ import torch
 
 from pipeline.evaluation.models import EvalModels, initial_latents
 from pipeline.models.encoder import encode
-from pipeline.stages.identity import identity_cosine
+from pipeline.models.identity import identity_cosine
 from pipeline.stages.refine import refine
 
 

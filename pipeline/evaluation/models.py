@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.models.encoder import encode
-from pipeline.models.model_set import ModelSet
+from pipeline.model_set import ModelSet
 
 
 @dataclass

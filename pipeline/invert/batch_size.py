@@ -24,7 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from pipeline.models.model_set import ModelSet
+from pipeline.model_set import ModelSet
 from pipeline.precision import autocast_for
 
 MARGIN = 0.6  # of the actor's memory, for batches: the rest is models, decoding, allocator slack

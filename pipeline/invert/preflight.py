@@ -21,7 +21,7 @@ import torch
 
 from pipeline.data.planning import Listing, list_dataset
 from pipeline.errors import LatentmillError
-from pipeline.models.model_set import ModelSet, add_models, load_model_set
+from pipeline.model_set import ModelSet, add_models, load_model_set
 from pipeline.invert.config import InvertConfig
 from pipeline.settings import setting_problems
 from pipeline.uris import absolute, check_writable_dir, local_path
@@ -131,7 +131,7 @@ def with_absolute_paths(config: InvertConfig) -> InvertConfig:
 
 def identity_with_absolute_path(spec: str) -> str:
     """An --identity-model whose path is absolute: 'arcface:PATH' keeps its prefix."""
-    from pipeline.stages.identity import ARCFACE_PREFIX
+    from pipeline.models.identity import ARCFACE_PREFIX
 
     if spec.startswith(ARCFACE_PREFIX):
         return ARCFACE_PREFIX + absolute(spec[len(ARCFACE_PREFIX):])

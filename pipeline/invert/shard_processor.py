@@ -36,7 +36,7 @@ from pipeline.data.decode import Decoded, DecodeSettings, decode_mask, input_id
 from pipeline.data.sources import InputRecord, ShardSpec, read_shard
 from pipeline.errors import LatentmillError
 from pipeline.models.fingerprint import fingerprint
-from pipeline.models.model_set import load_model_set
+from pipeline.model_set import load_model_set
 from pipeline.models.pretrained_encoder import INPUT_SIZE, PretrainedEncoder
 from pipeline.precision import device_kind, resolve_precision
 from pipeline.priors.load import exact_latent, prior_kind

@@ -29,8 +29,8 @@ from pipeline.report.in_domain import in_domain_check, store_inversion_settings
 from pipeline.report.svg_charts import histogram_svg, line_chart_svg
 from pipeline.report.verdict import toy_caption, verdict_block
 from pipeline.report.tradeoff import TradeoffPoint, compression_truncation_curve
-from pipeline.models.model_set import ModelSet
-from pipeline.stages.identity import FACENET_NAME, identity_band
+from pipeline.model_set import ModelSet
+from pipeline.models.identity import FACENET_NAME, identity_band
 from pipeline.store import layout
 from pipeline.store.derived_outputs import StoreFolder, inputs_key, reuse_or_compute
 from pipeline.store.flags_schema import FLAGS

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from pipeline.models.model_set import ModelSet
+from pipeline.model_set import ModelSet
 from pipeline.stages.chain import NOISE_MODE, invert_batch
 from pipeline.stages.inversion_settings import InversionSettings
 from pipeline.sampling import mapped_ws

@@ -15,7 +15,7 @@ import torch
 
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.load import Prior
-from pipeline.stages.identity import IdentityModel, cosine_to
+from pipeline.models.identity import IdentityModel, cosine_to
 
 DEFAULT_TAUS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 DEFAULT_PSIS = (0.2, 0.4, 0.6, 0.8, 1.0)

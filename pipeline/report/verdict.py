@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.report.report_rows import ReportRows
-from pipeline.stages.identity import FACENET_NAME, identity_band
+from pipeline.models.identity import FACENET_NAME, identity_band
 
 TOY_RESOLUTION = 64  # at or below this, reconstructions are blurry whatever the pipeline does
 

@@ -14,10 +14,10 @@ import torch
 
 from pipeline.losses.pixel import masked_mse
 from pipeline.models.encoder import encode
-from pipeline.models.model_set import ModelSet
+from pipeline.model_set import ModelSet
 from pipeline.models.stylegan2 import Generator
 from pipeline.priors.load import exact_latent
-from pipeline.stages.identity import cosine_to
+from pipeline.models.identity import cosine_to
 from pipeline.stages.inversion_settings import InversionSettings
 from pipeline.stages.refine import refine
 

@@ -11,7 +11,7 @@
 Metadata, plan and manifest are read once, lazily; the manifest's entries are read concurrently and
 carry each shard's counts (rows, ok, errors by reason), so summaries never read the rows. Every
 Parquet page is checked against its checksum as it is read; a damaged file is named, with the way
-out. Models are loaded through the one model loader (pipeline/models/model_set.py) with the store's
+out. Models are loaded through the one model loader (pipeline/model_set.py) with the store's
 recorded generator fingerprint, so a generator that is not the store's is refused; inputs are
 decoded with the run's recorded DecodeSettings, so they are the exact pixels the latents were
 fitted to. Writing goes through a claimed store (pipeline/store/writer.py).
@@ -49,7 +49,7 @@ from pipeline.uris import is_local, read_if_exists
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.models.model_set import ModelSet
+    from pipeline.model_set import ModelSet
 
 
 class StoreNotFoundError(LatentmillError, FileNotFoundError):

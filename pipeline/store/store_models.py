@@ -10,7 +10,7 @@ import torch
 from pipeline.store import layout
 
 if TYPE_CHECKING:
-    from pipeline.models.model_set import ModelSet
+    from pipeline.model_set import ModelSet
 
 
 class Store(Protocol):
@@ -28,7 +28,7 @@ def load_store_models(store: Store, device: str | torch.device = "cpu", *, gener
                       perceptual: str = "none") -> ModelSet:
     """The store's generator (or `generator`, which must be the same network) and the recorded
     encoder, prior and identity model where asked for and recorded, all checked against it."""
-    from pipeline.models.model_set import load_model_set
+    from pipeline.model_set import load_model_set
 
     meta = store.metadata
     models = load_model_set(generator or meta["generator"], device=device,
@@ -41,7 +41,7 @@ def add_store_models(store: Store, models: ModelSet, *, encoder: bool = False, p
                      identity: bool = False, perceptual: str | None = None) -> ModelSet:
     """The recorded encoder, prior and identity model, where asked for and recorded, added to models
     already loaded (checked against their G; the generator is not loaded again)."""
-    from pipeline.models.model_set import add_models
+    from pipeline.model_set import add_models
 
     meta, settings = store.metadata, store.settings
     return add_models(models, encoder=meta.get("encoder") if encoder else None,

@@ -19,7 +19,7 @@ from pipeline.models.encoder import AnyEncoder, encoder_from_records, load_encod
 from pipeline.models.fingerprint import fingerprint
 from pipeline.models.stylegan2 import Discriminator, Generator
 from pipeline.priors.load import Prior, load_prior
-from pipeline.stages.identity import IdentityModel
+from pipeline.models.identity import IdentityModel
 
 
 @dataclass
@@ -95,7 +95,7 @@ def add_models(models: ModelSet, *, encoder: str | None = None, prior: str | Non
     so a job that needs more later does not load the generator again. perceptual None leaves the
     perceptual model as it is."""
     from pipeline.losses.perceptual import build_perceptual
-    from pipeline.stages.identity import load_identity_model
+    from pipeline.models.identity import load_identity_model
 
     device = models.device
     if encoder:
