@@ -10,18 +10,18 @@ from collections.abc import Callable
 
 from jobs import curate, invert, rebalance
 from pipeline.demo import demo_config
+from pipeline.demo_settings import DemoConfig
 from pipeline.report.verdict import rebalance_shortfall
 from pipeline.uris import link
 
 
-def run(output: str, *, limit: int | None = None, steps: int = 100, batch_size: int = 48, num_gpus: float = 0.0,
-        address: str | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> str:
-    """Run the demo into OUTPUT; returns the report's URI. `echo` receives one line per step."""
+def run(settings: DemoConfig, *, echo: Callable[[str], None] = print) -> str:
+    """Run the demo into settings.output; returns the report's URI. `echo` receives one line per step."""
     from pipeline.report.html_report import build_report
 
-    config = demo_config(output, limit=limit, steps=steps, batch_size=batch_size, address=address,
-                         num_gpus=num_gpus, progress=progress)
-    device = "cuda" if num_gpus > 0 else "cpu"
+    config = demo_config(settings)
+    output, progress = settings.output, settings.progress
+    device = "cuda" if settings.num_gpus > 0 else "cpu"
     summary = invert.run(config)
     if summary.shards_done == 0 and summary.shards_skipped:
         echo(f"invert: reused: all {summary.shards_skipped} shards were already done; latents: {config.output}/latents/")

@@ -89,6 +89,9 @@ def _parameter(f: dataclasses.Field, hint: Any) -> Callable[[Callable], Callable
         kwargs["type"] = click.Choice(list(meta["choices"])) if meta.get("choices") else kind
         kwargs.update(default=default, show_default=default is not None)
     kwargs["required"] = required
+    if meta.get("old_spellings"):
+        decls += list(meta["old_spellings"])
+        kwargs["cls"] = OldSpellings
     return click.option(*decls, f.name, **kwargs)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.data.webdataset import add_sample, read_samples
+from pipeline.demo_settings import DemoConfig
 from pipeline.invert.config import InvertConfig
 
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
@@ -58,14 +59,14 @@ def subset_tar(sample: str, limit: int, destination: Path) -> str:
     return str(destination)
 
 
-def demo_config(output: str, *, limit: int | None = None, steps: int = 100, batch_size: int = 48,
-                address: str | None = None, num_gpus: float = 0.0, progress: bool = True) -> InvertConfig:
+def demo_config(settings: DemoConfig) -> InvertConfig:
     """The invert settings of the demo: every stage, the bundled models, the sample (or its first `limit`)."""
-    bundle = DemoBundle.locate()
+    bundle, output, limit = DemoBundle.locate(), settings.output, settings.limit
     source = bundle.sample if limit is None else subset_tar(bundle.sample, limit, Path(output) / "input")
     store = "store" if limit is None else f"store-first-{limit}"  # a subset is another store, never a mismatch
     return InvertConfig(input=source, output=str(Path(output) / store), generator=bundle.generator,
                         encoder=bundle.encoder, prior=bundle.prior, identity_model=bundle.identity,
-                        perceptual="discriminator", steps=steps, batch_size=batch_size, address=address,
-                        num_gpus=num_gpus, progress=progress,
-                        concurrency=1 if num_gpus > 0 else max(1, min(2, os.cpu_count() or 1)))
+                        perceptual="discriminator", steps=settings.steps, batch_size=settings.batch_size,
+                        address=settings.address, verbose=settings.verbose, num_gpus=settings.num_gpus,
+                        progress=settings.progress,
+                        concurrency=1 if settings.num_gpus > 0 else max(1, min(2, os.cpu_count() or 1)))

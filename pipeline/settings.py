@@ -20,16 +20,18 @@ T = TypeVar("T")
 def setting(default: Any = MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
             cli: bool = True, metavar: str | None = None, default_factory: Any = MISSING,
             positional: bool = False, minimum: float | None = None, maximum: float | None = None,
-            above: float | None = None, repeatable: bool = False) -> Any:
+            above: float | None = None, repeatable: bool = False, old_spellings: tuple[str, ...] = ()) -> Any:
     """A dataclass field that is also a documented setting.
 
     choices: the accepted values; minimum / maximum: the range of a number (inclusive), above: a
     bound it must exceed (all checked by `check_settings`, with every number required finite);
     cli=False keeps a field out of the command line; positional: a CLI argument rather than an option;
-    repeatable: a tuple given as the option repeated (--against A --against B) rather than a comma list.
+    repeatable: a tuple given as the option repeated (--against A --against B) rather than a comma list;
+    old_spellings: earlier names of the option (e.g. "--out"), still accepted, never shown in --help.
     """
     metadata = {"help": help, "choices": choices, "cli": cli, "metavar": metavar, "positional": positional,
-                "minimum": minimum, "maximum": maximum, "above": above, "repeatable": repeatable}
+                "minimum": minimum, "maximum": maximum, "above": above, "repeatable": repeatable,
+                "old_spellings": old_spellings}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)

@@ -6,8 +6,9 @@ import json
 
 import click
 
-from pipeline.settings import DeviceSettings
-from latentmill.options import OldSpellings, options_from
+from latentmill.errors import as_usage_errors
+from latentmill.options import options_from
+from pipeline.sampling_settings import GenerateConfig
 
 
 @click.command()
@@ -74,20 +75,8 @@ def convert(src: str, dst: str) -> None:
 
 
 @click.command()
-@click.argument("generator")
-@click.option("--seeds", default="0-15", show_default=True, help="Seeds, e.g. '0-15' or '1,5,9'. Seed s draws "
-              "z from numpy RandomState(s), as NVlabs' gen_images.py does, so images match the official code.")
-@click.option("--truncation-psi", default=1.0, show_default=True, help="Truncation towards w_avg (1 = none).")
-@click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True,
-              help="Per-pixel noise: the stored constant maps, fresh random maps, or none.")
-@click.option("--class-idx", type=int, default=None, help="Class label for conditional generators.")
-@click.option("--which", default="G_ema", show_default=True, help="Network in the checkpoint: G_ema or G.")
-@click.option("--output", "--out", "out_path", cls=OldSpellings, default="samples.png", show_default=True,
-              help="Where to write the image grid.")
-@click.option("--nrow", default=8, show_default=True, help="Images per row of the grid.")
-@options_from(DeviceSettings)
-def generate(generator: str, seeds: str, truncation_psi: float, noise_mode: str, class_idx: int | None, which: str,
-             out_path: str, nrow: int, device: str) -> None:
+@options_from(GenerateConfig, first=("seeds", "output"))
+def generate(**options: object) -> None:
     """Render seeded samples of GENERATOR (any checkpoint URI) into one image grid.
 
     \b
@@ -99,11 +88,15 @@ def generate(generator: str, seeds: str, truncation_psi: float, noise_mode: str,
     from pipeline.models.checkpoints import load_generator
     from pipeline.sampling import generate_images, parse_seeds
 
+    with as_usage_errors(ValueError):
+        config = GenerateConfig(**options)
     try:
-        seed_list = parse_seeds(seeds)
+        seed_list = parse_seeds(config.seeds)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--seeds") from None
-    G = load_generator(generator, which=which, device=resolve_device(device), setting="GENERATOR (the first argument)")
-    images = generate_images(G, seed_list, truncation_psi=truncation_psi, noise_mode=noise_mode, class_idx=class_idx)
-    click.echo(f"wrote {save_grid(images, out_path, nrow=nrow)} ({len(seed_list)} images, "
+    G = load_generator(config.generator, which=config.which, device=resolve_device(config.device),
+                       setting="GENERATOR (the first argument)")
+    images = generate_images(G, seed_list, truncation_psi=config.truncation_psi, noise_mode=config.noise_mode,
+                             class_idx=config.class_idx)
+    click.echo(f"wrote {save_grid(images, config.output, nrow=config.nrow)} ({len(seed_list)} images, "
                f"{G.img_resolution} px)")

@@ -8,6 +8,7 @@ import click
 
 from latentmill.errors import as_usage_errors
 from latentmill.options import options_from
+from pipeline.demo_settings import DemoConfig
 from pipeline.invert.config import InvertConfig
 
 INVERT_FIRST = ("input", "output", "generator", "encoder", "prior", "stages")
@@ -111,17 +112,8 @@ def verify(store: str, repair: bool, quick: bool) -> None:
 
 
 @click.command()
-@click.option("--output", default="out/demo", show_default=True, help="Directory for the demo's latent store "
-              "(OUTPUT/store) and report (OUTPUT/store/report.html); rerunning resumes.")
-@click.option("--limit", default=None, type=int, help="Only the first N images of the bundled sample (quick runs).")
-@click.option("--steps", default=100, show_default=True, help="Refinement steps per image.")
-@click.option("--batch-size", default=48, show_default=True, help="Images per batch.")
-@click.option("--num-gpus", default=0.0, show_default=True, help="GPUs for the inversion actor (0 = CPU: then one "
-              "actor per core, up to 2, one per sample shard).")
-@click.option("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else an embedded Ray).")
-@click.option("--progress/--no-progress", default=True, help="Progress bars (--no-progress for logs).")
-def demo(output: str, limit: int | None, steps: int, batch_size: int, num_gpus: float, address: str | None,
-         progress: bool) -> None:
+@options_from(DemoConfig, first=("output", "limit", "steps"))
+def demo(**options: object) -> None:
     """Run the pipeline on the bundled demo model and emoji sample, then write report.html.
 
     invert (encode, refine, compress, identity) -> curate (outliers, near-duplicates, bad
@@ -137,5 +129,6 @@ def demo(output: str, limit: int | None, steps: int, batch_size: int, num_gpus: 
     """
     from jobs.demo import run
 
-    run(output, limit=limit, steps=steps, batch_size=batch_size, num_gpus=num_gpus, address=address,
-             progress=progress, echo=click.echo)
+    with as_usage_errors(ValueError):
+        config = DemoConfig(**options)
+    run(config, echo=click.echo)

@@ -7,35 +7,19 @@ import json
 import click
 
 from latentmill.errors import as_usage_errors, parse_ids
-from latentmill.options import OldSpellings, options_from
-from pipeline.settings import DeviceSettings, LatentColumnSettings
+from latentmill.options import options_from
 from pipeline.curation.curation_settings import CurateConfig
 from pipeline.curation.rebalance_settings import RebalanceConfig
 from pipeline.augment.augment_settings import AugmentConfig
 from pipeline.export.export_settings import INDEX_MIN_ROWS, ExportConfig
-
-_latent_column = options_from(LatentColumnSettings)
-_generator = click.option("--generator", default=None, help="Generator URI (default: the one recorded in the store; "
-                          "another copy of the same network is accepted, a different one refused).")
+from pipeline.report.report_settings import ReportConfig
+from pipeline.stages.stylespace_settings import ChannelsConfig
+from pipeline.store.reconstruct_settings import ReconstructConfig
 
 
 @click.command()
-@click.argument("store")
-@click.option("--sheet-size", default=12, show_default=True, help="Images per contact sheet.")
-@click.option("--curve-images", default=48, show_default=True,
-              help="Images used for the compression-vs-truncation curve.")
-@click.option("--in-domain", default=4, show_default=True,
-              help="The generator's own samples inverted with the store's recipe, to tell model capacity from "
-                   "pipeline faults (0: skip).")
-@click.option("--self-contained", is_flag=True, help="Embed every picture in report.html (one file to mail or "
-              "attach) instead of writing them to STORE/report/.")
-@_generator
-@options_from(DeviceSettings)
-@click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar.")
-@click.option("--exclude-flagged", is_flag=True, help="Leave the rows `latentmill curate` flagged out of every count, "
-              "sheet and chart.")
-def report(store: str, sheet_size: int, curve_images: int, in_domain: int, self_contained: bool,
-           generator: str | None, device: str, progress: bool, exclude_flagged: bool) -> None:
+@options_from(ReportConfig, first=("self_contained", "in_domain", "exclude_flagged"))
+def report(**options: object) -> None:
     """Write STORE/report.html, the page to read (and send) after a run.
 
     A verdict (what ran, how well, what failed), labelled contact sheets (input | encoded | refined
@@ -51,10 +35,12 @@ def report(store: str, sheet_size: int, curve_images: int, in_domain: int, self_
     from pipeline.report.html_report import build_report
     from pipeline.uris import link
 
+    with as_usage_errors(ValueError):
+        config = ReportConfig(**options)
     with as_usage_errors(FileNotFoundError, ValueError):
-        uri = build_report(store, sheet_size=sheet_size, curve_images=curve_images, generator=generator,
-                           device=device, self_contained=self_contained, in_domain=in_domain, progress=progress,
-                           exclude_flagged=exclude_flagged)
+        uri = build_report(config.store, sheet_size=config.sheet_size, curve_images=config.curve_images,
+                           generator=config.generator, device=config.device, self_contained=config.self_contained,
+                           in_domain=config.in_domain, progress=config.progress, exclude_flagged=config.exclude_flagged)
     click.echo(f"report: {link(uri)}")
 
 
@@ -187,13 +173,8 @@ def nll_filter_line(summary: dict, percentile: float) -> str:
 
 
 @click.command()
-@click.argument("store")
-@click.option("--ids", required=True, help="Comma-separated image ids, or @FILE with one id per line.")
-@click.option("--output", "--out", "out_dir", cls=OldSpellings, required=True, help="Directory for the PNGs (created).")
-@_latent_column
-@_generator
-@options_from(DeviceSettings)
-def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str | None, device: str) -> None:
+@options_from(ReconstructConfig, first=("ids", "output"))
+def reconstruct(**options: object) -> None:
     """Render stored latents of STORE back into images (one PNG per id).
 
     \b
@@ -212,9 +193,12 @@ def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str 
     from pipeline.store.file_names import distinct_file_names
     from pipeline.store.store import open_store
 
-    wanted = parse_ids(ids)
-    opened = open_store(store)
-    G = opened.load_models(resolve_device(device), generator=generator).G
+    with as_usage_errors(ValueError):
+        config = ReconstructConfig(**options)
+    column, out_dir = config.column, config.output
+    wanted = parse_ids(config.ids)
+    opened = open_store(config.store)
+    G = opened.load_models(resolve_device(config.device), generator=config.generator).G
     frame = opened.to_pandas(["image_id", "status", column])
     frame = frame[frame["image_id"].isin(wanted)]
     missing = sorted(set(wanted) - set(frame["image_id"]))
@@ -235,17 +219,8 @@ def reconstruct(store: str, ids: str, out_dir: str, column: str, generator: str 
 
 
 @click.command()
-@click.argument("store")
-@click.option("--positives", required=True, help="Image ids showing the attribute (10-30 suffice): comma-separated, "
-              "or @FILE with one id per line.")
-@_latent_column
-@click.option("--top-k", default=10, show_default=True, help="How many channels to list.")
-@click.option("--layers", default=None, help="Only rank these StyleSpace layers (comma-separated, e.g. b16.conv0).")
-@click.option("--include-torgb", is_flag=True, help="Also rank toRGB style channels (off, as in the paper).")
-@_generator
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def channels(store: str, positives: str, column: str, top_k: int, layers: str | None, include_torgb: bool,
-             generator: str | None, as_json: bool) -> None:
+@options_from(ChannelsConfig, first=("positives", "top_k"))
+def channels(**options: object) -> None:
     """Find the StyleSpace channels that control an attribute, from a few positive examples.
 
     Ranks every channel by |mean over positives - mean over the store| / std over the store (Wu et
@@ -260,9 +235,12 @@ def channels(store: str, positives: str, column: str, top_k: int, layers: str | 
     from pipeline.stages.stylespace import detect_channels, stats_of, styles_of
     from pipeline.store.store import open_store
 
-    wanted = parse_ids(positives)
-    opened = open_store(store)
-    G = opened.load_models("cpu", generator=generator).G
+    with as_usage_errors(ValueError):
+        config = ChannelsConfig(**options)
+    column, layers = config.column, config.layers
+    wanted = parse_ids(config.positives)
+    opened = open_store(config.store)
+    G = opened.load_models("cpu", generator=config.generator).G
     frame = opened.to_pandas(["image_id", "status", column])
     frame = frame[(frame["status"] == "ok") & frame[column].notna()]
     missing = sorted(set(wanted) - set(frame["image_id"]))
@@ -273,12 +251,12 @@ def channels(store: str, positives: str, column: str, top_k: int, layers: str | 
     styles = styles_of(G, torch.from_numpy(opened.latents(frame, column)))
     stats = stats_of(styles)
     mask = torch.tensor(frame["image_id"].isin(wanted).to_numpy(), dtype=torch.bool)
-    ranked = detect_channels({k: v[mask] for k, v in styles.items()}, stats, top_k,
-                             layers=layers.split(",") if layers else None, include_torgb=include_torgb)
-    if as_json:
+    ranked = detect_channels({k: v[mask] for k, v in styles.items()}, stats, config.top_k,
+                             layers=layers.split(",") if layers else None, include_torgb=config.include_torgb)
+    if config.json:
         click.echo(json.dumps([vars(c) for c in ranked], indent=2))
         return
-    click.echo(f"{len(wanted)} positives against {len(frame)} rows of {store}\n")
+    click.echo(f"{len(wanted)} positives against {len(frame)} rows of {config.store}\n")
     click.echo(f"{'rank':>4}  {'layer':<12} {'channel':>7}  {'score':>7}  direction")
     for rank, c in enumerate(ranked, 1):
         click.echo(f"{rank:>4}  {c.layer:<12} {c.channel:>7}  {c.score:7.3f}  {'+' if c.sign > 0 else '-'}")
