@@ -29,7 +29,7 @@ from pipeline.evaluation.swd import swd
 from pipeline.losses.pixel import masked_mse
 from pipeline.priors.flow import FlowPrior
 from pipeline.priors.gaussian import GaussianizedPrior
-from pipeline.sampling import mapped_samples, stream
+from pipeline.sampling import mapped_samples, random_labels, stream
 from pipeline.stages.refine import refine
 
 LatentMap = Callable[[torch.Tensor], torch.Tensor]
@@ -74,9 +74,11 @@ def interpolation_paths(models: EvalModels, *, pairs: int, frames: int, seed: in
     G = models.G
     rng = torch.Generator(device=models.device).manual_seed(seed)
     z0, z1 = (torch.randn(pairs, G.z_dim, generator=rng, device=models.device) for _ in range(2))
+    c = random_labels(G, pairs, rng)  # a conditional G: one class per pair, the whole path long (sampling's rule)
+    c_frames = None if c is None else c.repeat_interleave(frames, dim=0)
     with torch.no_grad():
-        in_z = _lerp_path(z0, z1, frames, back=lambda z: G.mapping(z)[:, 0])
-        in_w = _lerp_path(G.mapping(z0)[:, 0], G.mapping(z1)[:, 0], frames)
+        in_z = _lerp_path(z0, z1, frames, back=lambda z: G.mapping(z, c_frames)[:, 0])
+        in_w = _lerp_path(G.mapping(z0, c)[:, 0], G.mapping(z1, c)[:, 0], frames)
     rows = [{"space": space, "pairs": pairs, "frames": frames,
              "path_length": path_length(models, _broadcast(G, path)).mean().item()}
             for space, path in (("z (lerp)", in_z), ("w (lerp)", in_w))]
@@ -140,6 +142,9 @@ def adversarial_encoder(models: EvalModels, images: torch.Tensor, *, steps: int,
     images compared by MSE, perceptual distance, SWD and KID."""
     if models.E is None or models.D is None:
         return {"rows": [], "skipped": "needs an encoder and a generator checkpoint with a discriminator"}
+    if getattr(models.D, "c_dim", 0):
+        return {"rows": [], "skipped": "the discriminator is conditional: it cannot judge reconstructions of images "
+                                       "whose class is unknown"}
     from pipeline.models.encoder import encode
     from pipeline.training.settings import EncoderTrainingConfig
     from pipeline.training.encoder_training import LossWeights, encoder_step, sample_training_batch

@@ -154,6 +154,12 @@ def _no_discriminator(config: Any, networks: dict[str, Any]) -> None:
                      "checkpoint with D, or --adversarial-weight 0")
 
 
+def _conditional_discriminator(config: Any, c_dim: int) -> None:
+    raise ValueError(f"--adversarial-weight {config.adversarial_weight} fine-tunes the generator's discriminator, but "
+                     f"the one in --generator {config.generator} is conditional ({c_dim} classes) and cannot judge "
+                     "reconstructions of images whose class is unknown; use --adversarial-weight 0")
+
+
 def _perceptual_weights(config: InvertConfig) -> None:
     from pipeline.losses.lpips_loss import default_backbone_uri
 
@@ -189,6 +195,8 @@ def preflight_training(config: object, command: str) -> None:
         networks = problems.attempt(lambda: load_networks(config.generator, device="cpu", setting="--generator"))
         if networks is not None and getattr(config, "adversarial_weight", 0) > 0 and "D" not in networks:
             problems.attempt(lambda: _no_discriminator(config, networks))
+        elif networks is not None and getattr(config, "adversarial_weight", 0) > 0 and networks["D"].c_dim:
+            problems.attempt(lambda: _conditional_discriminator(config, networks["D"].c_dim))
     if getattr(config, "backbone_weights", None):
         problems.attempt(lambda: local_path(config.backbone_weights, setting="--backbone-weights"))
     if getattr(config, "perceptual", None) == "lpips":
