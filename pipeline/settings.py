@@ -121,6 +121,14 @@ class LatentColumnSettings:
 
 
 @dataclass(kw_only=True)
+class StoreGeneratorSettings:
+    """For commands that render a store's latents: they need the generator the store was made with."""
+
+    generator: str | None = setting(None, "Generator URI (default: the one recorded in the store; another copy of "
+                                          "the same network is accepted, a different one refused).")
+
+
+@dataclass(kw_only=True)
 class TrainingRunSettings(RaySettings, RunnerSettings):
     """What every training job shares: where it writes, how it is distributed, how it is seeded."""
 

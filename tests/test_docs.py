@@ -63,7 +63,7 @@ def run_block(language: str, code: str, namespace: dict, where: str) -> str:
 @pytest.fixture(scope="module")
 def user_folder(tmp_path_factory, ray_local):
     """A user's folder where the README's own blocks have run (its store, out/store, is what the topic pages'
-    commands read)."""
+    commands read), as the working folder with the user's environment while the module's tests run."""
     root = tmp_path_factory.mktemp("user")
     put_user_files(root)
     with pytest.MonkeyPatch.context() as patch:
@@ -75,15 +75,12 @@ def user_folder(tmp_path_factory, ray_local):
         for language, code, reason in blocks(REPO / "README.md"):
             if reason is None:
                 run_block(language, code, readme, "README.md")
-    return root
+        yield root
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if p.name not in RUN_ELSEWHERE], ids=lambda p: p.name)
-def test_every_block_of_the_page_runs_as_written(page, user_folder, monkeypatch):
-    monkeypatch.chdir(user_folder)
-    monkeypatch.setenv("TORCH_HOME", str(user_folder / "torch"))
-    monkeypatch.setenv("LATENTMILL_PLAIN_PROGRESS", "1")
+def test_every_block_of_the_page_runs_as_written(page, user_folder):
     if page.name == "README.md":  # run by the folder's fixture: what it promised is there
         assert (user_folder / "out" / "store" / "report.html").is_file()
         return

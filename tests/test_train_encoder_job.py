@@ -11,7 +11,7 @@ import torch
 
 from jobs.train_encoder import EncoderTrainingConfig, run
 from pipeline.training.checkpointing import latest_checkpoint
-from pipeline.models.bundle import write_bundle
+from pipeline.models.bundle import read_bundle, write_bundle
 from pipeline.models.checkpoints import load_networks
 from pipeline.models.encoder import load_encoder
 from tests.conftest import tiny_discriminator
@@ -48,6 +48,10 @@ def test_training_writes_encoder_checkpoints_and_logs(generator_file, G, tmp_pat
     tuned, original = load_networks(str(path))["D"], load_networks(generator_file)["D"]
     assert any(not torch.equal(v, original.state_dict()[k]) for k, v in tuned.state_dict().items()), "D was tuned"
     assert (tmp_path / "checkpoints" / "step-00000020" / "optimizer_D.pt").exists()
+    # the bundle records the job's settings, the runner among them, and nothing of how the loop was placed
+    _, info = read_bundle(path.read_bytes(), source=str(path))
+    assert info["config"]["runner"] == "local" and info["config"]["steps"] == 20
+    assert not [key for key in info["config"] if key.startswith("_in")]
 
 
 def test_resume_continues_at_the_saved_step_with_the_same_optimizer_state_on_either_runner(ray_local, one_thread, generator_file,

@@ -65,6 +65,11 @@ class _Problems:
             self.errors.append(exc)
             return None
 
+    def refuse(self, message: str) -> None:
+        """Record a setting the run cannot go on with."""
+        self.found.append(message)
+        self.errors.append(ValueError(message))
+
     def raise_if_any(self, command: str) -> None:
         """One of latentmill's own errors is raised as itself (its type tells callers what it is: a
         missing weights file is still a WeightsNotFoundError); anything else, or several problems, as
@@ -81,7 +86,7 @@ def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu"
     config = with_absolute_paths(config)
     problems = _Problems()
     for message in config.problems():
-        problems.attempt(lambda message=message: _raise(ValueError(message)))
+        problems.refuse(message)
     listing = problems.attempt(lambda: list_dataset(config.input, setting="--input", layout=config.input_format,
                                                     skip=[config.output]))
     problems.attempt(lambda: check_writable_dir(config.output, setting="--output"))
@@ -112,10 +117,6 @@ def preflight_invert(config: InvertConfig, *, device: str | torch.device = "cpu"
         config = dataclasses.replace(config, prior=str(cached.path))
         notes.append(cached.describe())
     return Preflight(config, listing, models, notes)
-
-
-def _raise(error: Exception) -> None:
-    raise error
 
 
 LOCAL_URI_SETTINGS = ("input", "output", "generator", "encoder", "prior", "lpips_weights", "facenet_weights")
@@ -186,7 +187,7 @@ def preflight_training(config: object, command: str) -> None:
 
     problems = _Problems()
     for message in setting_problems(config):
-        problems.attempt(lambda message=message: _raise(ValueError(message)))
+        problems.refuse(message)
     if getattr(config, "data", None):
         problems.attempt(lambda: list_dataset(config.data, setting="--data"))
     if getattr(config, "real_images", None):
@@ -202,11 +203,9 @@ def preflight_training(config: object, command: str) -> None:
     if getattr(config, "perceptual", None) == "lpips":
         problems.attempt(lambda: _perceptual_weights(config))
     if getattr(config, "runner", "ray") == "local" and getattr(config, "num_workers", 1) > 1:
-        problems.found.append(f"--runner local trains in this process, one worker: --num-workers {config.num_workers} "
-                              "needs --runner ray")
-        problems.errors.append(ValueError(problems.found[-1]))
+        problems.refuse(f"--runner local trains in this process, one worker: --num-workers {config.num_workers} "
+                        "needs --runner ray")
     if getattr(config, "mapping", None) == "invertible" and config.z_dim != config.w_dim:
-        problems.found.append(f"--mapping invertible maps z onto w one to one: --z-dim ({config.z_dim}) must equal "
-                              f"--w-dim ({config.w_dim})")
-        problems.errors.append(ValueError(problems.found[-1]))
+        problems.refuse(f"--mapping invertible maps z onto w one to one: --z-dim ({config.z_dim}) must equal "
+                        f"--w-dim ({config.w_dim})")
     problems.raise_if_any(command)

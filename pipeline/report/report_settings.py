@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
-from pipeline.settings import DeviceSettings, ProgressSettings, check_settings, setting
-
-GENERATOR_OF_THE_STORE = ("Generator URI (default: the one recorded in the store; another copy of the same network is "
-                          "accepted, a different one refused).")
+from pipeline.settings import DeviceSettings, ProgressSettings, StoreGeneratorSettings, check_settings, setting
 
 
 @dataclass(kw_only=True)
-class ReportConfig(DeviceSettings, ProgressSettings):
+class ReportConfig(StoreGeneratorSettings, DeviceSettings, ProgressSettings):
     store: str = setting(MISSING, "The latent store to report on.", positional=True)
     sheet_size: int = setting(12, "Images per contact sheet.", minimum=1)
     curve_images: int = setting(48, "Images used for the compression-vs-truncation curve.", minimum=1)
@@ -19,7 +16,6 @@ class ReportConfig(DeviceSettings, ProgressSettings):
                                 "from pipeline faults (0: skip).", minimum=0)
     self_contained: bool = setting(False, "Embed every picture in report.html (one file to mail or attach) instead of "
                                           "writing them to STORE/report/.")
-    generator: str | None = setting(None, GENERATOR_OF_THE_STORE)
     exclude_flagged: bool = setting(False, "Leave the rows `latentmill curate` flagged out of every count, sheet and "
                                            "chart.")
 

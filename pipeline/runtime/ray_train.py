@@ -87,6 +87,11 @@ def resume_directory(fallback: str | None) -> Iterator[Path | None]:
         yield Path(fallback) if fallback else None
 
 
+def recorded_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The loop's config as a trained bundle records it: the job's settings, without how this run was placed."""
+    return {key: value for key, value in config.items() if key != IN_PROCESS}
+
+
 def training_sink(config: dict[str, Any]) -> Any:
     """Inside a training loop: where checkpoints are told (Ray Train's report, or nothing in this process)."""
     from pipeline.training.loop import LocalSink

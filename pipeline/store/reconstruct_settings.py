@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
-from pipeline.report.report_settings import GENERATOR_OF_THE_STORE
-from pipeline.settings import DeviceSettings, LatentColumnSettings, check_settings, setting
+from pipeline.settings import DeviceSettings, LatentColumnSettings, StoreGeneratorSettings, check_settings, setting
 
 
 @dataclass(kw_only=True)
-class ReconstructConfig(LatentColumnSettings, DeviceSettings):
+class ReconstructConfig(StoreGeneratorSettings, LatentColumnSettings, DeviceSettings):
     store: str = setting(MISSING, "The latent store whose latents are rendered.", positional=True)
     ids: str = setting(MISSING, "Comma-separated image ids, or @FILE with one id per line.")
     output: str = setting(MISSING, "Directory for the PNGs (created).", old_spellings=("--out",))
-    generator: str | None = setting(None, GENERATOR_OF_THE_STORE)
 
     def __post_init__(self) -> None:
         check_settings(self)
