@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -419,8 +419,15 @@ def run_suite(steps: Sequence[Step], out_dir: Path, *, device: str, smoke: bool,
         write_summary(out_dir, runs, meta)
 
     def drain(keep: int) -> None:
+        """Until at most `keep` steps are pending: each recorded as it ends, so a long step never keeps a free
+        place idle."""
         while len(pending) > keep:
-            finish(*pending.pop(0))
+            running = [outcome for *_, outcome in pending if outcome is not None and not outcome.done()]
+            if len(running) == len(pending):
+                wait(running, return_when=FIRST_COMPLETED)
+            for item in [item for item in pending if item[3] is None or item[3].done()]:
+                pending.remove(item)
+                finish(*item)
 
     with ThreadPoolExecutor(max_workers=SMOKE_SIDE_BY_SIDE if smoke else 1) as pool, _stopped_with_the_suite():
         for i, step in enumerate(steps, 1):

@@ -11,9 +11,19 @@ if [ ! -f "$font" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 echo "setup: installing latentmill into .venv with torch and torchvision (the CUDA builds, which also run on" >&2
 echo "       CPUs), ray, lpips, facenet-pytorch, pyarrow, pandas and the test tools: about 3 GB to download," >&2
-echo "       6 GB on disk, a few minutes on a fresh machine (seconds when .venv is already there)" >&2
+echo "       6 GB on disk, a minute or more on a fresh machine (seconds when .venv is already there)" >&2
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+# uv (from the package index, into .venv) downloads and unpacks in parallel: seconds instead of minutes for
+# torch's 3 GB. It reads no pip.conf, so where the index is reachable only through pip's settings (a mirror,
+# a proxy) or uv fails for any reason, pip installs the same requirements.
+quiet_pip() { grep -v "is ignored: it is neither" || true; }
+if .venv/bin/python -m pip install --quiet -c constraints.txt uv 2>&1 | quiet_pip \
+    && .venv/bin/python -m uv pip install --quiet --python .venv/bin/python -c constraints.txt -e ".[dev]"; then
+  :
+else
+  echo "setup: uv could not install; installing with pip" >&2
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]" 2>&1 | quiet_pip || true
+fi
 .venv/bin/python -c "import pipeline, torch, torchvision, ray, lpips, facenet_pytorch" \
   || { echo "setup failed: the environment does not import" >&2; exit 1; }
 echo "setup: done; .venv holds $(du -sh .venv 2>/dev/null | cut -f1). Next: .venv/bin/latentmill demo" >&2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +83,47 @@ def prior(G):
     return GaussianizedPrior.fit(G, num_samples=40_000, batch_size=10_000, progress=False)
 
 
+_shared_ray: dict[str, str] = {}  # the GCS address of the local Ray ray_local started, while it may be reused
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules that use ray_local run last, one after another (each in its own order), so that one local
+    Ray serves them all instead of a start and a stop per module."""
+    with_ray = {getattr(item, "module", None) for item in items if "ray_local" in getattr(item, "fixturenames", ())}
+    with_ray.discard(None)
+    items[:] = sorted(items, key=lambda item: getattr(item, "module", None) in with_ray)  # a stable sort
+
+
+def pytest_sessionfinish() -> None:
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
+def _reusable(ray) -> bool:
+    """Ray is the one ray_local started and holds nothing of an earlier module (every CPU free again)."""
+    if not ray.is_initialized() or ray.get_runtime_context().gcs_address != _shared_ray.get("address"):
+        return False
+    for _ in range(20):  # a killed actor's CPU comes back a moment after the kill
+        if ray.available_resources().get("CPU", 0) >= ray.cluster_resources().get("CPU", 0):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray for one test module (2 CPUs), started clean and shut down afterwards."""
+    """A local Ray with 2 CPUs for one test module, as if started for it: the one the previous module used
+    when it holds nothing of that module's, else a fresh one. Stopped at the end of the session."""
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    if not _reusable(ray):
+        if ray.is_initialized():
+            ray.shutdown()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        _shared_ray["address"] = ray.get_runtime_context().gcs_address
     yield
-    ray.shutdown()
 
 
 @pytest.fixture

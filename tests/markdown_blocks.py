@@ -26,3 +26,10 @@ def shell_commands(code: str) -> list[str]:
             commands.append(command)
         line = ""
     return commands
+
+
+def readme_cluster_commands(readme: Path) -> list[str]:
+    """The commands of the README's cluster recipe ("## On a cluster"), as a user copies them."""
+    text = readme.read_text()
+    section = text[text.index("## On a cluster"):text.index("## Reading the store")]
+    return shell_commands(FENCE.search(section).group(2))

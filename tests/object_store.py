@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -22,18 +23,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+REQUEST_LINE = re.compile(rb"^(GET|HEAD|PUT|POST|DELETE) \S+ HTTP/1\.[01]\r\n")
+
+
 class LatencyProxy:
-    """Forwards TCP to `target`, holding each chunk a client sends for `latency_s` before passing it on."""
+    """Forwards TCP to `target`, holding each chunk a client sends for `latency_s` before passing it on;
+    `requests` counts the HTTP requests sent through it (a client writes each request's head in one piece)."""
 
     def __init__(self, target_port: int, latency_s: float) -> None:
         self.target_port, self.latency_s, self.port = target_port, latency_s, _free_port()
+        self.requests = 0
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name="latency-proxy", daemon=True)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float,
+                    *, from_client: bool) -> None:
         try:
             while data := await reader.read(65536):
+                if from_client and REQUEST_LINE.match(data):
+                    self.requests += 1
                 if delay:
                     await asyncio.sleep(delay)
                 writer.write(data)
@@ -45,8 +54,8 @@ class LatencyProxy:
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        await asyncio.gather(self._pump(client_reader, server_writer, self.latency_s),
-                             self._pump(server_reader, client_writer, 0.0))
+        await asyncio.gather(self._pump(client_reader, server_writer, self.latency_s, from_client=True),
+                             self._pump(server_reader, client_writer, 0.0, from_client=False))
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -68,6 +77,7 @@ class LatencyProxy:
 class ObjectStore:
     direct: str  # endpoint URL without latency (for setting up)
     slow: str  # endpoint URL behind the latency proxy
+    proxy: LatencyProxy
 
     def env(self, endpoint: str) -> dict[str, str]:
         """Environment variables that point boto and fsspec's s3fs at `endpoint`."""
@@ -87,7 +97,7 @@ def local_s3(latency_s: float = 0.02) -> Iterator[ObjectStore]:
         proxy = LatencyProxy(port, latency_s)
         proxy.start()
         try:
-            yield ObjectStore(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{proxy.port}")
+            yield ObjectStore(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{proxy.port}", proxy)
         finally:
             proxy.stop()
     finally:

@@ -107,14 +107,15 @@ class Node:
                 pass
 
     def stop(self) -> None:
-        """SIGTERM this node's processes, SIGKILL what is left after 10 s."""
+        """SIGTERM this node's processes, SIGKILL what is left after 2 s (a test's node keeps nothing worth
+        a longer wait; Ray's dashboard and agents take 10 s or more to end on their own)."""
         processes = self.processes()
         for p in processes:
             try:
                 p.terminate()
             except psutil.Error:
                 pass
-        _, alive = psutil.wait_procs(processes, timeout=10)
+        _, alive = psutil.wait_procs(processes, timeout=2)
         for p in alive:
             try:
                 p.kill()
@@ -128,6 +129,7 @@ class LocalRayCluster:
     """A head started at construction; `add_node()` starts workers. `env` is what a client needs."""
 
     cpus: int = 1
+    gpus: int = 0  # GPUs each node declares (Ray schedules them; no device need be there)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lmray_", dir="/tmp")))
     nodes: list[Node] = field(default_factory=list)
     node_env: dict[str, str] = field(default_factory=dict)  # added to every node's processes (e.g. fault injection)
@@ -170,7 +172,7 @@ class LocalRayCluster:
         ports = free_ports(len(SERVICE_PORTS))
         first_worker_port = free_port_range(WORKER_PORTS)
         command = [RAY, "start", *args, f"--temp-dir={temp_dir}", f"--num-cpus={cpus or self.cpus}",
-                   "--num-gpus=0", "--object-store-memory=100000000", "--disable-usage-stats",
+                   f"--num-gpus={self.gpus}", "--object-store-memory=100000000", "--disable-usage-stats",
                    f"--min-worker-port={first_worker_port}", f"--max-worker-port={first_worker_port + WORKER_PORTS - 1}",
                    *(f"--{flag}={port}" for flag, port in zip(SERVICE_PORTS, ports))]
         log = self.root / f"{name}.log"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from latentmill.cli import main as cli
-from tests.markdown_blocks import shell_commands
+from tests.markdown_blocks import readme_cluster_commands
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "tests" / "fixtures" / "kuberay" / "rayjob.v1.schema.json"
@@ -90,7 +90,7 @@ def test_cluster_yaml_installs_the_project_and_starts_ray_with_token_auth():
 def test_the_readme_cluster_command_is_a_valid_invert_command():
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## On a cluster"):readme.index("## Reading the store")]
-    commands = shell_commands(re.search(r"```bash\n(.*?)```", section, re.S).group(1))
+    commands = readme_cluster_commands(REPO / "README.md")
     assert commands[0].endswith("source .venv/bin/activate"), "from a fresh shell, the environment comes first"
     assert all(c.endswith("--block &") for c in commands if c.startswith("ray start")), "each node stops alone"
     assert not [c for c in commands if c.startswith("ray stop")], "ray stop stops every Ray on the machine"

@@ -8,7 +8,6 @@ small rosinality decoder (16 or 32 px, 32 channels)."""
 
 from __future__ import annotations
 
-import io
 import pickle
 import zipfile
 from pathlib import Path

@@ -1,5 +1,5 @@
 """On a real Ray cluster (`ray start` head and worker nodes on this machine, tests/ray_cluster.py):
-the README's `ray job submit` runs, a node lost mid-job costs only time, a node that joins gets work,
+the README's `ray job submit` runs as written, a node lost mid-job costs only time, a node that joins gets work,
 the head's death stops the run with a clear message and the rerun resumes. The test decides when each
 shard's work goes on (tests/cluster_faults), so every kill lands where it must however fast the work."""
 
@@ -16,14 +16,17 @@ import pytest
 from pipeline.demo import DemoBundle
 from pipeline.data.webdataset import read_samples
 from pipeline.store.store import read_latents
-from tests.ray_cluster import RAY, LocalRayCluster
+from tests.ray_cluster import LocalRayCluster
+from tests.markdown_blocks import readme_cluster_commands
 from tests.stores import manifest_entries
+from tests.user_files import put_downloaded_weights
 
 pytestmark = pytest.mark.slow  # real clusters: a minute or more each on 2 cores
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = 16
 SHARD = 4
+FEW = 4  # four shards of one (--shard-size auto plans for the driver's machine: one actor here)
 FAULTS = REPO / "tests" / "cluster_faults"
 RAY_NOISE = ("(raylet)", "Raylet is terminated", "state-dump", "has been marked dead", "A worker died")
 
@@ -48,6 +51,33 @@ def invert_command(python: str, images: Path, store: Path, *extra: str) -> list[
     return [python, "-m", "latentmill", "invert", "--input", str(images), "--output", str(store),
             "--generator", DemoBundle.locate().generator, "--stages", "refine", "--perceptual", "none", "--steps", "5",
             "--shard-size", str(SHARD), "--cpus-per-actor", "1", "--precision", "fp32", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def few_images(images, tmp_path_factory) -> Path:
+    """The first FEW of `images`: the README's command refines each for 200 steps."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("few")
+    for path in sorted(images.iterdir())[:FEW]:
+        shutil.copyfile(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def downloaded_weights(tmp_path_factory) -> Path:
+    """A $TORCH_HOME holding what invert downloads on a first run (random networks)."""
+    torch_home = tmp_path_factory.mktemp("torch")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(torch_home))
+        put_downloaded_weights()
+    return torch_home
+
+
+def activated() -> dict[str, str]:
+    """The environment of a shell where `source .venv/bin/activate` ran (the README's first step)."""
+    venv_bin = Path(sys.executable).parent
+    return {"PATH": os.pathsep.join([str(venv_bin), os.environ.get("PATH", "")]), "VIRTUAL_ENV": str(venv_bin.parent)}
 
 
 def held_shards(faults: Path) -> dict[str, str]:
@@ -78,54 +108,58 @@ def wait_for_shards(store: Path, count: int, timeout: float = 300) -> None:
     raise TimeoutError(f"{count} shards were not finished in {timeout} s")
 
 
-def job_cli(cluster: LocalRayCluster, command: str, *args: str) -> subprocess.CompletedProcess:
-    """`ray job COMMAND --address DASHBOARD ARGS...` as a user runs it."""
-    return subprocess.run([RAY, "job", command, "--address", cluster.dashboard, *args], capture_output=True,
-                          text=True, env=cluster.env, timeout=120, cwd=REPO)
-
-
-def assert_complete_store(store: Path) -> None:
+def assert_complete_store(store: Path, images: int = IMAGES) -> None:
     frame = read_latents(str(store))
-    assert len(frame) == IMAGES and frame["image_id"].is_unique
+    assert len(frame) == images and frame["image_id"].is_unique
     assert (frame["status"] == "ok").all()
     verified = subprocess.run([sys.executable, "-m", "latentmill", "verify", str(store)], capture_output=True,
                               text=True, cwd=REPO)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-def test_a_submitted_job_survives_a_lost_node_and_puts_a_new_node_to_work(images, tmp_path):
+def readme_submit_command() -> str:
+    """The README's `ray job submit` line, as a user copies it (its paths are shell variables)."""
+    (submit,) = [c for c in readme_cluster_commands(REPO / "README.md") if c.startswith("ray job submit")]
+    return submit
+
+
+def test_the_readmes_job_submitted_verbatim_survives_a_lost_node_and_puts_a_new_node_to_work(
+        few_images, downloaded_weights, tmp_path):
+    """The README's command with its defaults (every stage, 200 steps, --num-gpus 1: the nodes declare a GPU
+    each, which torch here does not see), on a head and a worker node that reach the same paths."""
     faults = tmp_path / "faults"
     faults.mkdir()
-    cluster = LocalRayCluster(cpus=1, node_env=held_shards(faults))
+    cluster = LocalRayCluster(cpus=1, gpus=1, node_env=held_shards(faults) | activated()
+                              | {"TORCH_HOME": str(downloaded_weights)})
     try:
         lost = cluster.add_node()
         cluster.wait_for_nodes(2)
         lost_node = lost.node_id()
         (faults / f"never~{lost_node}").touch()  # its shard is never finished: the node dies holding it
         store = tmp_path / "store"
-        # as the README submits it: the checkout as the working dir, from the checkout (a driver that passed its
-        # own runtime_env to ray.init lost this working dir's modules on a two-node cluster)
-        submitted = job_cli(cluster, "submit", "--no-wait", "--submission-id", "lost-node", "--working-dir", ".",
-                            "--", *invert_command(sys.executable, images, store, "--concurrency", "2"))
-        assert submitted.returncode == 0, submitted.stderr
-        wait_for_started(faults, 1, lost_node)
-        lost.kill()  # a machine lost mid-job: its actor and the shard it held go with it
-        joined = cluster.add_node()
-        joined_node = joined.node_id()
-        wait_for_started(faults, 1, joined_node)  # the replacement actor, on the node that joined, has work
+        # from the checkout, as the README runs it: a driver that passed its own runtime_env to ray.init lost
+        # the job's working dir (and its modules) on a two-node cluster
+        user = cluster.env | activated() | {"RAY_ADDRESS": cluster.dashboard, "IMAGES": str(few_images), "STORE": str(store),
+                              "GENERATOR": DemoBundle.locate().generator}
+        submitted = subprocess.Popen(["bash", "-c", readme_submit_command()], cwd=REPO, env=user,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for_started(faults, 1, lost_node)
+            lost.kill()  # a machine lost mid-job: its actor and the shard it held go with it
+            joined = cluster.add_node()
+            joined_node = joined.node_id()
+            wait_for_started(faults, 1, joined_node)  # the replacement actor, on the node that joined, has work
+        except TimeoutError:
+            submitted.kill()
+            raise AssertionError(submitted.communicate()[0][-3000:]) from None
         (faults / "release").touch()
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            status = job_cli(cluster, "status", "lost-node").stdout.lower()
-            if any(f"job 'lost-node' {end}" in status for end in ("succeeded", "failed", "was stopped")):
-                break
-            time.sleep(2)
-        logs = job_cli(cluster, "logs", "lost-node").stdout
-        assert "job 'lost-node' succeeded" in status, logs[-3000:]
+        logs, _ = submitted.communicate(timeout=600)  # `ray job submit` follows the job's logs to its end
+        assert submitted.returncode == 0 and "succeeded" in logs, logs[-3000:]
         assert "1 shards run again after their node was lost" in logs
-        assert "joined the Ray cluster at" in logs and "2 nodes, 2 CPUs" in logs
+        assert "joined the Ray cluster at" in logs and "2 nodes, 2 CPUs, 2 GPUs" in logs
+        assert "sees no CUDA device there: the actors run on CPUs" in logs
         assert not [noise for noise in RAY_NOISE if noise in logs], logs[-3000:]
-        assert_complete_store(store)
+        assert_complete_store(store, FEW)
         nodes = [entry["node"] for entry in manifest_entries(str(store)).values()]
         assert joined_node in nodes, "the node that joined mid-run received shards"
         assert len(set(nodes)) >= 2 and nodes.count(lost_node) < len(nodes)

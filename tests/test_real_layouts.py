@@ -10,7 +10,6 @@ import subprocess
 import tarfile
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest

@@ -55,6 +55,8 @@ class ShardBook:
             self.said.add(kind)
             print(f"latentmill: {kind} runs refinement in {ready['precision']} ({ready.get('precision_why', '')})",
                   file=sys.stderr)
+            if ready.get("device_note"):
+                print(f"latentmill: {ready['device_note']}", file=sys.stderr)
         self._record_precision(kind, ready["precision"])
 
     def done(self, entry: dict[str, Any]) -> None:

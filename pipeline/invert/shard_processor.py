@@ -185,6 +185,9 @@ class ShardProcessor:
         self.progress = progress
         wants_gpu = config.num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device(device or ("cuda" if wants_gpu else "cpu"))
+        self.device_note = (f"--num-gpus {config.num_gpus:g} reserved a GPU share for each actor, but torch "
+                            f"{torch.__version__} sees no CUDA device there: the actors run on CPUs"
+                            if config.num_gpus > 0 and self.device.type == "cpu" else None)
         self.models = models.to(self.device) if models is not None else load_models(config, self.device)
         self.device_kind = device_kind(self.device)
         self.precision, self.precision_why = resolve_precision(config.precision, self.device, precisions)
@@ -236,7 +239,7 @@ class ShardProcessor:
             raise self.problem
         return {"seconds": self.startup_seconds, "batch_size": self.batch_size, "note": self.batch_note,
                 "device_kind": self.device_kind, "precision": self.precision, "precision_why": self.precision_why,
-                "node": self.node}
+                "node": self.node, "device_note": self.device_note}
 
     def _decode(self, record: InputRecord) -> list[_Row]:
         """One input's rows (one, or one per face with --faces all); anything decoding raises (a Pillow
