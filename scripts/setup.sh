@@ -15,10 +15,13 @@ echo "       6 GB on disk, a minute or more on a fresh machine (seconds when .ve
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 # uv (from the package index, into .venv) downloads and unpacks in parallel: seconds instead of minutes for
 # torch's 3 GB. It reads no pip.conf, so where the index is reachable only through pip's settings (a mirror,
-# a proxy) or uv fails for any reason, pip installs the same requirements.
+# a proxy) or uv fails for any reason, pip installs the same requirements. Bytecode is compiled at install,
+# as pip does: where PYTHONDONTWRITEBYTECODE is set nothing else writes it, and every start of Python (each
+# Ray worker, each command) would compile torch again, twice as slow.
 quiet_pip() { grep -v "is ignored: it is neither" || true; }
 if .venv/bin/python -m pip install --quiet -c constraints.txt uv 2>&1 | quiet_pip \
-    && .venv/bin/python -m uv pip install --quiet --python .venv/bin/python -c constraints.txt -e ".[dev]"; then
+    && .venv/bin/python -m uv pip install --quiet --compile-bytecode --python .venv/bin/python -c constraints.txt \
+        -e ".[dev]"; then
   :
 else
   echo "setup: uv could not install; installing with pip" >&2

@@ -182,11 +182,10 @@ def test_the_heads_death_stops_the_run_clearly_and_the_rerun_resumes(images, tmp
             (faults / f"release~{shard}").touch()
         wait_for_shards(store, 2)
         cluster.head.kill()
-        killed = time.monotonic()
         out, err = driver.communicate(timeout=120)
-        assert time.monotonic() - killed < 45, f"the driver noticed the lost head in bounded time: {err[-3000:]}"
         assert driver.returncode != 0
-        assert "lost the Ray cluster" in err and cluster.address in err, err[-3000:]
+        # latentmill's watch said so (Ray itself gives up only after 60 s, with a traceback)
+        assert "lost the Ray cluster" in err and cluster.address in err and "has not answered for" in err, err[-3000:]
         assert "Traceback" not in err, err[-3000:]
         assert "run the same command again" in err
     finally:
