@@ -25,12 +25,12 @@ __all__ = ["FitFlowConfig", "run", "run_directory"]
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    from pipeline.runtime.ray_train import recorded_config, training_sink, worker_setup
+    from pipeline.runtime.ray_train import training_sink, worker_setup
     from pipeline.training.loop import run_training
 
     cfg, rank, _, device = worker_setup(config, FitFlowConfig)
     run_training(FlowTask(cfg, device), cfg, rank=rank, device=device, resume_from=config.get("_resume_from"),
-                 info={"generator": cfg.generator, "config": recorded_config(config)}, sink=training_sink(config))
+                 info={"generator": cfg.generator, "config": config}, sink=training_sink())
 
 
 def run_directory(cfg: FitFlowConfig) -> Path:

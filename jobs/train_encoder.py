@@ -25,13 +25,13 @@ __all__ = ["EncoderTrainingConfig", "run"]
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    from pipeline.runtime.ray_train import recorded_config, training_sink, worker_setup
+    from pipeline.runtime.ray_train import training_sink, worker_setup
     from pipeline.training.loop import run_training
 
     cfg, rank, _, device = worker_setup(config, EncoderTrainingConfig)
     run_training(EncoderTask(cfg, rank, device), cfg, rank=rank, device=device,
-                 resume_from=config.get("_resume_from"), info={"generator": cfg.generator, "config": recorded_config(config)},
-                 sink=training_sink(config))
+                 resume_from=config.get("_resume_from"), info={"generator": cfg.generator, "config": config},
+                 sink=training_sink())
 
 
 def run(config: EncoderTrainingConfig, *, address: str | None = None) -> Path:

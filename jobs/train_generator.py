@@ -21,13 +21,13 @@ __all__ = ["GeneratorTrainingConfig", "run"]
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    from pipeline.runtime.ray_train import recorded_config, training_sink, worker_setup
+    from pipeline.runtime.ray_train import training_sink, worker_setup
     from pipeline.training.loop import run_training
 
     cfg, rank, world, device = worker_setup(config, GeneratorTrainingConfig)
     run_training(GeneratorTask(cfg, rank, world, device), cfg, rank=rank, device=device,
-                 resume_from=config.get("_resume_from"), info={"data": cfg.data, "config": recorded_config(config)},
-                 sink=training_sink(config))
+                 resume_from=config.get("_resume_from"), info={"data": cfg.data, "config": config},
+                 sink=training_sink())
 
 
 def run(config: GeneratorTrainingConfig, *, address: str | None = None) -> Path:

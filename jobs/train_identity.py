@@ -20,12 +20,12 @@ __all__ = ["IdentityTrainingConfig", "run"]
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    from pipeline.runtime.ray_train import recorded_config, training_sink, worker_setup
+    from pipeline.runtime.ray_train import training_sink, worker_setup
     from pipeline.training.loop import run_training
 
     cfg, rank, _, device = worker_setup(config, IdentityTrainingConfig)
     run_training(IdentityTask(cfg, device), cfg, rank=rank, device=device, resume_from=config.get("_resume_from"),
-                 info={"data": cfg.data, "config": recorded_config(config)}, sink=training_sink(config))
+                 info={"data": cfg.data, "config": config}, sink=training_sink())
 
 
 def run(config: IdentityTrainingConfig, *, address: str | None = None) -> Path:

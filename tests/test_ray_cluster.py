@@ -139,8 +139,8 @@ def test_the_readmes_job_submitted_verbatim_survives_a_lost_node_and_puts_a_new_
         store = tmp_path / "store"
         # from the checkout, as the README runs it: a driver that passed its own runtime_env to ray.init lost
         # the job's working dir (and its modules) on a two-node cluster
-        user = cluster.env | activated() | {"RAY_ADDRESS": cluster.dashboard, "IMAGES": str(few_images), "STORE": str(store),
-                              "GENERATOR": DemoBundle.locate().generator}
+        user = cluster.env | activated() | {"RAY_ADDRESS": cluster.dashboard, "IMAGES": str(few_images),
+                                            "STORE": str(store), "GENERATOR": DemoBundle.locate().generator}
         submitted = subprocess.Popen(["bash", "-c", readme_submit_command()], cwd=REPO, env=user,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:

@@ -149,16 +149,18 @@ def with_absolute_training_paths(config: T) -> T:
     return dataclasses.replace(config, **changes)
 
 
-def _no_discriminator(config: Any, networks: dict[str, Any]) -> None:
-    raise ValueError(f"--adversarial-weight {config.adversarial_weight} fine-tunes the generator's discriminator, but "
-                     f"--generator {config.generator} holds none (only {', '.join(sorted(networks))}); give a "
-                     "checkpoint with D, or --adversarial-weight 0")
-
-
-def _conditional_discriminator(config: Any, c_dim: int) -> None:
-    raise ValueError(f"--adversarial-weight {config.adversarial_weight} fine-tunes the generator's discriminator, but "
-                     f"the one in --generator {config.generator} is conditional ({c_dim} classes) and cannot judge "
-                     "reconstructions of images whose class is unknown; use --adversarial-weight 0")
+def _discriminator_problem(config: Any, networks: dict[str, Any]) -> str | None:
+    """Why --adversarial-weight cannot fine-tune --generator's discriminator, if it cannot."""
+    if getattr(config, "adversarial_weight", 0) <= 0:
+        return None
+    wants = f"--adversarial-weight {config.adversarial_weight} fine-tunes the generator's discriminator, but "
+    if "D" not in networks:
+        return (f"{wants}--generator {config.generator} holds none (only {', '.join(sorted(networks))}); give a "
+                "checkpoint with D, or --adversarial-weight 0")
+    if networks["D"].c_dim:
+        return (f"{wants}the one in --generator {config.generator} is conditional ({networks['D'].c_dim} classes) and "
+                "cannot judge reconstructions of images whose class is unknown; use --adversarial-weight 0")
+    return None
 
 
 def _perceptual_weights(config: InvertConfig) -> None:
@@ -194,10 +196,8 @@ def preflight_training(config: object, command: str) -> None:
         problems.attempt(lambda: list_dataset(config.real_images, setting="--real-images"))
     if getattr(config, "generator", None):
         networks = problems.attempt(lambda: load_networks(config.generator, device="cpu", setting="--generator"))
-        if networks is not None and getattr(config, "adversarial_weight", 0) > 0 and "D" not in networks:
-            problems.attempt(lambda: _no_discriminator(config, networks))
-        elif networks is not None and getattr(config, "adversarial_weight", 0) > 0 and networks["D"].c_dim:
-            problems.attempt(lambda: _conditional_discriminator(config, networks["D"].c_dim))
+        if networks is not None and (problem := _discriminator_problem(config, networks)):
+            problems.refuse(problem)
     if getattr(config, "backbone_weights", None):
         problems.attempt(lambda: local_path(config.backbone_weights, setting="--backbone-weights"))
     if getattr(config, "perceptual", None) == "lpips":

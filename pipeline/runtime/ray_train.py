@@ -13,13 +13,16 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from pipeline.training.checkpointing import checkpoint_step, latest_checkpoint
 
 
-IN_PROCESS = "_in_process"  # the loop's config key saying it runs in the driver's process, without Ray
+# Set while a loop runs in the driver's process (--runner local), so the loop's config holds only the job's
+# settings: what a trained bundle records as its provenance.
+_IN_PROCESS: ContextVar[bool] = ContextVar("latentmill_training_in_process", default=False)
 
 
 def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, name: str,
@@ -42,7 +45,11 @@ def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, 
         loop_config["_resume_from"] = str(resume)
     (output / "config.json").write_text(json.dumps(loop_config, indent=2))
     if config.runner == "local":
-        train_loop(loop_config | {IN_PROCESS: True})
+        token = _IN_PROCESS.set(True)
+        try:
+            train_loop(loop_config)
+        finally:
+            _IN_PROCESS.reset(token)
         return output
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -61,8 +68,8 @@ def fit_resumable(train_loop: Callable[[dict[str, Any]], None], config: Any, *, 
 
 def worker_setup(config: dict[str, Any], config_class: type) -> tuple[Any, int, int, Any]:
     """Inside a training loop: (the job's settings as `config_class`, rank, world size, torch device)."""
-    settings = config_class(**{k: v for k, v in config.items() if k not in ("_resume_from", IN_PROCESS)})
-    if config.get(IN_PROCESS):
+    settings = config_class(**{k: v for k, v in config.items() if k != "_resume_from"})
+    if _IN_PROCESS.get():
         import torch
 
         return settings, 0, 1, torch.device("cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu")
@@ -87,16 +94,11 @@ def resume_directory(fallback: str | None) -> Iterator[Path | None]:
         yield Path(fallback) if fallback else None
 
 
-def recorded_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The loop's config as a trained bundle records it: the job's settings, without how this run was placed."""
-    return {key: value for key, value in config.items() if key != IN_PROCESS}
-
-
-def training_sink(config: dict[str, Any]) -> Any:
+def training_sink() -> Any:
     """Inside a training loop: where checkpoints are told (Ray Train's report, or nothing in this process)."""
     from pipeline.training.loop import LocalSink
 
-    return LocalSink() if config.get(IN_PROCESS) else RayTrainSink()
+    return LocalSink() if _IN_PROCESS.get() else RayTrainSink()
 
 
 class RayTrainSink:
